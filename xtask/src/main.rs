@@ -1,0 +1,179 @@
+//! Project automation: `cargo xtask fetch`, `cargo xtask test`, `cargo xtask assets`.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tl_assets::{Cache, FetchReport, Fetcher, FileOutcome, FileState, Manifest, Registry};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "transfer-learning-rs project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fetch assets (runtime, models, datasets) into $TL_HOME, verified.
+    ///
+    /// With no names, fetches every default asset. Idempotent: a second run checks the
+    /// checksums and downloads nothing.
+    #[command(after_help = "Examples:\n  cargo xtask fetch\n  cargo xtask fetch onnxruntime all-minilm-l6-v2\n  TL_HOME=/data/tl cargo xtask fetch mnist")]
+    Fetch {
+        /// Asset names (see `cargo xtask assets`).
+        names: Vec<String>,
+        /// Also read manifests from this folder (your own models and datasets).
+        #[arg(long)]
+        manifests: Option<std::path::PathBuf>,
+    },
+    /// List assets and the state of their files in the cache, without fetching.
+    Assets {
+        /// Also read manifests from this folder.
+        #[arg(long)]
+        manifests: Option<std::path::PathBuf>,
+    },
+    /// Fetch what the tests need, then run the whole test suite.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match Cli::parse().command {
+        Cmd::Fetch { names, manifests } => {
+            let registry = registry(manifests.as_deref())?;
+            fetch(&registry, &names)?;
+        }
+        Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
+        Cmd::Test { args } => test(&args)?,
+    }
+    Ok(())
+}
+
+fn registry(extra: Option<&std::path::Path>) -> Result<Registry> {
+    let mut registry = Registry::builtin().context("built-in manifests")?;
+    if let Some(dir) = extra {
+        registry.add_dir(dir)?;
+    }
+    Ok(registry)
+}
+
+fn fetch(registry: &Registry, names: &[String]) -> Result<Vec<FetchReport>> {
+    let manifests: Vec<&Manifest> = if names.is_empty() {
+        registry.defaults().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| registry.get(n))
+            .collect::<Result<_, _>>()?
+    };
+    let fetcher = Fetcher::new(Cache::from_env());
+    eprintln!("cache: {}", fetcher.cache().root().display());
+    let start = Instant::now();
+    let mut reports = Vec::new();
+    for m in manifests {
+        let t = Instant::now();
+        let report = fetcher
+            .fetch(m)
+            .with_context(|| format!("fetching {}", m.name))?;
+        let fetched: Vec<String> = report
+            .files
+            .iter()
+            .filter_map(|(path, o)| match o {
+                FileOutcome::Present => None,
+                FileOutcome::Fetched {
+                    source,
+                    replaced_corrupt,
+                } => Some(format!(
+                    "{}{} ({source})",
+                    path.file_name().unwrap_or_default().to_string_lossy(),
+                    if *replaced_corrupt { ", replaced a corrupt copy" } else { "" }
+                )),
+            })
+            .collect();
+        if fetched.is_empty() {
+            eprintln!("{:<26} up to date ({} files verified)", m.name, report.files.len());
+        } else {
+            eprintln!(
+                "{:<26} fetched {} in {:.1}s: {}",
+                m.name,
+                fetched.len(),
+                t.elapsed().as_secs_f64(),
+                fetched.join(", ")
+            );
+        }
+        reports.push(report);
+    }
+    if reports.iter().all(FetchReport::was_noop) {
+        eprintln!(
+            "nothing to download: all {} assets up to date ({:.1}s)",
+            reports.len(),
+            start.elapsed().as_secs_f64()
+        );
+    } else {
+        eprintln!("done in {:.1}s", start.elapsed().as_secs_f64());
+    }
+    Ok(reports)
+}
+
+fn assets(registry: &Registry) -> Result<()> {
+    let fetcher = Fetcher::new(Cache::from_env());
+    println!("cache: {}", fetcher.cache().root().display());
+    for m in registry.iter() {
+        let states = fetcher.verify(m)?;
+        let ok = states.iter().filter(|(_, s)| *s == FileState::Ok).count();
+        let bad: Vec<String> = states
+            .iter()
+            .filter_map(|(p, s)| match s {
+                FileState::Ok => None,
+                FileState::Missing => Some(format!("{} missing", p.display())),
+                FileState::Corrupt { .. } => Some(format!("{} CORRUPT", p.display())),
+            })
+            .collect();
+        println!(
+            "{:<26} {:<8} {:<8} {}/{} files ok  {}",
+            m.name,
+            format!("{:?}", m.kind).to_lowercase(),
+            if m.default { "default" } else { "" },
+            ok,
+            states.len(),
+            m.description
+        );
+        for b in bad {
+            println!("    {b}");
+        }
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let registry = registry(None)?;
+    fetch(&registry, &[])?;
+    // The helper virtualenv runs the converter's ImageNet checks and the Python
+    // reference scripts that some tests compare against.
+    Fetcher::new(Cache::from_env())
+        .python_env()
+        .context("creating the helper Python virtualenv")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["test", "--workspace"])
+        .args(args)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
