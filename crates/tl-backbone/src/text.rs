@@ -1,0 +1,116 @@
+//! Tokenisation, length-sorted batching and pooling for text backbones.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::BackboneError;
+
+/// One tokenised text: ids and type ids, special tokens included, truncated.
+#[derive(Debug, Clone)]
+pub(crate) struct Tokens {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+}
+
+/// A tokenizer set up for batching: truncation at the model's length, no padding (we
+/// pad each batch to its own longest sequence, whatever the file says).
+pub(crate) fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, BackboneError> {
+    let mut tok = Tokenizer::from_file(path).map_err(|e| BackboneError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    tok.with_padding(None);
+    tok.with_truncation(Some(TruncationParams {
+        max_length,
+        strategy: TruncationStrategy::LongestFirst,
+        stride: 0,
+        direction: TruncationDirection::Right,
+    }))
+    .map_err(|e| BackboneError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(tok)
+}
+
+/// Tokenise every text in parallel; one failure does not stop the others.
+pub(crate) fn tokenize<S: AsRef<str> + Sync>(tok: &Tokenizer, texts: &[S]) -> Vec<Result<Tokens, String>> {
+    texts
+        .par_iter()
+        .map(|t| {
+            let enc = tok.encode(t.as_ref(), true).map_err(|e| e.to_string())?;
+            if enc.get_ids().is_empty() {
+                return Err("tokenizer produced no tokens".into());
+            }
+            Ok(Tokens {
+                ids: enc.get_ids().iter().map(|&v| v as i64).collect(),
+                type_ids: enc.get_type_ids().iter().map(|&v| v as i64).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Indices of `lens` ordered by length, cut into batches of at most `batch` items.
+/// Sorting keeps sequences of similar length together so padding waste stays small.
+pub(crate) fn length_batches(lens: &[(usize, usize)], batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<(usize, usize)> = lens.to_vec();
+    order.sort_by_key(|&(i, len)| (len, i));
+    order
+        .chunks(batch.max(1))
+        .map(|c| c.iter().map(|&(i, _)| i).collect())
+        .collect()
+}
+
+/// Mean of token states over the attention mask, as sentence-transformers computes it.
+pub(crate) fn mean_pool(states: &[f32], seq: usize, dim: usize, mask: &[i64], out: &mut [f32]) {
+    out.iter_mut().for_each(|v| *v = 0.0);
+    let mut count = 0f32;
+    for t in 0..seq {
+        if mask[t] == 0 {
+            continue;
+        }
+        count += 1.0;
+        let row = &states[t * dim..(t + 1) * dim];
+        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    }
+    let count = count.max(1e-9);
+    out.iter_mut().for_each(|v| *v /= count);
+}
+
+/// Scale to unit L2 norm (a zero vector stays zero).
+pub(crate) fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_sorted_by_length_and_cover_every_index_once() {
+        let lens: Vec<(usize, usize)> = [5, 1, 9, 1, 3, 7, 2].into_iter().enumerate().collect();
+        let b = length_batches(&lens, 3);
+        assert_eq!(b, vec![vec![1, 3, 6], vec![4, 0, 5], vec![2]]);
+    }
+
+    #[test]
+    fn mean_pool_ignores_masked_tokens() {
+        let states = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        let mut out = [0.0; 2];
+        mean_pool(&states, 3, 2, &[1, 1, 0], &mut out);
+        assert_eq!(out, [2.0, 3.0]);
+    }
+
+    #[test]
+    fn l2_normalize_handles_zero() {
+        let mut v = [3.0, 4.0];
+        l2_normalize(&mut v);
+        assert_eq!(v, [0.6, 0.8]);
+        let mut z = [0.0, 0.0];
+        l2_normalize(&mut z);
+        assert_eq!(z, [0.0, 0.0]);
+    }
+}
