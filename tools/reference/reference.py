@@ -100,7 +100,8 @@ def preprocess(rgb, spec):
         left, top = (rw - size) // 2, (rh - size) // 2
     wx = axis_weights(w, rw, left, size)
     wy = axis_weights(h, rh, top, size)
-    img = np.einsum("yh,hwc,xw->yxc", wy, rgb, wx)
+    img = np.einsum("yh,hwc->ywc", wy, rgb)
+    img = np.einsum("ywc,xw->yxc", img, wx)
     x = img / 255.0 * spec["pixel_max"]
     if spec["channels"] == "bgr":
         x = x[..., ::-1]
