@@ -33,7 +33,7 @@ def main(out):
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(out / "gray16.png")
     Image.fromarray(rgb).convert("CMYK").save(out / "cmyk.jpg", quality=90)
     Image.fromarray(rgb).save(out / "rgb.jpg", quality=90)
-    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    frames = [Image.fromarray(rgb), Image.fromarray(np.zeros_like(rgb))]
     frames[0].save(out / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
     Image.fromarray(rgb).save(out / "rgb.bmp")
     Image.fromarray(rgb).save(out / "rgb.webp", lossless=True)
