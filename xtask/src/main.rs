@@ -1,5 +1,7 @@
 //! Project automation: `cargo xtask fetch`, `cargo xtask test`, `cargo xtask assets`.
 
+mod bench;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -34,6 +36,12 @@ enum Cmd {
         #[arg(long)]
         manifests: Option<std::path::PathBuf>,
     },
+    /// Benchmark extraction against the Python stack, side by side (writes target/bench/).
+    Bench {
+        /// Fewer items and rounds (under 3 minutes on 2 cores).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Fetch what the tests need, then run the whole test suite.
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -58,6 +66,7 @@ fn main() -> Result<()> {
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { args } => test(&args)?,
+        Cmd::Bench { quick } => bench::bench(quick)?,
     }
     Ok(())
 }

@@ -140,3 +140,11 @@ fn manifests_round_trip_through_toml() {
         assert_eq!(&back, m);
     }
 }
+
+#[test]
+fn every_asset_is_attributed_in_third_party_md() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../THIRD_PARTY.md")).unwrap();
+    for m in Registry::builtin().unwrap().iter() {
+        assert!(text.contains(&format!("`{}`", m.name)), "THIRD_PARTY.md does not mention `{}`", m.name);
+    }
+}

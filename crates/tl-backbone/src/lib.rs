@@ -45,6 +45,16 @@ use tl_assets::{Cache, Manifest};
 use tokenizers::Tokenizer;
 
 pub use image::{ImageInput, MAX_ALLOC, MAX_SIDE, RawImage};
+
+/// Decode and preprocess one image exactly as an image backbone with `spec` would:
+/// `size * size * 3` floats in the spec's layout and channel order. Errors describe
+/// why the image could not be read.
+pub fn preprocess_image(input: &ImageInput, spec: &ImageSpec) -> Result<Vec<f32>, String> {
+    let img = image::decode(input)?;
+    let mut out = vec![0f32; (spec.size * spec.size * 3) as usize];
+    image::preprocess_into(&img, spec, &mut out);
+    Ok(out)
+}
 pub use runtime::{environment, init_from, runtime_library_path};
 
 /// Version of the fingerprint recipe; bump when preprocessing code changes output.

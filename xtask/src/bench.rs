@@ -1,0 +1,267 @@
+//! `cargo xtask bench`: the same workloads through this toolkit and through the Python
+//! stack (onnxruntime + tokenizers / PIL + numpy), interleaved, with ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use tl_assets::{Cache, Fetcher, Registry};
+use tl_data::Item;
+
+struct Workload {
+    name: &'static str,
+    model: &'static str,
+    /// Rust runner arguments after `--model`.
+    rust_args: Vec<String>,
+    /// Python arguments (the script's own).
+    python_args: Vec<String>,
+    /// Model GFLOP per item, for the distance from the arithmetic limit.
+    gflop_per_item: f64,
+    unit: &'static str,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn run_json(mut cmd: Command) -> Result<Value> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("{cmd:?} printed {line:?}"))
+}
+
+fn rate(v: &Value) -> f64 {
+    let mut r: Vec<f64> = v["items_per_s"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    median(&mut r)
+}
+
+/// Peak single-precision FLOP/s of this machine's cores, from /proc/cpuinfo.
+fn peak_gflops(threads: usize) -> (f64, String) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(2000.0);
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    // FMA lanes x 2 FLOP x 2 FMA units per cycle.
+    let (per_cycle, isa) = if flags.contains(" avx512f") {
+        (64.0, "AVX-512")
+    } else if flags.contains(" avx2") && flags.contains(" fma") {
+        (32.0, "AVX2+FMA")
+    } else {
+        (8.0, "SSE")
+    };
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    (threads as f64 * mhz / 1000.0 * per_cycle, format!("{model}, {threads} threads, {isa}, {mhz:.0} MHz"))
+}
+
+pub fn bench(quick: bool) -> Result<()> {
+    let registry = Registry::builtin()?;
+    let cache = Cache::from_env();
+    let fetcher = Fetcher::new(cache.clone());
+    for name in ["onnxruntime", "all-minilm-l6-v2", "efficientnet-lite0", "sentiment-amazon", "sentiment-imdb", "sentiment-yelp", "20newsgroups", "mnist"] {
+        fetcher.fetch(registry.get(name)?)?;
+    }
+    let python = fetcher.python_env()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "tl-benches", "--bin", "embed-throughput"])
+        .status()?;
+    if !status.success() {
+        bail!("release build failed");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let runner = root.join("target/release/embed-throughput");
+    let script = root.join("tools/bench/bench_python.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (rounds, repeat) = if quick { (2, 1) } else { (3, 2) };
+    let (n_docs, n_images) = if quick { (200, 300) } else { (2000, 2000) };
+
+    // Inputs, written once so both stacks read the same texts.
+    let texts_of = |ds: &tl_data::Dataset, idx: &[usize]| -> Vec<String> {
+        idx.iter()
+            .filter_map(|&i| match &ds.items[i] {
+                Item::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut sentences = Vec::new();
+    for d in ["amazon", "imdb", "yelp"] {
+        let ds = tl_data::load_builtin(registry.get(&format!("sentiment-{d}"))?, &cache)?;
+        sentences.extend(texts_of(&ds, &(0..ds.len()).collect::<Vec<_>>()));
+    }
+    let ng = tl_data::load_builtin(registry.get("20newsgroups")?, &cache)?;
+    let docs = texts_of(&ng, &ng.split("train")?[..n_docs]);
+    let sentences_path = out_dir.join("sentences.json");
+    let docs_path = out_dir.join("docs.json");
+    std::fs::write(&sentences_path, serde_json::to_vec(&sentences)?)?;
+    std::fs::write(&docs_path, serde_json::to_vec(&docs)?)?;
+    let minilm = registry.get("all-minilm-l6-v2")?;
+    let eff = registry.get("efficientnet-lite0")?;
+    let mnist = cache.file_path(registry.get("mnist")?, "train-images-idx3-ubyte");
+    let spec_path = out_dir.join("efficientnet-lite0.image.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&eff.model.as_ref().expect("model").image)?)?;
+    let p = |p: &Path| p.display().to_string();
+    let text_py = |texts: &Path| -> Vec<String> {
+        vec![
+            "text".into(),
+            "--onnx".into(),
+            p(&cache.file_path(minilm, "model.onnx")),
+            "--tokenizer".into(),
+            p(&cache.file_path(minilm, "tokenizer.json")),
+            "--max-length".into(),
+            "256".into(),
+            "--pooling".into(),
+            "mean".into(),
+            "--output".into(),
+            "last_hidden_state".into(),
+            "--texts".into(),
+            p(texts),
+        ]
+    };
+    // MiniLM-L6: 6 layers, d 384, ff 1536: 2 x (4 d^2 + 2 d ff) FLOP per token per layer
+    // plus attention 4 d T; token counts are measured, so this is per average item below.
+    let avg_tokens_sent = 16.0;
+    let minilm_gflop = |tokens: f64| 6.0 * (2.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0) * tokens + 4.0 * 384.0 * tokens * tokens) / 1e9;
+    let workloads = vec![
+        Workload {
+            name: "text: 3,000 sentiment sentences",
+            model: "all-minilm-l6-v2",
+            rust_args: vec!["--texts".into(), p(&sentences_path)],
+            python_args: text_py(&sentences_path),
+            gflop_per_item: minilm_gflop(avg_tokens_sent),
+            unit: "sentences/s",
+        },
+        Workload {
+            name: "text: 20NG docs, truncated at 256",
+            model: "all-minilm-l6-v2",
+            rust_args: vec!["--texts".into(), p(&docs_path)],
+            python_args: text_py(&docs_path),
+            gflop_per_item: minilm_gflop(230.0),
+            unit: "docs/s",
+        },
+        Workload {
+            name: "image: MNIST digits at 224, EfficientNet-Lite0",
+            model: "efficientnet-lite0",
+            rust_args: vec!["--idx".into(), p(&mnist), "--limit".into(), n_images.to_string()],
+            python_args: vec![
+                "image".into(),
+                "--onnx".into(),
+                p(&cache.file_path(eff, "model.onnx")),
+                "--spec".into(),
+                p(&spec_path),
+                "--idx".into(),
+                p(&mnist),
+                "--limit".into(),
+                n_images.to_string(),
+            ],
+            gflop_per_item: 0.80,
+            unit: "images/s",
+        },
+    ];
+    let (peak, machine) = peak_gflops(threads);
+    let ort_version = "onnxruntime 1.31.1 (both)";
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for w in &workloads {
+        let common = |c: &mut Command| {
+            c.args(["--batch-size", "32", "--threads", &threads.to_string(), "--repeat", &repeat.to_string()]);
+        };
+        let (mut rust_rates, mut py_rates, mut py_sorted_rates, mut ratios, mut sorted_ratios) = (vec![], vec![], vec![], vec![], vec![]);
+        let mut last = (Value::Null, Value::Null);
+        for round in 0..rounds {
+            eprintln!("{} (round {}/{rounds})", w.name, round + 1);
+            let mut r = Command::new(&runner);
+            r.args(["--model", w.model]).args(&w.rust_args);
+            common(&mut r);
+            let rv = run_json(r)?;
+            let mut py = Command::new(&python);
+            py.arg(&script).args(&w.python_args);
+            common(&mut py);
+            let pv = run_json(py)?;
+            let (a, b) = (rate(&rv), rate(&pv));
+            rust_rates.push(a);
+            py_rates.push(b);
+            ratios.push(a / b);
+            if w.python_args[0] == "text" {
+                let mut pys = Command::new(&python);
+                pys.arg(&script).args(&w.python_args).arg("--sort");
+                common(&mut pys);
+                let sv = run_json(pys)?;
+                py_sorted_rates.push(rate(&sv));
+                sorted_ratios.push(a / rate(&sv));
+            }
+            raw.push(json!({"workload": w.name, "round": round, "rust": rv, "python": pv}));
+            last = (rv, pv);
+        }
+        let rust = median(&mut rust_rates);
+        let used = rust * w.gflop_per_item;
+        rows.push(json!({
+            "workload": w.name,
+            "unit": w.unit,
+            "rust": rust,
+            "python": median(&mut py_rates),
+            "python_sorted": if py_sorted_rates.is_empty() { Value::Null } else { json!(median(&mut py_sorted_rates)) },
+            "ratio": median(&mut ratios),
+            "ratio_vs_sorted": if sorted_ratios.is_empty() { Value::Null } else { json!(median(&mut sorted_ratios)) },
+            "padding_efficiency_rust": last.0["padding_efficiency"],
+            "padding_efficiency_python": last.1["padding_efficiency"],
+            "rust_run_share": last.0["run_s"].as_f64().unwrap_or(0.0) / last.0["total_s"].as_f64().unwrap_or(1.0),
+            "python_run_share": last.1["run_s"].as_f64().unwrap_or(0.0) / last.1["total_s"].as_f64().unwrap_or(1.0),
+            "gflops_achieved": used,
+            "peak_fraction": used / peak,
+        }));
+    }
+    let mut md = format!(
+        "Machine: {machine}; peak ~{peak:.0} GFLOP/s fp32. Stacks: transfer-learning-rs {} vs Python onnxruntime + tokenizers / PIL + numpy; {ort_version}. Batch 32, {threads} intra-op threads, {rounds} interleaved rounds x {repeat} timed runs after a warm-up; medians.\n\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    md += "| workload | Rust | Python | ratio | Python sorted | ratio | padding eff. (Rust / Python) | run share (Rust / Python) | % of peak |\n|---|---|---|---|---|---|---|---|---|\n";
+    for r in &rows {
+        let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+        let x = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}x"));
+        let e = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+        md += &format!(
+            "| {} | {} {} | {} | {} | {} | {} | {} / {} | {:.0}% / {:.0}% | {:.0}% |\n",
+            r["workload"].as_str().unwrap_or_default(),
+            f(&r["rust"]),
+            r["unit"].as_str().unwrap_or_default(),
+            f(&r["python"]),
+            x(&r["ratio"]),
+            f(&r["python_sorted"]),
+            x(&r["ratio_vs_sorted"]),
+            e(&r["padding_efficiency_rust"]),
+            e(&r["padding_efficiency_python"]),
+            r["rust_run_share"].as_f64().unwrap_or(0.0) * 100.0,
+            r["python_run_share"].as_f64().unwrap_or(0.0) * 100.0,
+            r["peak_fraction"].as_f64().unwrap_or(0.0) * 100.0,
+        );
+    }
+    println!("{md}");
+    let md_path: PathBuf = out_dir.join(if quick { "results-quick.md" } else { "results.md" });
+    std::fs::write(&md_path, &md)?;
+    std::fs::write(
+        md_path.with_extension("json"),
+        serde_json::to_vec_pretty(&json!({"machine": machine, "peak_gflops": peak, "threads": threads, "rows": rows, "raw": raw}))?,
+    )?;
+    eprintln!("written {} and .json", md_path.display());
+    Ok(())
+}
