@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 /// Texts from a JSON array of strings.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{}: expected a JSON array of strings", path.display()))
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: expected a JSON array of strings", path.display()))
 }
 
 /// The first `n` images of an IDX image file as 28x28 gray pixel arrays.
@@ -16,7 +17,9 @@ pub fn read_idx_images(path: &Path, n: usize) -> Result<Vec<tl_backbone::RawImag
     if bytes.len() < 16 || bytes[..4] != [0, 0, 8, 3] {
         bail!("{}: not an IDX image file", path.display());
     }
-    let dim = |k: usize| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize;
+    let dim = |k: usize| {
+        u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize
+    };
     let (count, h, w) = (dim(0), dim(1), dim(2));
     if n > count || bytes.len() < 16 + n * h * w {
         bail!("{}: holds {count} images, {n} asked", path.display());

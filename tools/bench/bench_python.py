@@ -34,13 +34,14 @@ def text_workload(a):
     names = [i.name for i in sess.get_inputs()]
     out_idx = int(a.output) if a.output.isdigit() else [o.name for o in sess.get_outputs()].index(a.output)
 
-    def run():
+    def run(warm=False):
+        texts_ = texts[:64] if warm else texts
         stats = {"prepare_s": 0.0, "run_s": 0.0, "pool_s": 0.0, "real": 0, "processed": 0}
         t0 = time.perf_counter()
-        encs = tok.encode_batch(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encs[i].ids)) if a.sort else list(range(len(texts)))
+        encs = tok.encode_batch(texts_)
+        order = sorted(range(len(texts_)), key=lambda i: len(encs[i].ids)) if a.sort else list(range(len(texts_)))
         stats["prepare_s"] += time.perf_counter() - t0
-        out = np.zeros((len(texts), 384), np.float32)
+        out = np.zeros((len(texts_), 384), np.float32)
         for s in range(0, len(order), a.batch_size):
             t1 = time.perf_counter()
             idx = order[s : s + a.batch_size]
@@ -69,7 +70,7 @@ def text_workload(a):
             stats["run_s"] += t3 - t2
             stats["pool_s"] += t4 - t3
         stats["total_s"] = time.perf_counter() - t0
-        return len(texts), stats
+        return len(texts_), stats
 
     return run
 
@@ -102,18 +103,19 @@ def image_workload(a):
         x = (x - mean) / std
         return x.transpose(2, 0, 1) if spec["layout"] == "nchw" else x
 
-    def run():
+    def run(warm=False):
+        m = min(n, 64) if warm else n
         stats = {"prepare_s": 0.0, "run_s": 0.0, "pool_s": 0.0}
         t0 = time.perf_counter()
-        for s in range(0, n, a.batch_size):
+        for s in range(0, m, a.batch_size):
             t1 = time.perf_counter()
-            batch = np.stack([prep(d) for d in digits[s : s + a.batch_size]]).astype(np.float32)
+            batch = np.stack([prep(d) for d in digits[s : min(s + a.batch_size, m)]]).astype(np.float32)
             t2 = time.perf_counter()
             sess.run(None, {name: batch})
             stats["prepare_s"] += t2 - t1
             stats["run_s"] += time.perf_counter() - t2
         stats["total_s"] = time.perf_counter() - t0
-        return n, stats
+        return m, stats
 
     return run
 
@@ -136,7 +138,7 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     a = p.parse_args()
     run = text_workload(a) if a.kind == "text" else image_workload(a)
-    run()  # warm-up
+    run(warm=True)
     rates, stats = [], None
     for _ in range(a.repeat):
         t = time.perf_counter()

@@ -16,15 +16,21 @@ struct Workload {
     rust_args: Vec<String>,
     /// Python arguments (the script's own).
     python_args: Vec<String>,
-    /// Model GFLOP per item, for the distance from the arithmetic limit.
+    /// Model GFLOP per item (images) or per processed token (text), for the distance
+    /// from the arithmetic limit.
     gflop_per_item: f64,
+    per_token: bool,
     unit: &'static str,
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn run_json(mut cmd: Command) -> Result<Value> {
@@ -38,7 +44,10 @@ fn run_json(mut cmd: Command) -> Result<Value> {
 }
 
 fn rate(v: &Value) -> f64 {
-    let mut r: Vec<f64> = v["items_per_s"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let mut r: Vec<f64> = v["items_per_s"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
     median(&mut r)
 }
 
@@ -51,7 +60,10 @@ fn peak_gflops(threads: usize) -> (f64, String) {
         .and_then(|l| l.split(':').nth(1))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(2000.0);
-    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    let flags = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
     // FMA lanes x 2 FLOP x 2 FMA units per cycle.
     let (per_cycle, isa) = if flags.contains(" avx512f") {
         (64.0, "AVX-512")
@@ -67,20 +79,39 @@ fn peak_gflops(threads: usize) -> (f64, String) {
         .unwrap_or("unknown CPU")
         .trim()
         .to_string();
-    (threads as f64 * mhz / 1000.0 * per_cycle, format!("{model}, {threads} threads, {isa}, {mhz:.0} MHz"))
+    (
+        threads as f64 * mhz / 1000.0 * per_cycle,
+        format!("{model}, {threads} threads, {isa}, {mhz:.0} MHz"),
+    )
 }
 
 pub fn bench(quick: bool) -> Result<()> {
     let registry = Registry::builtin()?;
     let cache = Cache::from_env();
     let fetcher = Fetcher::new(cache.clone());
-    for name in ["onnxruntime", "all-minilm-l6-v2", "efficientnet-lite0", "sentiment-amazon", "sentiment-imdb", "sentiment-yelp", "20newsgroups", "mnist"] {
+    for name in [
+        "onnxruntime",
+        "all-minilm-l6-v2",
+        "efficientnet-lite0",
+        "sentiment-amazon",
+        "sentiment-imdb",
+        "sentiment-yelp",
+        "20newsgroups",
+        "mnist",
+    ] {
         fetcher.fetch(registry.get(name)?)?;
     }
     let python = fetcher.python_env()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "tl-benches", "--bin", "embed-throughput"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tl-benches",
+            "--bin",
+            "embed-throughput",
+        ])
         .status()?;
     if !status.success() {
         bail!("release build failed");
@@ -92,7 +123,11 @@ pub fn bench(quick: bool) -> Result<()> {
     let script = root.join("tools/bench/bench_python.py");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (rounds, repeat) = if quick { (2, 1) } else { (3, 2) };
-    let (n_docs, n_images) = if quick { (200, 300) } else { (2000, 2000) };
+    let (n_sentences, n_docs, n_images) = if quick {
+        (1000, 100, 300)
+    } else {
+        (3000, 2000, 2000)
+    };
 
     // Inputs, written once so both stacks read the same texts.
     let texts_of = |ds: &tl_data::Dataset, idx: &[usize]| -> Vec<String> {
@@ -108,6 +143,13 @@ pub fn bench(quick: bool) -> Result<()> {
         let ds = tl_data::load_builtin(registry.get(&format!("sentiment-{d}"))?, &cache)?;
         sentences.extend(texts_of(&ds, &(0..ds.len()).collect::<Vec<_>>()));
     }
+    // Take every third sentence when fewer are wanted, so all three domains stay in.
+    let step = sentences.len() / n_sentences;
+    let sentences: Vec<String> = sentences
+        .into_iter()
+        .step_by(step.max(1))
+        .take(n_sentences)
+        .collect();
     let ng = tl_data::load_builtin(registry.get("20newsgroups")?, &cache)?;
     let docs = texts_of(&ng, &ng.split("train")?[..n_docs]);
     let sentences_path = out_dir.join("sentences.json");
@@ -118,7 +160,10 @@ pub fn bench(quick: bool) -> Result<()> {
     let eff = registry.get("efficientnet-lite0")?;
     let mnist = cache.file_path(registry.get("mnist")?, "train-images-idx3-ubyte");
     let spec_path = out_dir.join("efficientnet-lite0.image.json");
-    std::fs::write(&spec_path, serde_json::to_vec(&eff.model.as_ref().expect("model").image)?)?;
+    std::fs::write(
+        &spec_path,
+        serde_json::to_vec(&eff.model.as_ref().expect("model").image)?,
+    )?;
     let p = |p: &Path| p.display().to_string();
     let text_py = |texts: &Path| -> Vec<String> {
         vec![
@@ -138,16 +183,20 @@ pub fn bench(quick: bool) -> Result<()> {
         ]
     };
     // MiniLM-L6: 6 layers, d 384, ff 1536: 2 x (4 d^2 + 2 d ff) FLOP per token per layer
-    // plus attention 4 d T; token counts are measured, so this is per average item below.
-    let avg_tokens_sent = 16.0;
-    let minilm_gflop = |tokens: f64| 6.0 * (2.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0) * tokens + 4.0 * 384.0 * tokens * tokens) / 1e9;
+    // (attention scores add 4 d T per token, small at these lengths and left out).
+    let minilm_gflop_per_token = 6.0 * 2.0 * (4.0 * 384.0 * 384.0 + 2.0 * 384.0 * 1536.0) / 1e9;
     let workloads = vec![
         Workload {
-            name: "text: 3,000 sentiment sentences",
+            name: if quick {
+                "text: 1,000 sentiment sentences"
+            } else {
+                "text: 3,000 sentiment sentences"
+            },
             model: "all-minilm-l6-v2",
             rust_args: vec!["--texts".into(), p(&sentences_path)],
             python_args: text_py(&sentences_path),
-            gflop_per_item: minilm_gflop(avg_tokens_sent),
+            gflop_per_item: minilm_gflop_per_token,
+            per_token: true,
             unit: "sentences/s",
         },
         Workload {
@@ -155,13 +204,19 @@ pub fn bench(quick: bool) -> Result<()> {
             model: "all-minilm-l6-v2",
             rust_args: vec!["--texts".into(), p(&docs_path)],
             python_args: text_py(&docs_path),
-            gflop_per_item: minilm_gflop(230.0),
+            gflop_per_item: minilm_gflop_per_token,
+            per_token: true,
             unit: "docs/s",
         },
         Workload {
             name: "image: MNIST digits at 224, EfficientNet-Lite0",
             model: "efficientnet-lite0",
-            rust_args: vec!["--idx".into(), p(&mnist), "--limit".into(), n_images.to_string()],
+            rust_args: vec![
+                "--idx".into(),
+                p(&mnist),
+                "--limit".into(),
+                n_images.to_string(),
+            ],
             python_args: vec![
                 "image".into(),
                 "--onnx".into(),
@@ -173,7 +228,9 @@ pub fn bench(quick: bool) -> Result<()> {
                 "--limit".into(),
                 n_images.to_string(),
             ],
+            // EfficientNet-Lite0: about 0.4 G multiply-adds per 224 x 224 image.
             gflop_per_item: 0.80,
+            per_token: false,
             unit: "images/s",
         },
     ];
@@ -183,9 +240,17 @@ pub fn bench(quick: bool) -> Result<()> {
     let mut raw = Vec::new();
     for w in &workloads {
         let common = |c: &mut Command| {
-            c.args(["--batch-size", "32", "--threads", &threads.to_string(), "--repeat", &repeat.to_string()]);
+            c.args([
+                "--batch-size",
+                "32",
+                "--threads",
+                &threads.to_string(),
+                "--repeat",
+                &repeat.to_string(),
+            ]);
         };
-        let (mut rust_rates, mut py_rates, mut py_sorted_rates, mut ratios, mut sorted_ratios) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut rust_rates, mut py_rates, mut py_sorted_rates, mut ratios, mut sorted_ratios) =
+            (vec![], vec![], vec![], vec![], vec![]);
         let mut last = (Value::Null, Value::Null);
         for round in 0..rounds {
             eprintln!("{} (round {}/{rounds})", w.name, round + 1);
@@ -213,7 +278,14 @@ pub fn bench(quick: bool) -> Result<()> {
             last = (rv, pv);
         }
         let rust = median(&mut rust_rates);
-        let used = rust * w.gflop_per_item;
+        let per_item = if w.per_token {
+            let tokens = last.0["processed_tokens"].as_f64().unwrap_or(0.0)
+                / last.0["items"].as_f64().unwrap_or(1.0);
+            w.gflop_per_item * tokens
+        } else {
+            w.gflop_per_item
+        };
+        let used = rust * per_item;
         rows.push(json!({
             "workload": w.name,
             "unit": w.unit,
@@ -256,11 +328,17 @@ pub fn bench(quick: bool) -> Result<()> {
         );
     }
     println!("{md}");
-    let md_path: PathBuf = out_dir.join(if quick { "results-quick.md" } else { "results.md" });
+    let md_path: PathBuf = out_dir.join(if quick {
+        "results-quick.md"
+    } else {
+        "results.md"
+    });
     std::fs::write(&md_path, &md)?;
     std::fs::write(
         md_path.with_extension("json"),
-        serde_json::to_vec_pretty(&json!({"machine": machine, "peak_gflops": peak, "threads": threads, "rows": rows, "raw": raw}))?,
+        serde_json::to_vec_pretty(
+            &json!({"machine": machine, "peak_gflops": peak, "threads": threads, "rows": rows, "raw": raw}),
+        )?,
     )?;
     eprintln!("written {} and .json", md_path.display());
     Ok(())

@@ -22,7 +22,9 @@ enum Cmd {
     ///
     /// With no names, fetches every default asset. Idempotent: a second run checks the
     /// checksums and downloads nothing.
-    #[command(after_help = "Examples:\n  cargo xtask fetch\n  cargo xtask fetch onnxruntime all-minilm-l6-v2\n  TL_HOME=/data/tl cargo xtask fetch mnist")]
+    #[command(
+        after_help = "Examples:\n  cargo xtask fetch\n  cargo xtask fetch onnxruntime all-minilm-l6-v2\n  TL_HOME=/data/tl cargo xtask fetch mnist"
+    )]
     Fetch {
         /// Asset names (see `cargo xtask assets`).
         names: Vec<String>,
@@ -108,12 +110,20 @@ fn fetch(registry: &Registry, names: &[String]) -> Result<Vec<FetchReport>> {
                 } => Some(format!(
                     "{}{} ({source})",
                     path.file_name().unwrap_or_default().to_string_lossy(),
-                    if *replaced_corrupt { ", replaced a corrupt copy" } else { "" }
+                    if *replaced_corrupt {
+                        ", replaced a corrupt copy"
+                    } else {
+                        ""
+                    }
                 )),
             })
             .collect();
         if fetched.is_empty() {
-            eprintln!("{:<26} up to date ({} files verified)", m.name, report.files.len());
+            eprintln!(
+                "{:<26} up to date ({} files verified)",
+                m.name,
+                report.files.len()
+            );
         } else {
             eprintln!(
                 "{:<26} fetched {} in {:.1}s: {}",

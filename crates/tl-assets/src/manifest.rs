@@ -316,11 +316,13 @@ impl Manifest {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        manifest.check().map_err(|(field, message)| ManifestError::Invalid {
-            origin: origin.to_string(),
-            field,
-            message,
-        })?;
+        manifest
+            .check()
+            .map_err(|(field, message)| ManifestError::Invalid {
+                origin: origin.to_string(),
+                field,
+                message,
+            })?;
         Ok(manifest)
     }
 
@@ -438,7 +440,9 @@ impl Manifest {
                         if !CONVERT_TOOLS.contains(&tool.as_str()) {
                             return err(
                                 &format!("{at}.tool"),
-                                format!("unknown conversion {tool:?}; expected one of {CONVERT_TOOLS:?}"),
+                                format!(
+                                    "unknown conversion {tool:?}; expected one of {CONVERT_TOOLS:?}"
+                                ),
                             );
                         }
                         if inputs.is_empty() {
@@ -448,7 +452,10 @@ impl Manifest {
                             if !self.files[..i].iter().any(|f| &f.path == input) {
                                 return err(
                                     &format!("{at}.inputs"),
-                                    format!("{input:?} is not a file listed before {:?}", file.path),
+                                    format!(
+                                        "{input:?} is not a file listed before {:?}",
+                                        file.path
+                                    ),
                                 );
                             }
                         }
@@ -458,7 +465,9 @@ impl Manifest {
         }
         match (self.kind, &self.model, &self.dataset) {
             (AssetKind::Model, Some(m), None) => self.check_model(m),
-            (AssetKind::Model, None, _) => err("model", "a model asset needs a [model] table".into()),
+            (AssetKind::Model, None, _) => {
+                err("model", "a model asset needs a [model] table".into())
+            }
             (AssetKind::Dataset, None, Some(d)) => self.check_dataset(d),
             (AssetKind::Dataset, _, None) => {
                 err("dataset", "a dataset asset needs a [dataset] table".into())
@@ -474,7 +483,10 @@ impl Manifest {
     fn check_model(&self, m: &ModelSpec) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
         if self.file(&m.onnx).is_none() {
-            return err("model.onnx", format!("{:?} is not among the asset's files", m.onnx));
+            return err(
+                "model.onnx",
+                format!("{:?} is not among the asset's files", m.onnx),
+            );
         }
         if m.inputs.is_empty() {
             return err("model.inputs", "needs at least one input name".into());
@@ -494,7 +506,10 @@ impl Manifest {
                     return err("model.text.max_length", "must be at least 2".into());
                 }
                 if !m.inputs.iter().any(|i| i == "input_ids") {
-                    return err("model.inputs", "a text model needs an \"input_ids\" input".into());
+                    return err(
+                        "model.inputs",
+                        "a text model needs an \"input_ids\" input".into(),
+                    );
                 }
                 Ok(())
             }
@@ -502,13 +517,13 @@ impl Manifest {
                 if im.size == 0 {
                     return err("model.image.size", "must be positive".into());
                 }
-                if let Resize::ShorterCrop { shorter } = im.resize {
-                    if shorter < im.size {
-                        return err(
-                            "model.image.resize.shorter",
-                            format!("{shorter} is smaller than the crop size {}", im.size),
-                        );
-                    }
+                if let Resize::ShorterCrop { shorter } = im.resize
+                    && shorter < im.size
+                {
+                    return err(
+                        "model.image.resize.shorter",
+                        format!("{shorter} is smaller than the crop size {}", im.size),
+                    );
                 }
                 if !(im.pixel_max > 0.0 && im.pixel_max.is_finite()) {
                     return err("model.image.pixel_max", "must be a positive number".into());
@@ -517,7 +532,10 @@ impl Manifest {
                     return err("model.image.std", "every entry must be positive".into());
                 }
                 if m.inputs.len() != 1 {
-                    return err("model.inputs", "an image model takes exactly one input".into());
+                    return err(
+                        "model.inputs",
+                        "an image model takes exactly one input".into(),
+                    );
                 }
                 Ok(())
             }
@@ -563,7 +581,10 @@ impl Manifest {
 }
 
 fn check_sha(s: &str) -> Result<(), String> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(format!(
@@ -583,14 +604,18 @@ fn check_pkg(package: &str, version: &str) -> Result<(), String> {
         return Err(format!("bad package name {package:?}"));
     }
     if !ok(version) {
-        return Err(format!("bad version {version:?} (an exact version is required)"));
+        return Err(format!(
+            "bad version {version:?} (an exact version is required)"
+        ));
     }
     Ok(())
 }
 
 fn check_member(m: &str) -> Result<(), String> {
     if m.is_empty() || m.starts_with('/') || m.split('/').any(|c| c == "..") {
-        Err(format!("expected a relative path inside the archive, found {m:?}"))
+        Err(format!(
+            "expected a relative path inside the archive, found {m:?}"
+        ))
     } else {
         Ok(())
     }

@@ -56,7 +56,11 @@ fn conversions_are_deterministic() {
             cmd.arg(f.cache().file_path(&m, i));
         }
         run(cmd.arg(&out).args(args));
-        assert_eq!(sha256_file(&out).unwrap(), spec.sha256, "{name}: converter output changed");
+        assert_eq!(
+            sha256_file(&out).unwrap(),
+            spec.sha256,
+            "{name}: converter output changed"
+        );
     }
 }
 

@@ -82,7 +82,9 @@ fn answer(mut stream: TcpStream, routes: &HashMap<&'static str, Reply>) {
             }
         }
         Some(Reply::Status(code)) => {
-            stream.write_all(head(&format!("{code} Nope"), 0).as_bytes()).ok();
+            stream
+                .write_all(head(&format!("{code} Nope"), 0).as_bytes())
+                .ok();
         }
         None => {
             stream.write_all(head("404 Not Found", 0).as_bytes()).ok();
@@ -149,12 +151,22 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn url_fetch_is_verified_idempotent_and_repairs_corruption() {
     let body = payload(300_000);
     let server = serve(HashMap::from([("/a.bin", Reply::Body(body.clone()))]));
-    let m = manifest(&[("a.bin", &sha(&body), &[url_source(&format!("{}/a.bin", server.base))])]);
+    let m = manifest(&[(
+        "a.bin",
+        &sha(&body),
+        &[url_source(&format!("{}/a.bin", server.base))],
+    )]);
     let tmp = tempfile::tempdir().unwrap();
     let f = fetcher(tmp.path());
 
     let r = f.fetch(&m).unwrap();
-    assert!(matches!(r.files[0].1, FileOutcome::Fetched { replaced_corrupt: false, .. }));
+    assert!(matches!(
+        r.files[0].1,
+        FileOutcome::Fetched {
+            replaced_corrupt: false,
+            ..
+        }
+    ));
     let dest = tmp.path().join("runtime/t/a.bin");
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
@@ -168,9 +180,18 @@ fn url_fetch_is_verified_idempotent_and_repairs_corruption() {
     let mut bytes = std::fs::read(&dest).unwrap();
     bytes[1234] ^= 0xff;
     std::fs::write(&dest, &bytes).unwrap();
-    assert!(matches!(f.verify(&m).unwrap()[0].1, FileState::Corrupt { .. }));
+    assert!(matches!(
+        f.verify(&m).unwrap()[0].1,
+        FileState::Corrupt { .. }
+    ));
     let r = f.fetch(&m).unwrap();
-    assert!(matches!(r.files[0].1, FileOutcome::Fetched { replaced_corrupt: true, .. }));
+    assert!(matches!(
+        r.files[0].1,
+        FileOutcome::Fetched {
+            replaced_corrupt: true,
+            ..
+        }
+    ));
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert_eq!(f.verify(&m).unwrap()[0].1, FileState::Ok);
     assert!(leftovers(tmp.path()).is_empty());
@@ -181,14 +202,22 @@ fn checksum_mismatch_keeps_nothing() {
     let body = payload(1000);
     let server = serve(HashMap::from([("/a.bin", Reply::Body(body.clone()))]));
     let wrong = sha(b"something else");
-    let m = manifest(&[("a.bin", &wrong, &[url_source(&format!("{}/a.bin", server.base))])]);
+    let m = manifest(&[(
+        "a.bin",
+        &wrong,
+        &[url_source(&format!("{}/a.bin", server.base))],
+    )]);
     let tmp = tempfile::tempdir().unwrap();
     let e = fetcher(tmp.path()).fetch(&m).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("checksum mismatch"), "{msg}");
     assert!(msg.contains(&wrong) && msg.contains(&sha(&body)), "{msg}");
     assert!(!tmp.path().join("runtime/t/a.bin").exists());
-    assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
+    assert!(
+        leftovers(tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(tmp.path())
+    );
 }
 
 #[test]
@@ -199,29 +228,59 @@ fn interrupted_download_leaves_no_file_and_a_rerun_completes() {
         ("/full.bin", Reply::Body(body.clone())),
     ]));
     let tmp = tempfile::tempdir().unwrap();
-    let cut = manifest(&[("a.bin", &sha(&body), &[url_source(&format!("{}/cut.bin", server.base))])]);
+    let cut = manifest(&[(
+        "a.bin",
+        &sha(&body),
+        &[url_source(&format!("{}/cut.bin", server.base))],
+    )]);
     let e = fetcher(tmp.path()).fetch(&cut).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("interrupted after 70000 bytes of 200000"), "{msg}");
+    assert!(
+        msg.contains("interrupted after 70000 bytes of 200000"),
+        "{msg}"
+    );
     assert!(!tmp.path().join("runtime/t/a.bin").exists());
-    assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
+    assert!(
+        leftovers(tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(tmp.path())
+    );
 
-    let full = manifest(&[("a.bin", &sha(&body), &[url_source(&format!("{}/full.bin", server.base))])]);
+    let full = manifest(&[(
+        "a.bin",
+        &sha(&body),
+        &[url_source(&format!("{}/full.bin", server.base))],
+    )]);
     fetcher(tmp.path()).fetch(&full).unwrap();
-    assert_eq!(std::fs::read(tmp.path().join("runtime/t/a.bin")).unwrap(), body);
+    assert_eq!(
+        std::fs::read(tmp.path().join("runtime/t/a.bin")).unwrap(),
+        body
+    );
 }
 
 #[test]
 fn http_errors_name_the_address() {
     let server = serve(HashMap::from([("/gone", Reply::Status(410))]));
     let tmp = tempfile::tempdir().unwrap();
-    let m = manifest(&[("a.bin", &sha(b"x"), &[url_source(&format!("{}/gone", server.base))])]);
+    let m = manifest(&[(
+        "a.bin",
+        &sha(b"x"),
+        &[url_source(&format!("{}/gone", server.base))],
+    )]);
     let msg = fetcher(tmp.path()).fetch(&m).unwrap_err().to_string();
     assert!(msg.contains("/gone") && msg.contains("410"), "{msg}");
 
     // Nothing listens on this port (bound, then closed).
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let m = manifest(&[("a.bin", &sha(b"x"), &[url_source(&format!("http://127.0.0.1:{port}/a"))])]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let m = manifest(&[(
+        "a.bin",
+        &sha(b"x"),
+        &[url_source(&format!("http://127.0.0.1:{port}/a"))],
+    )]);
     let msg = fetcher(tmp.path()).fetch(&m).unwrap_err().to_string();
     assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
 }
@@ -231,7 +290,8 @@ fn zip_with(members: &[(&str, &[u8])]) -> Vec<u8> {
     {
         let mut z = zip::ZipWriter::new(&mut buf);
         for (name, data) in members {
-            z.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            z.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
             z.write_all(data).unwrap();
         }
         z.finish().unwrap();
@@ -270,18 +330,40 @@ fn archive_members_are_extracted_and_the_archive_downloaded_once() {
         )
     };
     let m = manifest(&[
-        ("a.bin", &sha(&a), &[src("/w.whl", "zip", &zip, "pkg/a.bin")]),
-        ("b.bin", &sha(&b), &[src("/w.whl", "zip", &zip, "pkg/b.bin")]),
-        ("c.bin", &sha(&a), &[src("/p.tgz", "tgz", &tgz, "package/a.bin")]),
+        (
+            "a.bin",
+            &sha(&a),
+            &[src("/w.whl", "zip", &zip, "pkg/a.bin")],
+        ),
+        (
+            "b.bin",
+            &sha(&b),
+            &[src("/w.whl", "zip", &zip, "pkg/b.bin")],
+        ),
+        (
+            "c.bin",
+            &sha(&a),
+            &[src("/p.tgz", "tgz", &tgz, "package/a.bin")],
+        ),
     ]);
     let tmp = tempfile::tempdir().unwrap();
     fetcher(tmp.path()).fetch(&m).unwrap();
-    assert_eq!(std::fs::read(tmp.path().join("runtime/t/b.bin")).unwrap(), b);
-    assert_eq!(std::fs::read(tmp.path().join("runtime/t/c.bin")).unwrap(), a);
+    assert_eq!(
+        std::fs::read(tmp.path().join("runtime/t/b.bin")).unwrap(),
+        b
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("runtime/t/c.bin")).unwrap(),
+        a
+    );
     // The wheel served two files but was downloaded once.
     assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 
-    let missing = manifest(&[("x.bin", &sha(&a), &[src("/w.whl", "zip", &zip, "pkg/nope.bin")])]);
+    let missing = manifest(&[(
+        "x.bin",
+        &sha(&a),
+        &[src("/w.whl", "zip", &zip, "pkg/nope.bin")],
+    )]);
     let msg = fetcher(tmp.path()).fetch(&missing).unwrap_err().to_string();
     assert!(msg.contains("no member \"pkg/nope.bin\""), "{msg}");
 }
@@ -305,7 +387,10 @@ fn sources_are_tried_in_order_and_a_missing_npm_says_what_to_do() {
 
     let only_npm = manifest(&[("a.bin", &sha(&a), std::slice::from_ref(&npm))]);
     let msg = no_npm.fetch(&only_npm).unwrap_err().to_string();
-    assert!(msg.contains("npm") && msg.contains("was not found") && msg.contains("install Node.js"), "{msg}");
+    assert!(
+        msg.contains("npm") && msg.contains("was not found") && msg.contains("install Node.js"),
+        "{msg}"
+    );
     assert!(!msg.contains('\n'), "one line: {msg}");
 
     let fallback = manifest(&[("a.bin", &sha(&a), &[npm, url])]);
@@ -324,15 +409,26 @@ fn missing_pip_says_what_to_do() {
         sha(b"w")
     );
     let m = manifest(&[("a.bin", &sha(b"a"), &[pypi])]);
-    let msg = fetcher(tmp.path()).python("/nonexistent/python3").fetch(&m).unwrap_err().to_string();
-    assert!(msg.contains("pip") && msg.contains("install Python 3 with pip"), "{msg}");
+    let msg = fetcher(tmp.path())
+        .python("/nonexistent/python3")
+        .fetch(&m)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("pip") && msg.contains("install Python 3 with pip"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn concurrent_fetches_of_one_asset_download_once_and_both_succeed() {
     let body = payload(400_000);
     let server = serve(HashMap::from([("/a.bin", Reply::Slow(body.clone()))]));
-    let m = manifest(&[("a.bin", &sha(&body), &[url_source(&format!("{}/a.bin", server.base))])]);
+    let m = manifest(&[(
+        "a.bin",
+        &sha(&body),
+        &[url_source(&format!("{}/a.bin", server.base))],
+    )]);
     let tmp = tempfile::tempdir().unwrap();
     let barrier = Arc::new(Barrier::new(4));
     let handles: Vec<_> = (0..4)
@@ -344,11 +440,20 @@ fn concurrent_fetches_of_one_asset_download_once_and_both_succeed() {
             })
         })
         .collect();
-    let reports: Vec<_> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+    let reports: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
     let fetched = reports.iter().filter(|r| !r.was_noop()).count();
-    assert_eq!(fetched, 1, "exactly one fetch downloads; the others wait and find it done");
+    assert_eq!(
+        fetched, 1,
+        "exactly one fetch downloads; the others wait and find it done"
+    );
     assert_eq!(server.hits.load(Ordering::SeqCst), 1);
-    assert_eq!(std::fs::read(tmp.path().join("runtime/t/a.bin")).unwrap(), body);
+    assert_eq!(
+        std::fs::read(tmp.path().join("runtime/t/a.bin")).unwrap(),
+        body
+    );
 }
 
 #[test]
@@ -357,22 +462,34 @@ fn a_partial_file_from_a_killed_fetch_is_never_taken_as_complete() {
     // rename alone. Simulate both leftovers a crash could produce.
     let body = payload(10_000);
     let server = serve(HashMap::from([("/a.bin", Reply::Body(body.clone()))]));
-    let m = manifest(&[("a.bin", &sha(&body), &[url_source(&format!("{}/a.bin", server.base))])]);
+    let m = manifest(&[(
+        "a.bin",
+        &sha(&body),
+        &[url_source(&format!("{}/a.bin", server.base))],
+    )]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("runtime/t");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(".a.bin.part-999-0"), &body[..5000]).unwrap();
     std::fs::write(dir.join("a.bin"), &body[..5000]).unwrap();
-    assert!(matches!(fetcher(tmp.path()).verify(&m).unwrap()[0].1, FileState::Corrupt { .. }));
+    assert!(matches!(
+        fetcher(tmp.path()).verify(&m).unwrap()[0].1,
+        FileState::Corrupt { .. }
+    ));
     fetcher(tmp.path()).fetch(&m).unwrap();
     assert_eq!(std::fs::read(dir.join("a.bin")).unwrap(), body);
 }
 
 #[test]
 fn disk_full_is_reported_as_such() {
-    let e = FetchError::DiskFull { path: "/x/y".into() };
+    let e = FetchError::DiskFull {
+        path: "/x/y".into(),
+    };
     let msg = e.to_string();
-    assert!(msg.contains("disk full") && msg.contains("TL_HOME"), "{msg}");
+    assert!(
+        msg.contains("disk full") && msg.contains("TL_HOME"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -386,14 +503,21 @@ fn read_one_byte_at_a_time_server_still_verifies() {
         if let Some(Ok(mut s)) = listener.incoming().next() {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf);
-            s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b2.len()).as_bytes()).ok();
+            s.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b2.len()).as_bytes(),
+            )
+            .ok();
             for byte in b2.chunks(7) {
                 s.write_all(byte).ok();
                 s.flush().ok();
             }
         }
     });
-    let m = manifest(&[("a.bin", &sha(&body), &[url_source(&format!("http://{addr}/a"))])]);
+    let m = manifest(&[(
+        "a.bin",
+        &sha(&body),
+        &[url_source(&format!("http://{addr}/a"))],
+    )]);
     let tmp = tempfile::tempdir().unwrap();
     fetcher(tmp.path()).fetch(&m).unwrap();
 }

@@ -137,7 +137,10 @@ fn from_raw(raw: &RawImage) -> Result<Rgb8, String> {
         return Err("pixel array has no pixels".into());
     }
     if raw.channels != 1 && raw.channels != 3 {
-        return Err(format!("pixel array has {} channels; expected 1 or 3", raw.channels));
+        return Err(format!(
+            "pixel array has {} channels; expected 1 or 3",
+            raw.channels
+        ));
     }
     let want = w * h * raw.channels as usize;
     if raw.data.len() != want {
@@ -200,7 +203,11 @@ fn axis_weights(in_len: usize, out_len: usize, start: usize, count: usize) -> Ax
 }
 
 /// Size of the resized image and the crop window inside it: (resized w, h, left, top).
-pub(crate) fn geometry(width: usize, height: usize, spec: &ImageSpec) -> (usize, usize, usize, usize) {
+pub(crate) fn geometry(
+    width: usize,
+    height: usize,
+    spec: &ImageSpec,
+) -> (usize, usize, usize, usize) {
     let size = spec.size as usize;
     match spec.resize {
         Resize::Stretch => (size, size, 0, 0),
@@ -292,13 +299,26 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_and_stay_in_bounds() {
-        for (inp, out) in [(28, 224), (640, 256), (256, 256), (1, 224), (224, 1), (1000, 3)] {
+        for (inp, out) in [
+            (28, 224),
+            (640, 256),
+            (256, 256),
+            (1, 224),
+            (224, 1),
+            (1000, 3),
+        ] {
             let w = axis_weights(inp, out, 0, out);
             for i in 0..out {
                 let s: f32 = w.weights[i * w.taps..(i + 1) * w.taps].iter().sum();
                 assert!((s - 1.0).abs() < 1e-5, "{inp}->{out} at {i}: {s}");
-                let used = w.weights[i * w.taps..(i + 1) * w.taps].iter().rposition(|v| *v != 0.0).unwrap_or(0);
-                assert!(w.first[i] + used < inp, "{inp}->{out} at {i} reads past the end");
+                let used = w.weights[i * w.taps..(i + 1) * w.taps]
+                    .iter()
+                    .rposition(|v| *v != 0.0)
+                    .unwrap_or(0);
+                assert!(
+                    w.first[i] + used < inp,
+                    "{inp}->{out} at {i} reads past the end"
+                );
             }
         }
     }
@@ -307,7 +327,14 @@ mod tests {
     fn identity_resize_keeps_pixels() {
         let w = axis_weights(8, 8, 0, 8);
         for i in 0..8 {
-            assert_eq!(w.first[i] + w.weights[i * w.taps..(i + 1) * w.taps].iter().position(|v| *v == 1.0).unwrap(), i);
+            assert_eq!(
+                w.first[i]
+                    + w.weights[i * w.taps..(i + 1) * w.taps]
+                        .iter()
+                        .position(|v| *v == 1.0)
+                        .unwrap(),
+                i
+            );
         }
     }
 

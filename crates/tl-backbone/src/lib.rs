@@ -351,16 +351,24 @@ impl Backbone {
         cache: &Cache,
         config: &ExecutionConfig,
     ) -> Result<Backbone, BackboneError> {
-        let spec = manifest.model.as_ref().ok_or_else(|| BackboneError::Config {
-            field: "model",
-            message: format!("{} is a {:?} asset, not a model", manifest.name, manifest.kind),
-        })?;
+        let spec = manifest
+            .model
+            .as_ref()
+            .ok_or_else(|| BackboneError::Config {
+                field: "model",
+                message: format!(
+                    "{} is a {:?} asset, not a model",
+                    manifest.name, manifest.kind
+                ),
+            })?;
         let mut needed = vec![spec.onnx.as_str()];
         if let Some(t) = &spec.text {
             needed.push(t.tokenizer.as_str());
         }
         for path in needed {
-            let file = manifest.file(path).expect("validated manifest lists its model files");
+            let file = manifest
+                .file(path)
+                .expect("validated manifest lists its model files");
             let full = cache.file_path(manifest, path);
             let problem = match tl_assets::sha256_file(&full) {
                 Ok(sha) if sha == file.sha256 => continue,
@@ -428,7 +436,11 @@ impl Backbone {
         let fingerprint = hex::encode(Sha256::digest(&canonical))[..32].to_string();
 
         let session = open_session(name, &onnx, config)?;
-        let graph_inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let graph_inputs: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
         let mut want = spec.inputs.clone();
         let mut found = graph_inputs.clone();
         want.sort();
@@ -442,20 +454,23 @@ impl Backbone {
                 ),
             });
         }
-        if let Encoder::Text { .. } = encoder {
-            if let Some(bad) = graph_inputs
+        if let Encoder::Text { .. } = encoder
+            && let Some(bad) = graph_inputs
                 .iter()
                 .find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(&n.as_str()))
-            {
-                return Err(BackboneError::Graph {
-                    model: name.to_string(),
-                    message: format!(
-                        "text input {bad:?} is not one we can feed (input_ids, attention_mask, token_type_ids)"
-                    ),
-                });
-            }
+        {
+            return Err(BackboneError::Graph {
+                model: name.to_string(),
+                message: format!(
+                    "text input {bad:?} is not one we can feed (input_ids, attention_mask, token_type_ids)"
+                ),
+            });
         }
-        let names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let names: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         let find = |r: &OutputRef| -> Result<usize, BackboneError> {
             let idx = match r {
                 OutputRef::Name(n) => names.iter().position(|x| x == n),
@@ -487,13 +502,17 @@ impl Backbone {
                     ),
                 });
             }
-            if let Some(&d) = shape.last() {
-                if d > 0 && d as usize != spec.dim {
-                    return Err(BackboneError::Graph {
-                        model: name.to_string(),
-                        message: format!("feature output has dimension {d}; the manifest says {}", spec.dim),
-                    });
-                }
+            if let Some(&d) = shape.last()
+                && d > 0
+                && d as usize != spec.dim
+            {
+                return Err(BackboneError::Graph {
+                    model: name.to_string(),
+                    message: format!(
+                        "feature output has dimension {d}; the manifest says {}",
+                        spec.dim
+                    ),
+                });
             }
         }
         Ok(Backbone {
@@ -557,19 +576,31 @@ impl Backbone {
         for (i, t) in tokens.iter().enumerate() {
             match t {
                 Ok(t) => lens.push((i, t.ids.len())),
-                Err(message) => self.item_failed(&mut result, on_error, i, shorten(texts[i].as_ref()), message.clone())?,
+                Err(message) => self.item_failed(
+                    &mut result,
+                    on_error,
+                    i,
+                    shorten(texts[i].as_ref()),
+                    message.clone(),
+                )?,
             }
         }
         let bar = self.bar(lens.len());
         for batch in text::length_batches(&lens, self.config.batch_size) {
-            let seq = batch.iter().map(|&i| tokens[i].as_ref().map_or(0, |t| t.ids.len())).max().unwrap_or(0);
+            let seq = batch
+                .iter()
+                .map(|&i| tokens[i].as_ref().map_or(0, |t| t.ids.len()))
+                .max()
+                .unwrap_or(0);
             let n = batch.len();
             let t0 = Instant::now();
             let mut ids = vec![0i64; n * seq];
             let mut mask = vec![0i64; n * seq];
             let mut types = vec![0i64; n * seq];
             for (r, &i) in batch.iter().enumerate() {
-                let t = tokens[i].as_ref().expect("only tokenised items are batched");
+                let t = tokens[i]
+                    .as_ref()
+                    .expect("only tokenised items are batched");
                 let len = t.ids.len();
                 ids[r * seq..r * seq + len].copy_from_slice(&t.ids);
                 mask[r * seq..r * seq + len].fill(1);
@@ -589,17 +620,23 @@ impl Backbone {
                 inputs.push((name.clone(), tensor.into_dyn()));
             }
             let dim = self.spec.dim;
-            self.run_batch(inputs, &batch, &mut result, |out, r, row| match spec.pooling {
-                Pooling::Mean => text::mean_pool(
-                    &out[r * seq * dim..(r + 1) * seq * dim],
-                    seq,
-                    dim,
-                    &mask[r * seq..(r + 1) * seq],
-                    row,
-                ),
-                Pooling::Cls => row.copy_from_slice(&out[r * seq * dim..r * seq * dim + dim]),
-                Pooling::Output => row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
-            }, spec.normalize)?;
+            self.run_batch(
+                inputs,
+                &batch,
+                &mut result,
+                |out, r, row| match spec.pooling {
+                    Pooling::Mean => text::mean_pool(
+                        &out[r * seq * dim..(r + 1) * seq * dim],
+                        seq,
+                        dim,
+                        &mask[r * seq..(r + 1) * seq],
+                        row,
+                    ),
+                    Pooling::Cls => row.copy_from_slice(&out[r * seq * dim..r * seq * dim + dim]),
+                    Pooling::Output => row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
+                },
+                spec.normalize,
+            )?;
             bar.inc(n as u64);
         }
         bar.finish_and_clear();
@@ -609,7 +646,11 @@ impl Backbone {
 
     /// Embed images. Decoding and resizing of the next batch run on the rayon pool while
     /// the current batch is inside ONNX Runtime.
-    pub fn embed_images(&self, images: &[ImageInput], on_error: OnError) -> Result<Embeddings, BackboneError> {
+    pub fn embed_images(
+        &self,
+        images: &[ImageInput],
+        on_error: OnError,
+    ) -> Result<Embeddings, BackboneError> {
         let start = Instant::now();
         let Encoder::Image(spec) = &self.encoder else {
             return Err(self.wrong_modality("texts"));
@@ -617,16 +658,19 @@ impl Backbone {
         let mut result = self.empty(images.len());
         let per = (spec.size * spec.size * 3) as usize;
         let bs = self.config.batch_size;
-        let prepare = |range: std::ops::Range<usize>| -> (Vec<f32>, Vec<Result<(), String>>, Duration) {
-            let t0 = Instant::now();
-            let mut buf = vec![0f32; range.len() * per];
-            let status: Vec<Result<(), String>> = buf
-                .par_chunks_mut(per)
-                .zip(range.into_par_iter())
-                .map(|(out, i)| image::decode(&images[i]).map(|img| image::preprocess_into(&img, spec, out)))
-                .collect();
-            (buf, status, t0.elapsed())
-        };
+        let prepare =
+            |range: std::ops::Range<usize>| -> (Vec<f32>, Vec<Result<(), String>>, Duration) {
+                let t0 = Instant::now();
+                let mut buf = vec![0f32; range.len() * per];
+                let status: Vec<Result<(), String>> = buf
+                    .par_chunks_mut(per)
+                    .zip(range.into_par_iter())
+                    .map(|(out, i)| {
+                        image::decode(&images[i]).map(|img| image::preprocess_into(&img, spec, out))
+                    })
+                    .collect();
+                (buf, status, t0.elapsed())
+            };
         let shape = |n: usize| -> Vec<usize> {
             let s = spec.size as usize;
             match spec.layout {
@@ -645,7 +689,13 @@ impl Backbone {
             for (j, st) in status.iter().enumerate() {
                 if let Err(message) = st {
                     let i = range.start + j;
-                    self.item_failed(&mut result, on_error, i, images[i].describe(), message.clone())?;
+                    self.item_failed(
+                        &mut result,
+                        on_error,
+                        i,
+                        images[i].describe(),
+                        message.clone(),
+                    )?;
                 }
             }
             let mut rows = Vec::with_capacity(range.len());
@@ -664,12 +714,17 @@ impl Backbone {
                     if rows.is_empty() {
                         return Ok(());
                     }
-                    let tensor = Tensor::from_array((shape(rows.len()), data)).map_err(|e| self.ort(e))?;
+                    let tensor =
+                        Tensor::from_array((shape(rows.len()), data)).map_err(|e| self.ort(e))?;
                     let inputs = vec![(self.input_names[0].clone(), tensor.into_dyn())];
                     let dim = self.spec.dim;
-                    self.run_batch(inputs, &rows, &mut result, |out, r, row| {
-                        row.copy_from_slice(&out[r * dim..(r + 1) * dim])
-                    }, false)
+                    self.run_batch(
+                        inputs,
+                        &rows,
+                        &mut result,
+                        |out, r, row| row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
+                        false,
+                    )
                 },
                 || following.map(&prepare),
             );
@@ -700,7 +755,9 @@ impl Backbone {
         let (shape, data) = outputs[self.outputs[0]]
             .try_extract_tensor::<f32>()
             .map_err(|e| self.ort(e))?;
-        if shape.first().copied() != Some(rows.len() as i64) || shape.last().copied() != Some(self.spec.dim as i64) {
+        if shape.first().copied() != Some(rows.len() as i64)
+            || shape.last().copied() != Some(self.spec.dim as i64)
+        {
             return Err(BackboneError::Graph {
                 model: self.name.clone(),
                 message: format!(
@@ -712,7 +769,9 @@ impl Backbone {
         }
         for (r, &i) in rows.iter().enumerate() {
             let mut row = result.features.row_mut(i);
-            let row = row.as_slice_mut().expect("rows of a standard-layout array are contiguous");
+            let row = row
+                .as_slice_mut()
+                .expect("rows of a standard-layout array are contiguous");
             fill(data, r, row);
             if normalize {
                 text::l2_normalize(row);
@@ -724,7 +783,10 @@ impl Backbone {
                 .map_err(|e| self.ort(e))?;
             let width = (shape.iter().skip(1).product::<i64>()).max(0) as usize;
             if result.extra.len() <= k {
-                result.extra.push((name.clone(), Array2::from_elem((result.features.nrows(), width), f32::NAN)));
+                result.extra.push((
+                    name.clone(),
+                    Array2::from_elem((result.features.nrows(), width), f32::NAN),
+                ));
             }
             let extra = &mut result.extra[k].1;
             for (r, &i) in rows.iter().enumerate() {
@@ -775,10 +837,18 @@ impl Backbone {
         message: String,
     ) -> Result<(), BackboneError> {
         match on_error {
-            OnError::Fail => Err(BackboneError::Item { index, item, message }),
+            OnError::Fail => Err(BackboneError::Item {
+                index,
+                item,
+                message,
+            }),
             OnError::Skip => {
                 tracing::warn!("{}: skipping item {index} ({item}): {message}", self.name);
-                result.errors.push(ItemError { index, item, message });
+                result.errors.push(ItemError {
+                    index,
+                    item,
+                    message,
+                });
                 result.errors.sort_by_key(|e| e.index);
                 Ok(())
             }
@@ -790,15 +860,21 @@ impl Backbone {
             return indicatif::ProgressBar::hidden();
         }
         let bar = indicatif::ProgressBar::new(n as u64).with_style(
-            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {per_sec} eta {eta}")
-                .expect("static template"),
+            indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {pos}/{len} {per_sec} eta {eta}",
+            )
+            .expect("static template"),
         );
         bar.set_message(format!("embedding with {}", self.name));
         bar
     }
 }
 
-fn open_session(name: &str, onnx: &Path, config: &ExecutionConfig) -> Result<Session, BackboneError> {
+fn open_session(
+    name: &str,
+    onnx: &Path,
+    config: &ExecutionConfig,
+) -> Result<Session, BackboneError> {
     let env = environment()?;
     let ort_err = |e: &dyn std::fmt::Display| BackboneError::Ort {
         model: name.to_string(),
@@ -824,7 +900,10 @@ fn open_session(name: &str, onnx: &Path, config: &ExecutionConfig) -> Result<Ses
         #[cfg(feature = "cuda")]
         Device::Cuda(id) => {
             builder = builder
-                .with_execution_providers([ort::ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+                .with_execution_providers([ort::ep::CUDA::default()
+                    .with_device_id(id)
+                    .build()
+                    .error_on_failure()])
                 .map_err(|e| ort_err(&e))?;
         }
         #[cfg(not(feature = "cuda"))]

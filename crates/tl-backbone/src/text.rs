@@ -36,7 +36,10 @@ pub(crate) fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer
 }
 
 /// Tokenise every text in parallel; one failure does not stop the others.
-pub(crate) fn tokenize<S: AsRef<str> + Sync>(tok: &Tokenizer, texts: &[S]) -> Vec<Result<Tokens, String>> {
+pub(crate) fn tokenize<S: AsRef<str> + Sync>(
+    tok: &Tokenizer,
+    texts: &[S],
+) -> Vec<Result<Tokens, String>> {
     texts
         .par_iter()
         .map(|t| {

@@ -5,7 +5,11 @@ use tl_assets::{Cache, Registry};
 #[test]
 fn the_fetched_runtime_loads_once_and_opens_a_model() {
     let path = tl_backbone::runtime_library_path().unwrap();
-    assert!(path.is_file(), "{} missing: run `cargo xtask fetch onnxruntime`", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run `cargo xtask fetch onnxruntime`",
+        path.display()
+    );
     let env = tl_backbone::environment().unwrap();
     // A second call returns the same process-wide environment.
     let again = tl_backbone::environment().unwrap();

@@ -5,10 +5,16 @@ use tl_backbone::{BackboneError, init_from};
 
 #[test]
 fn missing_library_says_how_to_fetch_it() {
-    let e = init_from(std::path::Path::new("/nonexistent/libonnxruntime.so.1.31.1")).unwrap_err();
+    let e = init_from(std::path::Path::new(
+        "/nonexistent/libonnxruntime.so.1.31.1",
+    ))
+    .unwrap_err();
     assert!(matches!(e, BackboneError::RuntimeMissing { .. }));
     let msg = e.to_string();
-    assert!(msg.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/libonnxruntime.so.1.31.1"),
+        "{msg}"
+    );
     assert!(msg.contains("cargo xtask fetch onnxruntime"), "{msg}");
     assert!(msg.contains("ORT_DYLIB_PATH"), "{msg}");
 }

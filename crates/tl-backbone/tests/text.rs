@@ -42,7 +42,13 @@ fn text_backbones_match_python_onnxruntime() {
     let mut texts: Vec<String> = SENTENCES.iter().map(|s| s.to_string()).collect();
     texts.push("word ".repeat(400)); // truncated at max_length on both sides
     for name in ["all-minilm-l6-v2", "paraphrase-minilm-l3-v2"] {
-        let b = backbone(name, &ExecutionConfig { batch_size: 3, ..Default::default() });
+        let b = backbone(
+            name,
+            &ExecutionConfig {
+                batch_size: 3,
+                ..Default::default()
+            },
+        );
         let ours = b.embed_texts(&texts, OnError::Fail).unwrap();
         let theirs = reference_for(name, &texts);
         let mut worst = 0f64;
@@ -58,11 +64,20 @@ fn text_backbones_match_python_onnxruntime() {
 #[test]
 fn minilm_l6_reference_cosines() {
     let b = backbone("all-minilm-l6-v2", &ExecutionConfig::default());
-    let e = b.embed_texts(&SENTENCES[..3], OnError::Fail).unwrap().features;
+    let e = b
+        .embed_texts(&SENTENCES[..3], OnError::Fail)
+        .unwrap()
+        .features;
     let sim = cos(e.row(0), e.row(1));
     let other = cos(e.row(0), e.row(2));
-    assert!((sim - 0.6575).abs() <= 0.001, "cos(guitar, instrument) = {sim}");
-    assert!((other - -0.0430).abs() <= 0.001, "cos(guitar, stocks) = {other}");
+    assert!(
+        (sim - 0.6575).abs() <= 0.001,
+        "cos(guitar, instrument) = {sim}"
+    );
+    assert!(
+        (other - -0.0430).abs() <= 0.001,
+        "cos(guitar, stocks) = {other}"
+    );
     for row in e.rows() {
         assert!((row.dot(&row) - 1.0).abs() < 1e-5, "rows are L2-normalised");
     }
@@ -70,21 +85,49 @@ fn minilm_l6_reference_cosines() {
 
 #[test]
 fn a_sentence_alone_equals_the_same_sentence_among_long_ones() {
-    let b = backbone("all-minilm-l6-v2", &ExecutionConfig { batch_size: 4, ..Default::default() });
-    let alone = b.embed_texts(&["Short one."], OnError::Fail).unwrap().features;
-    let long = "a considerably longer sentence that needs many more word pieces than the short one does ".repeat(3);
+    let b = backbone(
+        "all-minilm-l6-v2",
+        &ExecutionConfig {
+            batch_size: 4,
+            ..Default::default()
+        },
+    );
+    let alone = b
+        .embed_texts(&["Short one."], OnError::Fail)
+        .unwrap()
+        .features;
+    let long =
+        "a considerably longer sentence that needs many more word pieces than the short one does "
+            .repeat(3);
     let batch = [long.as_str(), long.as_str(), "Short one.", long.as_str()];
     let mixed = b.embed_texts(&batch, OnError::Fail).unwrap();
-    let d = max_abs_diff(mixed.features.row(2), &alone.row(0).iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let d = max_abs_diff(
+        mixed.features.row(2),
+        &alone.row(0).iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
     assert!(d < 1e-5, "padding changed the embedding by {d}");
     // Row order is the input order, whatever the length sorting did.
-    let again = b.embed_texts(&[long.as_str()], OnError::Fail).unwrap().features;
-    assert!(max_abs_diff(mixed.features.row(0), &again.row(0).iter().map(|&v| v as f64).collect::<Vec<_>>()) < 1e-5);
+    let again = b
+        .embed_texts(&[long.as_str()], OnError::Fail)
+        .unwrap()
+        .features;
+    assert!(
+        max_abs_diff(
+            mixed.features.row(0),
+            &again.row(0).iter().map(|&v| v as f64).collect::<Vec<_>>()
+        ) < 1e-5
+    );
 }
 
 #[test]
 fn length_sorting_keeps_padding_small() {
-    let b = backbone("all-minilm-l6-v2", &ExecutionConfig { batch_size: 2, ..Default::default() });
+    let b = backbone(
+        "all-minilm-l6-v2",
+        &ExecutionConfig {
+            batch_size: 2,
+            ..Default::default()
+        },
+    );
     let long = "many words ".repeat(50);
     let texts = ["a", long.as_str(), "b", long.as_str()];
     let s = b.embed_texts(&texts, OnError::Fail).unwrap().stats;
@@ -104,11 +147,24 @@ fn bad_and_odd_texts() {
     // The 100k-character text is truncated at 256 tokens, not rejected.
     assert!(e.stats.processed_tokens <= 4 * 256);
     // NUL bytes are control characters the BERT normaliser removes.
-    let clean = b.embed_texts(&["nulbytehere"], OnError::Fail).unwrap().features;
-    let d = max_abs_diff(e.features.row(2), &clean.row(0).iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let clean = b
+        .embed_texts(&["nulbytehere"], OnError::Fail)
+        .unwrap()
+        .features;
+    let d = max_abs_diff(
+        e.features.row(2),
+        &clean.row(0).iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
     assert!(d < 1e-5, "NUL bytes changed the embedding by {d}");
     // Empty and whitespace-only texts both reduce to [CLS] [SEP].
-    let d = max_abs_diff(e.features.row(0), &e.features.row(1).iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let d = max_abs_diff(
+        e.features.row(0),
+        &e.features
+            .row(1)
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<_>>(),
+    );
     assert!(d < 1e-6);
 }
 
@@ -125,15 +181,39 @@ fn fingerprint_is_stable_and_changes_with_settings() {
     let m = manifest("all-minilm-l6-v2");
     let cache = tl_assets::Cache::from_env();
     let a = tl_backbone::Backbone::from_manifest(&m, &cache, &ExecutionConfig::default()).unwrap();
-    let b = tl_backbone::Backbone::from_manifest(&m, &cache, &ExecutionConfig { batch_size: 7, ..Default::default() }).unwrap();
-    assert_eq!(a.fingerprint(), b.fingerprint(), "execution settings do not change the output");
+    let b = tl_backbone::Backbone::from_manifest(
+        &m,
+        &cache,
+        &ExecutionConfig {
+            batch_size: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        a.fingerprint(),
+        b.fingerprint(),
+        "execution settings do not change the output"
+    );
     let mut spec = m.model.clone().unwrap();
     spec.text.as_mut().unwrap().max_length = 128;
-    let c = tl_backbone::Backbone::from_spec("l6-128", &spec, &cache.asset_dir(&m), &ExecutionConfig::default()).unwrap();
+    let c = tl_backbone::Backbone::from_spec(
+        "l6-128",
+        &spec,
+        &cache.asset_dir(&m),
+        &ExecutionConfig::default(),
+    )
+    .unwrap();
     assert_ne!(a.fingerprint(), c.fingerprint());
     let mut spec = m.model.clone().unwrap();
     spec.text.as_mut().unwrap().normalize = false;
-    let d = tl_backbone::Backbone::from_spec("l6-raw", &spec, &cache.asset_dir(&m), &ExecutionConfig::default()).unwrap();
+    let d = tl_backbone::Backbone::from_spec(
+        "l6-raw",
+        &spec,
+        &cache.asset_dir(&m),
+        &ExecutionConfig::default(),
+    )
+    .unwrap();
     assert_ne!(a.fingerprint(), d.fingerprint());
     assert_eq!(a.fingerprint().len(), 32);
 }

@@ -1,6 +1,6 @@
 //! `tl`: embed datasets with pretrained ONNX backbones and inspect data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -10,7 +10,11 @@ use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError, RawImage};
 use tl_data::{Dataset, Item, TableOptions};
 
 #[derive(Parser)]
-#[command(name = "tl", version, about = "Transfer learning with pretrained ONNX backbones")]
+#[command(
+    name = "tl",
+    version,
+    about = "Transfer learning with pretrained ONNX backbones"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -19,7 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Embed a dataset with a backbone and report throughput and class separation.
-    #[command(after_help = "Examples:\n  tl embed\n  tl embed --model paraphrase-minilm-l3-v2 --dataset sentiment-imdb\n  tl embed --model efficientnet-lite0 --dataset optdigits --batch-size 64\n  tl embed --model all-minilm-l6-v2 --dataset reviews.csv --text-column review")]
+    #[command(
+        after_help = "Examples:\n  tl embed\n  tl embed --model paraphrase-minilm-l3-v2 --dataset sentiment-imdb\n  tl embed --model efficientnet-lite0 --dataset optdigits --batch-size 64\n  tl embed --model all-minilm-l6-v2 --dataset reviews.csv --text-column review"
+    )]
     Embed {
         /// Backbone name (see `cargo xtask assets`).
         #[arg(long, default_value = "all-minilm-l6-v2")]
@@ -53,7 +59,9 @@ enum Cmd {
 #[derive(Subcommand)]
 enum DataCmd {
     /// Counts per class and split, text lengths or image sizes, duplicates.
-    #[command(after_help = "Examples:\n  tl data info 20newsgroups\n  tl data info sentiment\n  tl data info reviews.csv --text-column review --label-column stars")]
+    #[command(
+        after_help = "Examples:\n  tl data info 20newsgroups\n  tl data info sentiment\n  tl data info reviews.csv --text-column review --label-column stars"
+    )]
     Info {
         /// A built-in name, `sentiment`, a table file or an image folder.
         dataset: String,
@@ -101,7 +109,16 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             threads,
             table,
-        } => embed(&registry, &model, &dataset, split.as_deref(), limit, batch_size, threads, &table),
+        } => embed(
+            &registry,
+            &model,
+            &dataset,
+            split.as_deref(),
+            limit,
+            batch_size,
+            threads,
+            &table,
+        ),
         Cmd::Data {
             command: DataCmd::Info { dataset, table },
         } => {
@@ -115,9 +132,15 @@ fn run(cli: Cli) -> Result<()> {
 /// Fetch `m` if any of its files is missing or corrupt.
 fn ensure_fetched(m: &Manifest) -> Result<()> {
     let fetcher = Fetcher::new(Cache::from_env());
-    if fetcher.verify(m)?.iter().any(|(_, s)| *s != tl_assets::FileState::Ok) {
+    if fetcher
+        .verify(m)?
+        .iter()
+        .any(|(_, s)| *s != tl_assets::FileState::Ok)
+    {
         eprintln!("fetching {} ...", m.name);
-        fetcher.fetch(m).with_context(|| format!("fetching {}", m.name))?;
+        fetcher
+            .fetch(m)
+            .with_context(|| format!("fetching {}", m.name))?;
     }
     Ok(())
 }
@@ -138,7 +161,10 @@ fn load_dataset(registry: &Registry, name: &str, table: &TableArgs) -> Result<Da
         };
     }
     let names: Vec<String> = if name == "sentiment" {
-        ["amazon", "imdb", "yelp"].iter().map(|d| format!("sentiment-{d}")).collect()
+        ["amazon", "imdb", "yelp"]
+            .iter()
+            .map(|d| format!("sentiment-{d}"))
+            .collect()
     } else {
         vec![name.to_string()]
     };
@@ -226,8 +252,18 @@ fn embed(
     };
     let s = &out.stats;
     let secs = s.timings.total.as_secs_f64();
-    println!("model      {} ({}-d, fingerprint {})", backbone.name(), backbone.dim(), backbone.fingerprint());
-    println!("dataset    {} ({} items, {} classes)", ds.name, indices.len(), ds.n_classes());
+    println!(
+        "model      {} ({}-d, fingerprint {})",
+        backbone.name(),
+        backbone.dim(),
+        backbone.fingerprint()
+    );
+    println!(
+        "dataset    {} ({} items, {} classes)",
+        ds.name,
+        indices.len(),
+        ds.n_classes()
+    );
     println!(
         "embedded   {} items in {secs:.2}s: {:.1} items/s (session load {:.2}s)",
         s.items - out.errors.len(),
@@ -256,7 +292,11 @@ fn embed(
     let (within, between) = separation(&out.features, &labels);
     println!(
         "separation mean cosine within classes {within:.4} vs between classes {between:.4} ({})",
-        if within > between { "features separate the classes" } else { "features do not separate the classes" }
+        if within > between {
+            "features separate the classes"
+        } else {
+            "features do not separate the classes"
+        }
     );
     Ok(())
 }
@@ -299,4 +339,3 @@ fn separation(features: &ndarray::Array2<f32>, labels: &[usize]) -> (f64, f64) {
     }
     (within / wn.max(1.0), between / bn.max(1.0))
 }
-

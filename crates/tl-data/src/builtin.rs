@@ -75,7 +75,10 @@ pub fn load_builtin(manifest: &Manifest, cache: &Cache) -> Result<Dataset, DataE
             DatasetFormat::LabelledImages => {
                 for f in files {
                     let path = file(f)?;
-                    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let label = stem.rsplit('_').next().unwrap_or_default().to_string();
                     items.push(Item::ImageFile(path));
                     raw_labels.push(label);

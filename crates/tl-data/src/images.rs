@@ -33,9 +33,17 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// images (by extension) are skipped and listed in [`Dataset::skipped`]; a class
 /// folder without images is an error.
 pub fn load_image_folder(root: &Path) -> Result<Dataset, DataError> {
-    let dirs: Vec<PathBuf> = sorted_entries(root)?.into_iter().filter(|p| p.is_dir()).collect();
+    let dirs: Vec<PathBuf> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
     if dirs.is_empty() {
-        return Err(DataError::format(root, None, None, "no class folders (expected root/<class>/<image files>)"));
+        return Err(DataError::format(
+            root,
+            None,
+            None,
+            "no class folders (expected root/<class>/<image files>)",
+        ));
     }
     let split_layout = dirs.iter().all(|d| {
         d.file_name()
@@ -44,7 +52,12 @@ pub fn load_image_folder(root: &Path) -> Result<Dataset, DataError> {
     });
     let groups: Vec<(String, PathBuf)> = if split_layout {
         dirs.iter()
-            .map(|d| (d.file_name().expect("dir").to_string_lossy().into_owned(), d.clone()))
+            .map(|d| {
+                (
+                    d.file_name().expect("dir").to_string_lossy().into_owned(),
+                    d.clone(),
+                )
+            })
             .collect()
     } else {
         vec![("all".to_string(), root.to_path_buf())]
@@ -59,7 +72,11 @@ pub fn load_image_folder(root: &Path) -> Result<Dataset, DataError> {
                 skipped.push(class_dir);
                 continue;
             }
-            let class = class_dir.file_name().expect("dir").to_string_lossy().into_owned();
+            let class = class_dir
+                .file_name()
+                .expect("dir")
+                .to_string_lossy()
+                .into_owned();
             let mut n = 0;
             for f in sorted_entries(&class_dir)? {
                 if f.is_file() && is_image(&f) {
@@ -76,17 +93,27 @@ pub fn load_image_folder(root: &Path) -> Result<Dataset, DataError> {
                     &class_dir,
                     None,
                     None,
-                    format!("class folder {class:?} holds no images ({})", IMAGE_EXTENSIONS.join(", ")),
+                    format!(
+                        "class folder {class:?} holds no images ({})",
+                        IMAGE_EXTENSIONS.join(", ")
+                    ),
                 ));
             }
         }
     }
     if !skipped.is_empty() {
-        tracing::warn!("{}: skipped {} files that are not images", root.display(), skipped.len());
+        tracing::warn!(
+            "{}: skipped {} files that are not images",
+            root.display(),
+            skipped.len()
+        );
     }
     let (labels, label_names) = index_labels(&raw_labels);
     Ok(Dataset {
-        name: root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: root
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         items,
         labels,
         label_names,
@@ -99,9 +126,17 @@ pub fn load_image_folder(root: &Path) -> Result<Dataset, DataError> {
 /// Load a table of image paths and labels; `opts.text_column` names the path column
 /// (paths relative to the table's folder). Every path must exist.
 pub fn load_image_table(path: &Path, opts: &TableOptions) -> Result<Dataset, DataError> {
-    let format = opts.format.or_else(|| TableFormat::from_path(path)).ok_or_else(|| {
-        DataError::format(path, None, None, "unknown table format: use .csv, .tsv, .json, .jsonl or .parquet")
-    })?;
+    let format = opts
+        .format
+        .or_else(|| TableFormat::from_path(path))
+        .ok_or_else(|| {
+            DataError::format(
+                path,
+                None,
+                None,
+                "unknown table format: use .csv, .tsv, .json, .jsonl or .parquet",
+            )
+        })?;
     let df = read_frame(path, format, 0)?;
     let columns = read_columns(path, &df, opts, "image path")?;
     let (paths, labels, label_names, domains, splits) = assemble(path, format, columns, opts)?;
@@ -120,7 +155,10 @@ pub fn load_image_table(path: &Path, opts: &TableOptions) -> Result<Dataset, Dat
         items.push(Item::ImageFile(full));
     }
     Ok(Dataset {
-        name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         items,
         labels,
         label_names,
@@ -133,7 +171,15 @@ pub fn load_image_table(path: &Path, opts: &TableOptions) -> Result<Dataset, Dat
 fn read_idx(path: &Path, want_magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.len() < 4 {
-        return Err(DataError::format(path, Some("byte 0".into()), None, format!("file is {} bytes; an IDX header needs at least 4", bytes.len())));
+        return Err(DataError::format(
+            path,
+            Some("byte 0".into()),
+            None,
+            format!(
+                "file is {} bytes; an IDX header needs at least 4",
+                bytes.len()
+            ),
+        ));
     }
     let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if magic != want_magic {
@@ -141,16 +187,26 @@ fn read_idx(path: &Path, want_magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataE
             path,
             Some("byte 0".into()),
             Some("magic"),
-            format!("magic number {magic:#010x}; expected {want_magic:#010x} (unsigned bytes, {} dimensions)", want_magic & 0xff),
+            format!(
+                "magic number {magic:#010x}; expected {want_magic:#010x} (unsigned bytes, {} dimensions)",
+                want_magic & 0xff
+            ),
         ));
     }
     let ndim = (magic & 0xff) as usize;
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        return Err(DataError::format(path, None, None, format!("truncated header: {} bytes, need {header}", bytes.len())));
+        return Err(DataError::format(
+            path,
+            None,
+            None,
+            format!("truncated header: {} bytes, need {header}", bytes.len()),
+        ));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize)
+        .map(|d| {
+            u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize
+        })
         .collect();
     let need: usize = dims.iter().product();
     let have = bytes.len() - header;
@@ -159,7 +215,9 @@ fn read_idx(path: &Path, want_magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataE
             path,
             Some(format!("byte {header}")),
             None,
-            format!("dimensions {dims:?} need {need} data bytes, the file has {have} (truncated or wrong file)"),
+            format!(
+                "dimensions {dims:?} need {need} data bytes, the file has {have} (truncated or wrong file)"
+            ),
         ));
     }
     Ok((dims, bytes[header..].to_vec()))
@@ -170,7 +228,17 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<(Vec<Item>, Vec<usize>),
     let (dims, pixels) = read_idx(images, 0x0803)?;
     let (ldims, raw_labels) = read_idx(labels, 0x0801)?;
     if dims[0] != ldims[0] {
-        return Err(DataError::format(labels, None, None, format!("{} labels for {} images in {}", ldims[0], dims[0], images.display())));
+        return Err(DataError::format(
+            labels,
+            None,
+            None,
+            format!(
+                "{} labels for {} images in {}",
+                ldims[0],
+                dims[0],
+                images.display()
+            ),
+        ));
     }
     let (h, w) = (dims[1], dims[2]);
     let items = pixels
@@ -194,28 +262,71 @@ pub fn load_digits_csv_gz(path: &Path) -> Result<(Vec<Item>, Vec<usize>), DataEr
     let mut text = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut text)
-        .map_err(|e| DataError::format(path, None, None, format!("not a gzipped UTF-8 CSV: {e}")))?;
+        .map_err(|e| {
+            DataError::format(path, None, None, format!("not a gzipped UTF-8 CSV: {e}"))
+        })?;
     let mut items = Vec::new();
     let mut labels = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = || Some(format!("line {}", n + 1));
         let values: Vec<&str> = line.split(',').collect();
         if values.len() != 65 {
-            return Err(DataError::format(path, at(), None, format!("has {} fields; expected 64 pixels and a label", values.len())));
+            return Err(DataError::format(
+                path,
+                at(),
+                None,
+                format!(
+                    "has {} fields; expected 64 pixels and a label",
+                    values.len()
+                ),
+            ));
         }
         let mut data = Vec::with_capacity(64);
         for (k, v) in values[..64].iter().enumerate() {
-            let p: f64 = v.trim().parse().map_err(|_| DataError::format(path, at(), Some(&format!("pixel {k}")), format!("{v:?} is not a number")))?;
+            let p: f64 = v.trim().parse().map_err(|_| {
+                DataError::format(
+                    path,
+                    at(),
+                    Some(&format!("pixel {k}")),
+                    format!("{v:?} is not a number"),
+                )
+            })?;
             if !(0.0..=16.0).contains(&p) {
-                return Err(DataError::format(path, at(), Some(&format!("pixel {k}")), format!("{p} is outside 0..=16")));
+                return Err(DataError::format(
+                    path,
+                    at(),
+                    Some(&format!("pixel {k}")),
+                    format!("{p} is outside 0..=16"),
+                ));
             }
             data.push((p * 255.0 / 16.0).round() as u8);
         }
-        let label: f64 = values[64].trim().parse().map_err(|_| DataError::format(path, at(), Some("label"), format!("{:?} is not a digit", values[64])))?;
+        let label: f64 = values[64].trim().parse().map_err(|_| {
+            DataError::format(
+                path,
+                at(),
+                Some("label"),
+                format!("{:?} is not a digit", values[64]),
+            )
+        })?;
         if !(0.0..=9.0).contains(&label) || label.fract() != 0.0 {
-            return Err(DataError::format(path, at(), Some("label"), format!("{label} is not a digit 0-9")));
+            return Err(DataError::format(
+                path,
+                at(),
+                Some("label"),
+                format!("{label} is not a digit 0-9"),
+            ));
         }
-        items.push(Item::Pixels(Pixels { width: 8, height: 8, channels: 1, data }));
+        items.push(Item::Pixels(Pixels {
+            width: 8,
+            height: 8,
+            channels: 1,
+            data,
+        }));
         labels.push(label as usize);
     }
     if items.is_empty() {

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub use builtin::load_builtin;
-pub use images::{load_idx, load_image_folder, load_image_table, load_digits_csv_gz};
+pub use images::{load_digits_csv_gz, load_idx, load_image_folder, load_image_table};
 pub use summary::Summary;
 pub use table::{TableFormat, TableOptions, load_table};
 
@@ -146,7 +146,12 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn format(path: impl Into<PathBuf>, location: Option<String>, field: Option<&str>, message: impl Into<String>) -> DataError {
+    pub(crate) fn format(
+        path: impl Into<PathBuf>,
+        location: Option<String>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> DataError {
         DataError::Format {
             path: path.into(),
             location,
@@ -181,11 +186,14 @@ impl Dataset {
 
     /// The indices of split `name`.
     pub fn split(&self, name: &str) -> Result<&[usize], DataError> {
-        self.splits.get(name).map(Vec::as_slice).ok_or_else(|| DataError::UnknownSplit {
-            dataset: self.name.clone(),
-            name: name.to_string(),
-            known: self.splits.keys().cloned().collect(),
-        })
+        self.splits
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| DataError::UnknownSplit {
+                dataset: self.name.clone(),
+                name: name.to_string(),
+                known: self.splits.keys().cloned().collect(),
+            })
     }
 
     /// Items per class among `indices`.
@@ -272,6 +280,10 @@ pub(crate) fn index_labels(raw: &[String]) -> (Vec<usize>, Vec<String>) {
     if names.iter().all(|n| n.parse::<i64>().is_ok()) {
         names.sort_by_key(|n| n.parse::<i64>().expect("checked"));
     }
-    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
     (raw.iter().map(|r| index[r.as_str()]).collect(), names)
 }

@@ -58,7 +58,11 @@ pub struct Fold {
 }
 
 /// Indices of `subset` grouped by label, each group shuffled with `seed`.
-fn shuffled_by_class(labels: &[usize], subset: &[usize], seed: u64) -> Result<BTreeMap<usize, Vec<usize>>, DataError> {
+fn shuffled_by_class(
+    labels: &[usize],
+    subset: &[usize],
+    seed: u64,
+) -> Result<BTreeMap<usize, Vec<usize>>, DataError> {
     let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for &i in subset {
         let label = *labels.get(i).ok_or(DataError::Split {
@@ -113,7 +117,12 @@ pub fn stratified_split(
 /// the folds from a rotating start, so fold sizes differ by at most one per class.
 /// A class with fewer than `k` examples is missing from some test folds; that is
 /// allowed (as in scikit-learn) and reported through `tracing`.
-pub fn stratified_kfold(labels: &[usize], subset: &[usize], k: usize, seed: u64) -> Result<Vec<Fold>, DataError> {
+pub fn stratified_kfold(
+    labels: &[usize],
+    subset: &[usize],
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Fold>, DataError> {
     if k < 2 {
         return Err(DataError::Split {
             message: format!("k-fold needs k >= 2, got {k}"),
@@ -128,7 +137,10 @@ pub fn stratified_kfold(labels: &[usize], subset: &[usize], k: usize, seed: u64)
     let mut start = 0;
     for (label, members) in shuffled_by_class(labels, subset, seed)? {
         if members.len() < k {
-            tracing::warn!("class {label} has {} examples, fewer than {k} folds", members.len());
+            tracing::warn!(
+                "class {label} has {} examples, fewer than {k} folds",
+                members.len()
+            );
         }
         for (j, &i) in members.iter().enumerate() {
             tests[(start + j) % k].push(i);
@@ -141,7 +153,11 @@ pub fn stratified_kfold(labels: &[usize], subset: &[usize], k: usize, seed: u64)
         .into_iter()
         .map(|mut test| {
             test.sort_unstable();
-            let train = all.iter().copied().filter(|i| test.binary_search(i).is_err()).collect();
+            let train = all
+                .iter()
+                .copied()
+                .filter(|i| test.binary_search(i).is_err())
+                .collect();
             Fold { train, test }
         })
         .collect())
@@ -149,7 +165,12 @@ pub fn stratified_kfold(labels: &[usize], subset: &[usize], k: usize, seed: u64)
 
 /// Up to `k` random examples of each class of `subset` (all of a class that has fewer),
 /// ascending. For few-shot learning curves.
-pub fn per_class_subsample(labels: &[usize], subset: &[usize], k: usize, seed: u64) -> Result<Vec<usize>, DataError> {
+pub fn per_class_subsample(
+    labels: &[usize],
+    subset: &[usize],
+    k: usize,
+    seed: u64,
+) -> Result<Vec<usize>, DataError> {
     if k == 0 {
         return Err(DataError::Split {
             message: "k examples per class needs k >= 1".into(),

@@ -33,7 +33,11 @@ pub struct Summary {
 
 impl Summary {
     pub(crate) fn of(ds: &Dataset) -> Summary {
-        let class_counts = ds.splits.iter().map(|(k, v)| (k.clone(), ds.class_counts(v))).collect();
+        let class_counts = ds
+            .splits
+            .iter()
+            .map(|(k, v)| (k.clone(), ds.class_counts(v)))
+            .collect();
         let mut lens: Vec<usize> = ds
             .items
             .iter()
@@ -45,7 +49,14 @@ impl Summary {
         lens.sort_unstable();
         let text_length_percentiles = (!lens.is_empty()).then(|| {
             let q = |p: f64| lens[((lens.len() - 1) as f64 * p).round() as usize];
-            [q(0.05), q(0.25), q(0.5), q(0.75), q(0.95), *lens.last().expect("non-empty")]
+            [
+                q(0.05),
+                q(0.25),
+                q(0.5),
+                q(0.75),
+                q(0.95),
+                *lens.last().expect("non-empty"),
+            ]
         });
         let mut image_sizes = BTreeMap::new();
         for item in &ds.items {
@@ -76,8 +87,20 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "dataset {}: {} items, {} classes", self.name, self.items, self.label_names.len())?;
-        let width = self.label_names.iter().map(|n| n.len()).max().unwrap_or(5).max(5);
+        writeln!(
+            f,
+            "dataset {}: {} items, {} classes",
+            self.name,
+            self.items,
+            self.label_names.len()
+        )?;
+        let width = self
+            .label_names
+            .iter()
+            .map(|n| n.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         write!(f, "  {:<width$}", "class")?;
         for split in self.class_counts.keys() {
             write!(f, " {split:>8}")?;
@@ -106,9 +129,17 @@ impl fmt::Display for Summary {
             writeln!(f, "  images {size}: {n}")?;
         }
         if !self.domains.is_empty() {
-            let d: Vec<String> = self.domains.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let d: Vec<String> = self
+                .domains
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             writeln!(f, "  domains: {}", d.join(", "))?;
         }
-        writeln!(f, "  duplicates: {} | skipped files: {}", self.duplicates, self.skipped)
+        writeln!(
+            f,
+            "  duplicates: {} | skipped files: {}",
+            self.duplicates, self.skipped
+        )
     }
 }

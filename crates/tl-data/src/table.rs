@@ -76,7 +76,10 @@ pub fn load_table(path: &Path, opts: &TableOptions) -> Result<Dataset, DataError
     })?;
     let df = read_frame(path, format, 0)?;
     let columns = read_columns(path, &df, opts, "text")?;
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (items, labels, label_names, domains, splits) = assemble(path, format, columns, opts)?;
     Ok(Dataset {
         name,
@@ -97,8 +100,17 @@ pub(crate) struct Columns {
     pub domain: Option<Vec<Option<String>>>,
 }
 
-pub(crate) fn read_columns(path: &Path, df: &DataFrame, opts: &TableOptions, text_role: &'static str) -> Result<Columns, DataError> {
-    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+pub(crate) fn read_columns(
+    path: &Path,
+    df: &DataFrame,
+    opts: &TableOptions,
+    text_role: &'static str,
+) -> Result<Columns, DataError> {
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let get = |col: &str, role: &'static str| -> Result<Vec<Option<String>>, DataError> {
         let c = df.column(col).map_err(|_| DataError::MissingColumn {
             path: path.to_path_buf(),
@@ -106,9 +118,9 @@ pub(crate) fn read_columns(path: &Path, df: &DataFrame, opts: &TableOptions, tex
             role,
             found: names.clone(),
         })?;
-        let c = c
-            .cast(&DataType::String)
-            .map_err(|e| DataError::format(path, None, Some(col), format!("cannot read as text: {e}")))?;
+        let c = c.cast(&DataType::String).map_err(|e| {
+            DataError::format(path, None, Some(col), format!("cannot read as text: {e}"))
+        })?;
         let s = c
             .str()
             .map_err(|e| DataError::format(path, None, Some(col), e.to_string()))?;
@@ -117,15 +129,34 @@ pub(crate) fn read_columns(path: &Path, df: &DataFrame, opts: &TableOptions, tex
     Ok(Columns {
         text: get(&opts.text_column, text_role)?,
         label: get(&opts.label_column, "label")?,
-        split: opts.split_column.as_deref().map(|c| get(c, "split")).transpose()?,
-        domain: opts.domain_column.as_deref().map(|c| get(c, "domain")).transpose()?,
+        split: opts
+            .split_column
+            .as_deref()
+            .map(|c| get(c, "split"))
+            .transpose()?,
+        domain: opts
+            .domain_column
+            .as_deref()
+            .map(|c| get(c, "domain"))
+            .transpose()?,
     })
 }
 
-type Assembled = (Vec<String>, Vec<usize>, Vec<String>, Option<Vec<String>>, BTreeMap<String, Vec<usize>>);
+type Assembled = (
+    Vec<String>,
+    Vec<usize>,
+    Vec<String>,
+    Option<Vec<String>>,
+    BTreeMap<String, Vec<usize>>,
+);
 
 /// Check every row and turn the columns into dataset parts.
-pub(crate) fn assemble(path: &Path, format: TableFormat, c: Columns, opts: &TableOptions) -> Result<Assembled, DataError> {
+pub(crate) fn assemble(
+    path: &Path,
+    format: TableFormat,
+    c: Columns,
+    opts: &TableOptions,
+) -> Result<Assembled, DataError> {
     let loc = |row: usize| match format {
         TableFormat::Csv | TableFormat::Tsv => format!("line {}", row + 2),
         TableFormat::JsonLines => format!("line {}", row + 1),
@@ -138,16 +169,29 @@ pub(crate) fn assemble(path: &Path, format: TableFormat, c: Columns, opts: &Tabl
     let mut blank = 0;
     for row in 0..c.text.len() {
         let text = c.text[row].as_deref();
-        let label = c.label[row].as_deref().map(str::trim).filter(|l| !l.is_empty());
+        let label = c.label[row]
+            .as_deref()
+            .map(str::trim)
+            .filter(|l| !l.is_empty());
         if text.is_none_or(|t| t.trim().is_empty()) && label.is_none() {
             blank += 1;
             continue;
         }
         let Some(label) = label else {
-            return Err(DataError::format(path, Some(loc(row)), Some(&opts.label_column), "missing label"));
+            return Err(DataError::format(
+                path,
+                Some(loc(row)),
+                Some(&opts.label_column),
+                "missing label",
+            ));
         };
         let Some(text) = text else {
-            return Err(DataError::format(path, Some(loc(row)), Some(&opts.text_column), "missing value"));
+            return Err(DataError::format(
+                path,
+                Some(loc(row)),
+                Some(&opts.text_column),
+                "missing value",
+            ));
         };
         texts.push(text.to_string());
         raw_labels.push(label.to_string());
@@ -155,31 +199,55 @@ pub(crate) fn assemble(path: &Path, format: TableFormat, c: Columns, opts: &Tabl
             d.push(col[row].clone().unwrap_or_default());
         }
         if let Some(s) = &c.split {
-            let split = s[row].as_deref().map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
-                DataError::format(path, Some(loc(row)), opts.split_column.as_deref(), "missing split name")
-            })?;
+            let split = s[row]
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    DataError::format(
+                        path,
+                        Some(loc(row)),
+                        opts.split_column.as_deref(),
+                        "missing split name",
+                    )
+                })?;
             split_of.push(split.to_string());
         }
     }
     if blank > 0 {
-        tracing::warn!("{}: dropped {blank} blank rows (no text and no label)", path.display());
+        tracing::info!(
+            "{}: dropped {blank} blank rows (no text and no label)",
+            path.display()
+        );
     }
     if texts.is_empty() {
-        return Err(DataError::format(path, None, None, "no data rows (empty file or header only)"));
+        return Err(DataError::format(
+            path,
+            None,
+            None,
+            "no data rows (empty file or header only)",
+        ));
     }
     let (labels, names) = if opts.label_names.is_empty() {
         index_labels(&raw_labels)
     } else {
         let mut labels = Vec::with_capacity(raw_labels.len());
         for (row, l) in raw_labels.iter().enumerate() {
-            let idx = l.parse::<usize>().ok().filter(|&i| i < opts.label_names.len()).ok_or_else(|| {
-                DataError::format(
-                    path,
-                    Some(format!("data row {}", row + 1)),
-                    Some(&opts.label_column),
-                    format!("label {l:?} is not an index below {}", opts.label_names.len()),
-                )
-            })?;
+            let idx = l
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < opts.label_names.len())
+                .ok_or_else(|| {
+                    DataError::format(
+                        path,
+                        Some(format!("data row {}", row + 1)),
+                        Some(&opts.label_column),
+                        format!(
+                            "label {l:?} is not an index below {}",
+                            opts.label_names.len()
+                        ),
+                    )
+                })?;
             labels.push(idx);
         }
         (labels, opts.label_names.clone())
@@ -197,27 +265,35 @@ pub(crate) fn assemble(path: &Path, format: TableFormat, c: Columns, opts: &Tabl
 
 /// Read a table as all-string columns, after checking the bytes are UTF-8 (so the error
 /// can name the line). `skip_after_header` skips type lines (Orange's `.tab`).
-pub(crate) fn read_frame(path: &Path, format: TableFormat, skip_after_header: usize) -> Result<DataFrame, DataError> {
+pub(crate) fn read_frame(
+    path: &Path,
+    format: TableFormat,
+    skip_after_header: usize,
+) -> Result<DataFrame, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DataError::format(path, None, None, "empty file"));
     }
-    if format != TableFormat::Parquet {
-        if let Err(e) = std::str::from_utf8(&bytes) {
-            let at = e.valid_up_to();
-            let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(DataError::format(
-                path,
-                Some(format!("line {line}")),
-                None,
-                format!("invalid UTF-8 at byte {at}; save the file as UTF-8"),
-            ));
-        }
+    if format != TableFormat::Parquet
+        && let Err(e) = std::str::from_utf8(&bytes)
+    {
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(DataError::format(
+            path,
+            Some(format!("line {line}")),
+            None,
+            format!("invalid UTF-8 at byte {at}; save the file as UTF-8"),
+        ));
     }
     let polars_err = |e: PolarsError| DataError::format(path, None, None, e.to_string());
     match format {
         TableFormat::Csv | TableFormat::Tsv => {
-            let sep = if format == TableFormat::Csv { b',' } else { b'\t' };
+            let sep = if format == TableFormat::Csv {
+                b','
+            } else {
+                b'\t'
+            };
             let quote = (skip_after_header == 0).then_some(b'"');
             if let Some((line, found, want)) = ragged_line(&bytes, sep, quote) {
                 return Err(DataError::format(
@@ -244,7 +320,11 @@ pub(crate) fn read_frame(path: &Path, format: TableFormat, skip_after_header: us
         }
         TableFormat::Json | TableFormat::JsonLines => {
             let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-            let fmt = if format == TableFormat::Json { JsonFormat::Json } else { JsonFormat::JsonLines };
+            let fmt = if format == TableFormat::Json {
+                JsonFormat::Json
+            } else {
+                JsonFormat::JsonLines
+            };
             JsonReader::new(file)
                 .with_json_format(fmt)
                 .infer_schema_len(None)
@@ -304,9 +384,15 @@ mod tests {
 
     #[test]
     fn ragged_lines_are_found_outside_quotes() {
-        assert_eq!(ragged_line(b"a,b\n1,2\n3,4,5\n", b',', Some(b'"')), Some((3, 3, 2)));
+        assert_eq!(
+            ragged_line(b"a,b\n1,2\n3,4,5\n", b',', Some(b'"')),
+            Some((3, 3, 2))
+        );
         assert_eq!(ragged_line(b"a,b\n\"1,x\",2\n", b',', Some(b'"')), None);
-        assert_eq!(ragged_line(b"a,b\n\"multi\nline\",2\n4\n", b',', Some(b'"')), Some((4, 1, 2)));
+        assert_eq!(
+            ragged_line(b"a,b\n\"multi\nline\",2\n4\n", b',', Some(b'"')),
+            Some((4, 1, 2))
+        );
         assert_eq!(ragged_line(b"a,b\n1,2\n\n", b',', Some(b'"')), None);
     }
 }

@@ -21,8 +21,13 @@ fn twenty_newsgroups() {
     assert_eq!(ds.n_classes(), 20);
     assert_eq!(ds.label_names[0], "alt.atheism");
     assert_eq!(ds.label_names[19], "talk.religion.misc");
-    let Item::Text(first) = &ds.items[0] else { panic!() };
-    assert!(first.starts_with("alt atheism faq atheist resources"), "{first:.40}");
+    let Item::Text(first) = &ds.items[0] else {
+        panic!()
+    };
+    assert!(
+        first.starts_with("alt atheism faq atheist resources"),
+        "{first:.40}"
+    );
 }
 
 #[test]
@@ -35,7 +40,13 @@ fn sentiment_domains() {
         assert!(ds.domains.as_ref().unwrap().iter().all(|x| x == d));
     }
     let amazon = load("sentiment-amazon");
-    assert_eq!(amazon.items[0], Item::Text("So there is no way for me to plug it in here in the US unless I go by a converter.".into()));
+    assert_eq!(
+        amazon.items[0],
+        Item::Text(
+            "So there is no way for me to plug it in here in the US unless I go by a converter."
+                .into()
+        )
+    );
     assert_eq!(amazon.labels[..2], [0, 1]);
 }
 
@@ -47,14 +58,21 @@ fn mnist_and_optdigits() {
     let train = m.split("train").unwrap();
     let first: Vec<usize> = train[..5].iter().map(|&i| m.labels[i]).collect();
     assert_eq!(first, [5, 0, 4, 1, 9]);
-    let Item::Pixels(p) = &m.items[0] else { panic!() };
-    assert_eq!((p.width, p.height, p.channels, p.data.len()), (28, 28, 1, 784));
+    let Item::Pixels(p) = &m.items[0] else {
+        panic!()
+    };
+    assert_eq!(
+        (p.width, p.height, p.channels, p.data.len()),
+        (28, 28, 1, 784)
+    );
 
     let d = load("optdigits");
     assert_eq!(d.len(), 1_797);
     assert_eq!(d.n_classes(), 10);
     assert_eq!(d.labels[..3], [0, 1, 2]);
-    let Item::Pixels(p) = &d.items[0] else { panic!() };
+    let Item::Pixels(p) = &d.items[0] else {
+        panic!()
+    };
     // First sklearn digit, row 0: 0 0 5 13 9 1 0 0 (scaled from 0..16 to 0..255).
     assert_eq!(p.data[..8], [0, 0, 80, 207, 143, 16, 0, 0]);
 }
@@ -64,14 +82,20 @@ fn imagenet_sanity() {
     let s = load("imagenet-sanity");
     assert_eq!(s.len(), 23);
     let names: Vec<&str> = s.label_names.iter().map(String::as_str).collect();
-    assert!(names.contains(&"coffee") && names.contains(&"609"), "{names:?}");
+    assert!(
+        names.contains(&"coffee") && names.contains(&"609"),
+        "{names:?}"
+    );
 }
 
 #[test]
 fn summary_describes_the_data() {
     let s = load("sentiment-yelp").summary();
     let text = s.to_string();
-    assert!(text.contains("dataset sentiment-yelp: 1000 items, 2 classes"), "{text}");
+    assert!(
+        text.contains("dataset sentiment-yelp: 1000 items, 2 classes"),
+        "{text}"
+    );
     assert!(text.contains("negative") && text.contains("500"), "{text}");
     assert!(text.contains("text length (characters)"), "{text}");
     let m = load("optdigits").summary().to_string();

@@ -21,8 +21,16 @@ fn err(r: Result<impl std::fmt::Debug, tl_data::DataError>) -> String {
 #[test]
 fn every_table_format_loads_the_same_data() {
     let d = tempfile::tempdir().unwrap();
-    let csv = write(d.path(), "t.csv", b"text,label,split\n\"hello, world\",pos,train\nbad day,neg,train\nok,pos,test\n");
-    let tsv = write(d.path(), "t.tsv", b"text\tlabel\tsplit\nhello, world\tpos\ttrain\nbad day\tneg\ttrain\nok\tpos\ttest\n");
+    let csv = write(
+        d.path(),
+        "t.csv",
+        b"text,label,split\n\"hello, world\",pos,train\nbad day,neg,train\nok,pos,test\n",
+    );
+    let tsv = write(
+        d.path(),
+        "t.tsv",
+        b"text\tlabel\tsplit\nhello, world\tpos\ttrain\nbad day\tneg\ttrain\nok\tpos\ttest\n",
+    );
     let json = write(d.path(), "t.json", br#"[{"text":"hello, world","label":"pos","split":"train"},{"text":"bad day","label":"neg","split":"train"},{"text":"ok","label":"pos","split":"test"}]"#);
     let jsonl = write(d.path(), "t.jsonl", b"{\"text\":\"hello, world\",\"label\":\"pos\",\"split\":\"train\"}\n{\"text\":\"bad day\",\"label\":\"neg\",\"split\":\"train\"}\n{\"text\":\"ok\",\"label\":\"pos\",\"split\":\"test\"}\n");
     // Parquet written by polars itself.
@@ -30,12 +38,22 @@ fn every_table_format_loads_the_same_data() {
     {
         use polars::prelude::*;
         let mut df = df!("text" => ["hello, world", "bad day", "ok"], "label" => ["pos", "neg", "pos"], "split" => ["train", "train", "test"]).unwrap();
-        ParquetWriter::new(std::fs::File::create(&parquet).unwrap()).finish(&mut df).unwrap();
+        ParquetWriter::new(std::fs::File::create(&parquet).unwrap())
+            .finish(&mut df)
+            .unwrap();
     }
-    let opts = TableOptions { split_column: Some("split".into()), ..TableOptions::default() };
+    let opts = TableOptions {
+        split_column: Some("split".into()),
+        ..TableOptions::default()
+    };
     for p in [&csv, &tsv, &json, &jsonl, &parquet] {
         let ds = load_table(p, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert_eq!(ds.items[0], Item::Text("hello, world".into()), "{}", p.display());
+        assert_eq!(
+            ds.items[0],
+            Item::Text("hello, world".into()),
+            "{}",
+            p.display()
+        );
         assert_eq!(ds.label_names, ["neg", "pos"]);
         assert_eq!(ds.labels, [1, 0, 1]);
         assert_eq!(ds.split("train").unwrap(), [0, 1]);
@@ -56,7 +74,11 @@ fn integer_labels_sort_numerically() {
 fn custom_column_names() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "c.csv", b"review,stars\ngood,5\nbad,1\n");
-    let opts = TableOptions { text_column: "review".into(), label_column: "stars".into(), ..Default::default() };
+    let opts = TableOptions {
+        text_column: "review".into(),
+        label_column: "stars".into(),
+        ..Default::default()
+    };
     assert_eq!(load_table(&p, &opts).unwrap().len(), 2);
 }
 
@@ -65,15 +87,24 @@ fn missing_label_column_lists_the_columns() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "m.csv", b"text,sentiment\na,1\n");
     let e = err(load_table(&p, &TableOptions::default()));
-    assert!(e.contains("m.csv") && e.contains("no column `label`") && e.contains("sentiment"), "{e}");
+    assert!(
+        e.contains("m.csv") && e.contains("no column `label`") && e.contains("sentiment"),
+        "{e}"
+    );
 }
 
 #[test]
 fn empty_and_header_only_files() {
     let d = tempfile::tempdir().unwrap();
-    let e = err(load_table(&write(d.path(), "e.csv", b""), &TableOptions::default()));
+    let e = err(load_table(
+        &write(d.path(), "e.csv", b""),
+        &TableOptions::default(),
+    ));
     assert!(e.contains("e.csv") && e.contains("empty file"), "{e}");
-    let e = err(load_table(&write(d.path(), "h.csv", b"text,label\n"), &TableOptions::default()));
+    let e = err(load_table(
+        &write(d.path(), "h.csv", b"text,label\n"),
+        &TableOptions::default(),
+    ));
     assert!(e.contains("h.csv") && e.contains("no data rows"), "{e}");
 }
 
@@ -82,7 +113,10 @@ fn ragged_rows_name_the_line() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "r.csv", b"text,label\na,1\nb,2,extra\nc,3\n");
     let e = err(load_table(&p, &TableOptions::default()));
-    assert!(e.contains("r.csv:line 3") && e.contains("3 fields; the header has 2"), "{e}");
+    assert!(
+        e.contains("r.csv:line 3") && e.contains("3 fields; the header has 2"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -90,7 +124,10 @@ fn invalid_utf8_names_the_line() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "u.csv", b"text,label\nfine,1\nbro\xffken,0\n");
     let e = err(load_table(&p, &TableOptions::default()));
-    assert!(e.contains("u.csv:line 3") && e.contains("invalid UTF-8"), "{e}");
+    assert!(
+        e.contains("u.csv:line 3") && e.contains("invalid UTF-8"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -98,8 +135,15 @@ fn missing_values_name_row_and_field() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "n.csv", b"text,label\na,1\nb,\nc,0\n");
     let e = err(load_table(&p, &TableOptions::default()));
-    assert!(e.contains("n.csv:line 3: field `label`: missing label"), "{e}");
-    let p = write(d.path(), "n.json", br#"[{"text":"a","label":1},{"label":0}]"#);
+    assert!(
+        e.contains("n.csv:line 3: field `label`: missing label"),
+        "{e}"
+    );
+    let p = write(
+        d.path(),
+        "n.json",
+        br#"[{"text":"a","label":1},{"label":0}]"#,
+    );
     let e = err(load_table(&p, &TableOptions::default()));
     assert!(e.contains("n.json:row 2: field `text`"), "{e}");
 }
@@ -107,8 +151,19 @@ fn missing_values_name_row_and_field() {
 #[test]
 fn blank_trailing_records_are_dropped() {
     let d = tempfile::tempdir().unwrap();
-    let p = write(d.path(), "b.json", br#"[{"text":"a","class":1},{"text":"b","class":0},{"text":"","class":null}]"#);
-    let ds = load_table(&p, &TableOptions { label_column: "class".into(), ..Default::default() }).unwrap();
+    let p = write(
+        d.path(),
+        "b.json",
+        br#"[{"text":"a","class":1},{"text":"b","class":0},{"text":"","class":null}]"#,
+    );
+    let ds = load_table(
+        &p,
+        &TableOptions {
+            label_column: "class".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(ds.len(), 2);
 }
 
@@ -118,13 +173,19 @@ fn unknown_split_lists_the_splits() {
     let p = write(d.path(), "s.csv", b"text,label\na,1\nb,0\n");
     let ds = load_table(&p, &TableOptions::default()).unwrap();
     let e = err(ds.split("validation"));
-    assert!(e.contains("no split \"validation\"") && e.contains("[\"all\"]"), "{e}");
+    assert!(
+        e.contains("no split \"validation\"") && e.contains("[\"all\"]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_extension_says_which_are_known() {
     let d = tempfile::tempdir().unwrap();
-    let e = err(load_table(&write(d.path(), "x.xlsx", b"text,label\n"), &TableOptions::default()));
+    let e = err(load_table(
+        &write(d.path(), "x.xlsx", b"text,label\n"),
+        &TableOptions::default(),
+    ));
     assert!(e.contains("x.xlsx") && e.contains(".csv"), "{e}");
 }
 
@@ -140,7 +201,10 @@ fn duplicates_are_reported() {
 #[test]
 fn image_folder_layouts_and_problems() {
     let d = tempfile::tempdir().unwrap();
-    let png = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tl-backbone/tests/fixtures/rgb.png")).unwrap();
+    let png = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tl-backbone/tests/fixtures/rgb.png"),
+    )
+    .unwrap();
     write(d.path(), "flat/cat/a.png", &png);
     write(d.path(), "flat/cat/b.PNG", &png);
     write(d.path(), "flat/dog/c.png", &png);
@@ -149,7 +213,11 @@ fn image_folder_layouts_and_problems() {
     let ds = load_image_folder(&d.path().join("flat")).unwrap();
     assert_eq!(ds.label_names, ["cat", "dog"]);
     assert_eq!(ds.labels, [0, 0, 1]);
-    assert_eq!(ds.skipped.len(), 2, "notes.txt and README.md are skipped and counted");
+    assert_eq!(
+        ds.skipped.len(),
+        2,
+        "notes.txt and README.md are skipped and counted"
+    );
     assert_eq!(ds.split("all").unwrap().len(), 3);
 
     write(d.path(), "split/train/cat/a.png", &png);
@@ -168,12 +236,25 @@ fn image_folder_layouts_and_problems() {
 #[test]
 fn image_table_resolves_paths_next_to_the_table() {
     let d = tempfile::tempdir().unwrap();
-    let png = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tl-backbone/tests/fixtures/rgb.png")).unwrap();
+    let png = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tl-backbone/tests/fixtures/rgb.png"),
+    )
+    .unwrap();
     write(d.path(), "imgs/a.png", &png);
-    let p = write(d.path(), "list.csv", b"path,label\nimgs/a.png,x\nimgs/missing.png,y\n");
-    let opts = TableOptions { text_column: "path".into(), ..Default::default() };
+    let p = write(
+        d.path(),
+        "list.csv",
+        b"path,label\nimgs/a.png,x\nimgs/missing.png,y\n",
+    );
+    let opts = TableOptions {
+        text_column: "path".into(),
+        ..Default::default()
+    };
     let e = err(load_image_table(&p, &opts));
-    assert!(e.contains("list.csv:data row 2: field `path`") && e.contains("missing.png does not exist"), "{e}");
+    assert!(
+        e.contains("list.csv:data row 2: field `path`") && e.contains("missing.png does not exist"),
+        "{e}"
+    );
     let p = write(d.path(), "ok.csv", b"path,label\nimgs/a.png,x\n");
     let ds = load_image_table(&p, &opts).unwrap();
     assert_eq!(ds.items[0], Item::ImageFile(d.path().join("imgs/a.png")));
@@ -191,14 +272,31 @@ fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
 #[test]
 fn idx_files_and_their_problems() {
     let d = tempfile::tempdir().unwrap();
-    let imgs = write(d.path(), "i", &idx(0x803, &[2, 2, 3], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]));
+    let imgs = write(
+        d.path(),
+        "i",
+        &idx(0x803, &[2, 2, 3], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+    );
     let labels = write(d.path(), "l", &idx(0x801, &[2], &[7, 3]));
     let (items, l) = load_idx(&imgs, &labels).unwrap();
     assert_eq!(l, [7, 3]);
-    assert_eq!(items[1], Item::Pixels(tl_data::Pixels { width: 3, height: 2, channels: 1, data: vec![7, 8, 9, 10, 11, 12] }));
+    assert_eq!(
+        items[1],
+        Item::Pixels(tl_data::Pixels {
+            width: 3,
+            height: 2,
+            channels: 1,
+            data: vec![7, 8, 9, 10, 11, 12]
+        })
+    );
 
     let e = err(load_idx(&labels, &labels));
-    assert!(e.contains("field `magic`") && e.contains("0x00000801") && e.contains("expected 0x00000803"), "{e}");
+    assert!(
+        e.contains("field `magic`")
+            && e.contains("0x00000801")
+            && e.contains("expected 0x00000803"),
+        "{e}"
+    );
     let short = write(d.path(), "s", &idx(0x803, &[2, 2, 3], &[1, 2, 3]));
     let e = err(load_idx(&short, &labels));
     assert!(e.contains("need 12 data bytes, the file has 3"), "{e}");
@@ -219,14 +317,25 @@ fn digits_table_problems() {
         e.finish().unwrap()
     };
     let row = |v: &str, label: &str| format!("{}{label}\n", format!("{v},").repeat(64));
-    let ok = write(d.path(), "ok.csv.gz", &gz(&(row("16", "3") + &row("0", "4"))));
+    let ok = write(
+        d.path(),
+        "ok.csv.gz",
+        &gz(&(row("16", "3") + &row("0", "4"))),
+    );
     let (items, labels) = tl_data::load_digits_csv_gz(&ok).unwrap();
     assert_eq!(labels, [3, 4]);
     let Item::Pixels(p) = &items[0] else { panic!() };
     assert!(p.data.iter().all(|&v| v == 255));
-    let bad = write(d.path(), "bad.csv.gz", &gz(&(row("1", "3") + &row("17", "4"))));
+    let bad = write(
+        d.path(),
+        "bad.csv.gz",
+        &gz(&(row("1", "3") + &row("17", "4"))),
+    );
     let e = err(tl_data::load_digits_csv_gz(&bad));
-    assert!(e.contains("bad.csv.gz:line 2: field `pixel 0`") && e.contains("outside 0..=16"), "{e}");
+    assert!(
+        e.contains("bad.csv.gz:line 2: field `pixel 0`") && e.contains("outside 0..=16"),
+        "{e}"
+    );
     let plain = write(d.path(), "plain.csv.gz", b"not gzip");
     assert!(err(tl_data::load_digits_csv_gz(&plain)).contains("not a gzipped"));
 }
@@ -234,12 +343,24 @@ fn digits_table_problems() {
 #[test]
 fn concat_keeps_domains_and_refuses_mismatched_labels() {
     let d = tempfile::tempdir().unwrap();
-    let a = load_table(&write(d.path(), "a.csv", b"text,label\nx,1\ny,0\n"), &TableOptions::default()).unwrap();
-    let b = load_table(&write(d.path(), "b.csv", b"text,label\nz,1\nw,0\n"), &TableOptions::default()).unwrap();
+    let a = load_table(
+        &write(d.path(), "a.csv", b"text,label\nx,1\ny,0\n"),
+        &TableOptions::default(),
+    )
+    .unwrap();
+    let b = load_table(
+        &write(d.path(), "b.csv", b"text,label\nz,1\nw,0\n"),
+        &TableOptions::default(),
+    )
+    .unwrap();
     let c = tl_data::Dataset::concat("ab", &[a.clone(), b]).unwrap();
     assert_eq!(c.len(), 4);
     assert_eq!(c.domains.as_deref().unwrap(), ["a", "a", "b", "b"]);
     assert_eq!(c.split("all").unwrap(), [0, 1, 2, 3]);
-    let other = load_table(&write(d.path(), "o.csv", b"text,label\nz,cat\n"), &TableOptions::default()).unwrap();
+    let other = load_table(
+        &write(d.path(), "o.csv", b"text,label\nz,cat\n"),
+        &TableOptions::default(),
+    )
+    .unwrap();
     assert!(tl_data::Dataset::concat("x", &[a, other]).is_err());
 }

@@ -17,7 +17,10 @@ fn same_seed_same_indices_pinned() {
     let folds = stratified_kfold(&l, &all, 3, 7).unwrap();
     let tests: Vec<Vec<usize>> = folds.iter().map(|f| f.test.clone()).collect();
     assert_eq!(tests, PINNED_FOLDS);
-    assert_eq!(per_class_subsample(&l, &all, 1, 3).unwrap(), PINNED_ONE_SHOT);
+    assert_eq!(
+        per_class_subsample(&l, &all, 1, 3).unwrap(),
+        PINNED_ONE_SHOT
+    );
     let mut r = Rng::new(123);
     let v: Vec<u64> = (0..3).map(|_| r.below(10)).collect();
     assert_eq!(v, PINNED_BELOW);
@@ -30,16 +33,23 @@ const PINNED_BELOW: [u64; 3] = [5, 8, 0];
 
 #[test]
 fn split_is_stratified_and_disjoint() {
-    let l: Vec<usize> = (0..1000).map(|i| if i % 10 < 7 { 0 } else { 1 + i % 2 }).collect();
+    let l: Vec<usize> = (0..1000)
+        .map(|i| if i % 10 < 7 { 0 } else { 1 + i % 2 })
+        .collect();
     let all: Vec<usize> = (0..l.len()).collect();
     let (train, test) = stratified_split(&l, &all, 0.3, 1).unwrap();
     assert_eq!(train.len() + test.len(), 1000);
     assert!(train.iter().all(|i| test.binary_search(i).is_err()));
-    let frac = |idx: &[usize], c| idx.iter().filter(|&&i| l[i] == c).count() as f64 / idx.len() as f64;
+    let frac =
+        |idx: &[usize], c| idx.iter().filter(|&&i| l[i] == c).count() as f64 / idx.len() as f64;
     for c in 0..3 {
         assert!((frac(&train, c) - frac(&test, c)).abs() < 0.01, "class {c}");
     }
-    assert_ne!(stratified_split(&l, &all, 0.3, 2).unwrap().1, test, "another seed, another split");
+    assert_ne!(
+        stratified_split(&l, &all, 0.3, 2).unwrap().1,
+        test,
+        "another seed, another split"
+    );
 }
 
 #[test]
@@ -61,7 +71,10 @@ fn singleton_class_goes_to_train() {
     let l = vec![0, 0, 0, 0, 1, 1, 1, 1, 2];
     let all: Vec<usize> = (0..l.len()).collect();
     let (train, test) = stratified_split(&l, &all, 0.5, 0).unwrap();
-    assert!(train.contains(&8), "the only example of class 2 stays in train");
+    assert!(
+        train.contains(&8),
+        "the only example of class 2 stays in train"
+    );
     assert!(!test.contains(&8));
 }
 
@@ -73,10 +86,25 @@ fn bad_split_requests() {
         let e = stratified_split(&l, &all, f, 0).unwrap_err().to_string();
         assert!(e.contains("test fraction"), "{e}");
     }
-    assert!(stratified_kfold(&l, &all, 1, 0).unwrap_err().to_string().contains("k >= 2"));
-    assert!(stratified_kfold(&l, &all, 13, 0).unwrap_err().to_string().contains("at least 13 items"));
+    assert!(
+        stratified_kfold(&l, &all, 1, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("k >= 2")
+    );
+    assert!(
+        stratified_kfold(&l, &all, 13, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 13 items")
+    );
     assert!(per_class_subsample(&l, &all, 0, 0).is_err());
-    assert!(stratified_split(&l, &[99], 0.5, 0).unwrap_err().to_string().contains("out of range"));
+    assert!(
+        stratified_split(&l, &[99], 0.5, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range")
+    );
 }
 
 #[test]
@@ -84,7 +112,9 @@ fn k_per_class_takes_at_most_k_of_each() {
     let l = labels();
     let all: Vec<usize> = (0..l.len()).collect();
     let s = per_class_subsample(&l, &all, 3, 5).unwrap();
-    let counts: Vec<usize> = (0..3).map(|c| s.iter().filter(|&&i| l[i] == c).count()).collect();
+    let counts: Vec<usize> = (0..3)
+        .map(|c| s.iter().filter(|&&i| l[i] == c).count())
+        .collect();
     assert_eq!(counts, [3, 3, 2]);
     // Growing k keeps the smaller subsample inside the larger one (nested curves).
     let s4 = per_class_subsample(&l, &all, 4, 5).unwrap();

@@ -27,21 +27,35 @@ pub fn sanity_image(file: &str) -> PathBuf {
 
 /// Run tools/reference/reference.py in the helper virtualenv on `request`.
 pub fn reference(request: serde_json::Value) -> Vec<Vec<f64>> {
-    let python = Fetcher::new(Cache::from_env()).python_env().expect("helper virtualenv");
+    let python = Fetcher::new(Cache::from_env())
+        .python_env()
+        .expect("helper virtualenv");
     let dir = tempfile::tempdir().unwrap();
     let req = dir.path().join("request.json");
     let out = dir.path().join("out.json");
     std::fs::write(&req, serde_json::to_vec(&request).unwrap()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/reference.py");
-    let o = Command::new(python).arg(script).arg(&req).arg(&out).output().unwrap();
-    assert!(o.status.success(), "reference.py failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(python)
+        .arg(script)
+        .arg(&req)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "reference.py failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     serde_json::from_value(v["embeddings"].clone()).unwrap()
 }
 
 pub fn max_abs_diff(a: ndarray::ArrayView1<f32>, b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }
 
 pub fn l2(v: &[f64]) -> Vec<f64> {
