@@ -194,5 +194,14 @@ fn test(args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
+    // The CUDA execution provider cannot run here, but it must keep compiling.
+    let status = Command::new(&cargo)
+        .args(["check", "--quiet", "-p", "tl-backbone", "--features", "cuda"])
+        .status()
+        .context("running cargo check --features cuda")?;
+    if !status.success() {
+        bail!("tl-backbone does not compile with the `cuda` feature ({status})");
+    }
+    eprintln!("tl-backbone compiles with the `cuda` feature");
     Ok(())
 }
