@@ -7,7 +7,6 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tl_assets::{Cache, Fetcher, Registry};
-use tl_data::Item;
 
 struct Workload {
     name: &'static str,
@@ -122,7 +121,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let runner = root.join("target/release/embed-throughput");
     let script = root.join("tools/bench/bench_python.py");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (rounds, repeat) = if quick { (2, 1) } else { (3, 2) };
+    let (rounds, repeat) = (2, 1);
     let (n_sentences, n_docs, n_images) = if quick {
         (1000, 100, 300)
     } else {
@@ -130,32 +129,16 @@ pub fn bench(quick: bool) -> Result<()> {
     };
 
     // Inputs, written once so both stacks read the same texts.
-    let texts_of = |ds: &tl_data::Dataset, idx: &[usize]| -> Vec<String> {
-        idx.iter()
-            .filter_map(|&i| match &ds.items[i] {
-                Item::Text(t) => Some(t.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    let mut sentences = Vec::new();
-    for d in ["amazon", "imdb", "yelp"] {
-        let ds = tl_data::load_builtin(registry.get(&format!("sentiment-{d}"))?, &cache)?;
-        sentences.extend(texts_of(&ds, &(0..ds.len()).collect::<Vec<_>>()));
+    let status = Command::new(root.join("target/release/bench-inputs"))
+        .arg(&out_dir)
+        .arg(n_sentences.to_string())
+        .arg(n_docs.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("bench-inputs failed");
     }
-    // Take every third sentence when fewer are wanted, so all three domains stay in.
-    let step = sentences.len() / n_sentences;
-    let sentences: Vec<String> = sentences
-        .into_iter()
-        .step_by(step.max(1))
-        .take(n_sentences)
-        .collect();
-    let ng = tl_data::load_builtin(registry.get("20newsgroups")?, &cache)?;
-    let docs = texts_of(&ng, &ng.split("train")?[..n_docs]);
     let sentences_path = out_dir.join("sentences.json");
     let docs_path = out_dir.join("docs.json");
-    std::fs::write(&sentences_path, serde_json::to_vec(&sentences)?)?;
-    std::fs::write(&docs_path, serde_json::to_vec(&docs)?)?;
     let minilm = registry.get("all-minilm-l6-v2")?;
     let eff = registry.get("efficientnet-lite0")?;
     let mnist = cache.file_path(registry.get("mnist")?, "train-images-idx3-ubyte");

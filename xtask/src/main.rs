@@ -196,7 +196,14 @@ fn test(args: &[String]) -> Result<()> {
     }
     // The CUDA execution provider cannot run here, but it must keep compiling.
     let status = Command::new(&cargo)
-        .args(["check", "--quiet", "-p", "tl-backbone", "--features", "cuda"])
+        .args([
+            "check",
+            "--quiet",
+            "-p",
+            "tl-backbone",
+            "--features",
+            "cuda",
+        ])
         .status()
         .context("running cargo check --features cuda")?;
     if !status.success() {
