@@ -103,14 +103,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let python = fetcher.python_env()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "tl-benches",
-            "--bin",
-            "embed-throughput",
-        ])
+        .args(["build", "--release", "-p", "tl-benches", "--bins"])
         .status()?;
     if !status.success() {
         bail!("release build failed");
