@@ -609,12 +609,15 @@ impl Backbone {
             }
             result.stats.processed_tokens += n * seq;
             result.stats.timings.prepare += t0.elapsed();
+            // Each graph input name appears once, so ids and type ids can be moved into
+            // their tensors; the mask is still needed for pooling.
+            let (mut ids, mut types) = (Some(ids), Some(types));
             let mut inputs = Vec::with_capacity(self.input_names.len());
             for name in &self.input_names {
                 let data = match name.as_str() {
-                    "input_ids" => ids.clone(),
+                    "input_ids" => ids.take().unwrap_or_default(),
                     "attention_mask" => mask.clone(),
-                    _ => types.clone(),
+                    _ => types.take().unwrap_or_default(),
                 };
                 let tensor = Tensor::from_array(([n, seq], data)).map_err(|e| self.ort(e))?;
                 inputs.push((name.clone(), tensor.into_dyn()));
