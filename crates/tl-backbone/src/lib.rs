@@ -361,27 +361,13 @@ impl Backbone {
                     manifest.name, manifest.kind
                 ),
             })?;
-        let mut needed = vec![spec.onnx.as_str()];
-        if let Some(t) = &spec.text {
-            needed.push(t.tokenizer.as_str());
-        }
-        for path in needed {
-            let file = manifest
-                .file(path)
-                .expect("validated manifest lists its model files");
-            let full = cache.file_path(manifest, path);
-            let problem = match tl_assets::sha256_file(&full) {
-                Ok(sha) if sha == file.sha256 => continue,
-                Ok(sha) => format!("checksum {sha} differs from the pinned {}", file.sha256),
-                Err(e) => format!("cannot read ({e})"),
-            };
-            return Err(BackboneError::AssetFile {
-                asset: manifest.name.clone(),
-                path: full,
-                problem,
-            });
-        }
-        Backbone::from_spec(&manifest.name, spec, &cache.asset_dir(manifest), config)
+        Backbone::open(
+            &manifest.name,
+            spec,
+            &cache.asset_dir(manifest),
+            config,
+            Some(manifest),
+        )
     }
 
     /// Open a model from a spec whose file paths are relative to `dir` (or absolute):
@@ -392,19 +378,46 @@ impl Backbone {
         dir: &Path,
         config: &ExecutionConfig,
     ) -> Result<Backbone, BackboneError> {
+        Backbone::open(name, spec, dir, config, None)
+    }
+
+    /// Hash the model files once: for the fingerprint and, when they come from a
+    /// manifest, against their pinned checksums.
+    fn open(
+        name: &str,
+        spec: &ModelSpec,
+        dir: &Path,
+        config: &ExecutionConfig,
+        manifest: Option<&Manifest>,
+    ) -> Result<Backbone, BackboneError> {
         config.check()?;
         let onnx = dir.join(&spec.onnx);
-        let sha = |p: &Path| {
-            tl_assets::sha256_file(p).map_err(|source| BackboneError::Io {
-                path: p.to_path_buf(),
-                source,
+        let sha = |rel: &str| -> Result<String, BackboneError> {
+            let p = dir.join(rel);
+            let found = tl_assets::sha256_file(&p);
+            let Some(m) = manifest else {
+                return found.map_err(|source| BackboneError::Io { path: p, source });
+            };
+            let pinned = &m
+                .file(rel)
+                .expect("validated manifest lists its model files")
+                .sha256;
+            let problem = match found {
+                Ok(sha) if &sha == pinned => return Ok(sha),
+                Ok(sha) => format!("checksum {sha} differs from the pinned {pinned}"),
+                Err(e) => format!("cannot read ({e})"),
+            };
+            Err(BackboneError::AssetFile {
+                asset: m.name.clone(),
+                path: p,
+                problem,
             })
         };
-        let model_sha = sha(&onnx)?;
+        let model_sha = sha(&spec.onnx)?;
         let (encoder, tok_sha) = match (spec.modality, &spec.text, &spec.image) {
             (Modality::Text, Some(t), _) => {
                 let path = dir.join(&t.tokenizer);
-                let tok_sha = sha(&path)?;
+                let tok_sha = sha(&t.tokenizer)?;
                 let tokenizer = text::load_tokenizer(&path, t.max_length)?;
                 (
                     Encoder::Text {
