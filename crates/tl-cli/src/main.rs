@@ -129,18 +129,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Fetch `m` if any of its files is missing or corrupt.
+/// Fetch `m` if any of its files is missing or corrupt (a no-op check otherwise).
 fn ensure_fetched(m: &Manifest) -> Result<()> {
-    let fetcher = Fetcher::new(Cache::from_env());
-    if fetcher
-        .verify(m)?
-        .iter()
-        .any(|(_, s)| *s != tl_assets::FileState::Ok)
-    {
-        eprintln!("fetching {} ...", m.name);
-        fetcher
-            .fetch(m)
-            .with_context(|| format!("fetching {}", m.name))?;
+    let report = Fetcher::new(Cache::from_env())
+        .fetch(m)
+        .with_context(|| format!("fetching {}", m.name))?;
+    if !report.was_noop() {
+        eprintln!("fetched {}", m.name);
     }
     Ok(())
 }
