@@ -1,0 +1,461 @@
+//! Fitting, predicting and saving a classifier.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+use tl_data::split::stratified_kfold;
+
+use crate::HeadError;
+use crate::knn::{Centroid, Knn, softmax};
+use crate::linear::{self, Linear};
+use crate::params::{ClassWeight, HeadConfig, HeadSpec};
+use crate::preprocess::FittedPreprocess;
+
+/// Version of the saved-classifier format; loading another version is an error.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Folds used to produce out-of-fold scores for Platt calibration of the margin heads.
+const CALIBRATION_FOLDS: usize = 3;
+
+/// Where the features a classifier sees come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureMeta {
+    /// Number of feature columns.
+    pub dim: usize,
+    /// The backbone fingerprint (from `tl-backbone`), or `None` for features made without one
+    /// (e.g. TF-IDF, raw pixels).
+    pub fingerprint: Option<String>,
+}
+
+/// The fitted part of each head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FittedHead {
+    /// Softmax (or sigmoid) over linear scores.
+    Logistic {
+        /// Weights and intercepts.
+        linear: Linear,
+    },
+    /// Linear SVM or ridge: linear scores, Platt sigmoids per output for probabilities.
+    Margin {
+        /// Weights and intercepts.
+        linear: Linear,
+        /// `(a, b)` per output column.
+        platt: Vec<(f64, f64)>,
+    },
+    /// k-nearest neighbours.
+    Knn(Knn),
+    /// Nearest centroid.
+    Centroid(Centroid),
+}
+
+/// A fitted classifier: preprocessing + head + label names + where its features came from.
+/// Serialises to one JSON file with [`Classifier::save`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classifier {
+    /// [`FORMAT_VERSION`] at save time.
+    pub format_version: u32,
+    /// How it was configured.
+    pub config: HeadConfig,
+    /// All label names of the task, in index order.
+    pub label_names: Vec<String>,
+    /// The label indices seen in training (the classes it can predict).
+    pub classes: Vec<usize>,
+    /// Features it expects.
+    pub features: FeatureMeta,
+    /// Number of training rows.
+    pub train_rows: usize,
+    /// Fitted preprocessing.
+    pub preprocess: FittedPreprocess,
+    /// Fitted head.
+    pub head: FittedHead,
+}
+
+/// Returns an error naming the first non-finite value.
+pub(crate) fn check_finite(x: ArrayView2<f32>, what: &str) -> Result<(), HeadError> {
+    for (i, row) in x.outer_iter().enumerate() {
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(HeadError::Data(format!(
+                "{what} row {i}, column {j}: feature is {}; features must be finite numbers",
+                row[j]
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn class_weights(
+    config: &HeadConfig,
+    label_names: &[String],
+    classes: &[usize],
+    y_local: &[usize],
+) -> Result<Vec<f64>, HeadError> {
+    let k = classes.len();
+    Ok(match &config.class_weight {
+        ClassWeight::Uniform => vec![1.0; k],
+        ClassWeight::Balanced => {
+            let mut counts = vec![0usize; k];
+            for &c in y_local {
+                counts[c] += 1;
+            }
+            let n = y_local.len() as f64;
+            counts.iter().map(|&c| n / (k as f64 * c as f64)).collect()
+        }
+        ClassWeight::Given(map) => {
+            for name in map.keys() {
+                if !label_names.iter().any(|l| l == name) {
+                    return Err(HeadError::Params(format!(
+                        "class weight given for `{name}`, which is not a label; labels are {}",
+                        label_names.join(", ")
+                    )));
+                }
+            }
+            classes
+                .iter()
+                .map(|&c| map.get(&label_names[c]).copied().unwrap_or(1.0))
+                .collect()
+        }
+    })
+}
+
+/// Fits the margin head (SVM or ridge) on a subset, for calibration folds and the final model.
+fn fit_margin(
+    spec: &HeadSpec,
+    x: ArrayView2<f64>,
+    y: &[usize],
+    k: usize,
+    sw: &Array1<f64>,
+    seed: u64,
+) -> Result<Linear, HeadError> {
+    match spec {
+        HeadSpec::LinearSvm(p) => Ok(linear::fit_svm(p, x, y, k, sw, seed)),
+        HeadSpec::Ridge(p) => linear::fit_ridge(p.alpha, x, y, k, sw),
+        _ => unreachable!("only SVM and ridge are margin heads"),
+    }
+}
+
+/// Out-of-fold scores for Platt scaling; in-sample scores when a class is too small to split.
+fn calibrate(
+    spec: &HeadSpec,
+    x: ArrayView2<f64>,
+    y: &[usize],
+    k: usize,
+    sw: &Array1<f64>,
+    seed: u64,
+    full: &Linear,
+) -> Result<Vec<(f64, f64)>, HeadError> {
+    let mut counts = vec![0usize; k];
+    for &c in y {
+        counts[c] += 1;
+    }
+    let smallest = counts.iter().copied().min().unwrap_or(0);
+    let folds = CALIBRATION_FOLDS.min(smallest);
+    let m = full.w.ncols();
+    let mut scores = Array2::<f64>::zeros((y.len(), m));
+    if folds >= 2 {
+        let all: Vec<usize> = (0..y.len()).collect();
+        let splits =
+            stratified_kfold(y, &all, folds, seed).map_err(|e| HeadError::Data(e.to_string()))?;
+        for fold in splits {
+            let xt = x.select(ndarray::Axis(0), &fold.train);
+            let yt: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
+            let swt = sw.select(ndarray::Axis(0), &fold.train);
+            let model = fit_margin(spec, xt.view(), &yt, k, &swt, seed)?;
+            let xv = x.select(ndarray::Axis(0), &fold.test);
+            let sv = model.scores(xv.view());
+            for (r, &i) in fold.test.iter().enumerate() {
+                scores.row_mut(i).assign(&sv.row(r));
+            }
+        }
+    } else {
+        tracing::warn!(
+            "a class has {smallest} training example(s): probabilities are calibrated on in-sample scores"
+        );
+        scores = full.scores(x);
+    }
+    Ok((0..m)
+        .map(|j| {
+            let positive = if m == 1 { 1 } else { j };
+            let pos: Vec<bool> = y.iter().map(|&c| c == positive).collect();
+            linear::platt(&scores.column(j).to_vec(), &pos)
+        })
+        .collect())
+}
+
+impl HeadConfig {
+    /// Fits preprocessing and head on `x` (rows = samples) with labels `y` (indices into
+    /// `label_names`). `fingerprint` is the backbone fingerprint the features came from, if any.
+    pub fn fit(
+        &self,
+        x: ArrayView2<f32>,
+        y: &[usize],
+        label_names: &[String],
+        fingerprint: Option<&str>,
+    ) -> Result<Classifier, HeadError> {
+        self.check()?;
+        let (n, d) = x.dim();
+        if n == 0 {
+            return Err(HeadError::Data("no training rows".into()));
+        }
+        if d == 0 {
+            return Err(HeadError::Data("training features have 0 columns".into()));
+        }
+        if y.len() != n {
+            return Err(HeadError::Data(format!(
+                "{n} feature rows but {} labels",
+                y.len()
+            )));
+        }
+        if let Some((i, &c)) = y.iter().enumerate().find(|(_, c)| **c >= label_names.len()) {
+            return Err(HeadError::Data(format!(
+                "label row {i}: class index {c} but only {} label names",
+                label_names.len()
+            )));
+        }
+        check_finite(x, "training")?;
+        let mut classes: Vec<usize> = y.to_vec();
+        classes.sort_unstable();
+        classes.dedup();
+        if classes.len() < 2 {
+            return Err(HeadError::Data(format!(
+                "all {n} training rows have the same label `{}`; a classifier needs at least two classes",
+                label_names[classes[0]]
+            )));
+        }
+        if classes.len() < label_names.len() {
+            let missing: Vec<&str> = (0..label_names.len())
+                .filter(|c| classes.binary_search(c).is_err())
+                .map(|c| label_names[c].as_str())
+                .collect();
+            tracing::warn!(
+                "no training rows for {}: the classifier can never predict them",
+                missing.join(", ")
+            );
+        }
+        let local: Vec<usize> = y
+            .iter()
+            .map(|c| classes.binary_search(c).expect("class listed"))
+            .collect();
+        let k = classes.len();
+        if let HeadSpec::Knn(p) = &self.head
+            && p.k > n
+        {
+            return Err(HeadError::Params(format!(
+                "knn: k = {} but the training set has only {n} rows",
+                p.k
+            )));
+        }
+        let cw = class_weights(self, label_names, &classes, &local)?;
+        let sw: Array1<f64> = local.iter().map(|&c| cw[c]).collect();
+
+        let x64 = x.mapv(f64::from);
+        let (preprocess, xt) = FittedPreprocess::fit(&self.preprocess, x64.view())?;
+        let head = match &self.head {
+            HeadSpec::Logistic(p) => {
+                let linear = linear::fit_logistic(p, xt.view(), &local, k, &sw)?;
+                FittedHead::Logistic { linear }
+            }
+            spec @ (HeadSpec::LinearSvm(_) | HeadSpec::Ridge(_)) => {
+                let linear = fit_margin(spec, xt.view(), &local, k, &sw, self.seed)?;
+                let platt = calibrate(spec, xt.view(), &local, k, &sw, self.seed, &linear)?;
+                FittedHead::Margin { linear, platt }
+            }
+            HeadSpec::Knn(p) => FittedHead::Knn(Knn::fit(p, xt.view(), &local, k, cw)),
+            HeadSpec::Centroid(p) => {
+                FittedHead::Centroid(Centroid::fit(p.metric, xt.view(), &local, k, &cw))
+            }
+        };
+        Ok(Classifier {
+            format_version: FORMAT_VERSION,
+            config: self.clone(),
+            label_names: label_names.to_vec(),
+            classes,
+            features: FeatureMeta {
+                dim: d,
+                fingerprint: fingerprint.map(str::to_owned),
+            },
+            train_rows: n,
+            preprocess,
+            head,
+        })
+    }
+}
+
+impl Classifier {
+    fn prepare(&self, x: ArrayView2<f32>) -> Result<Array2<f64>, HeadError> {
+        if x.ncols() != self.features.dim {
+            return Err(HeadError::Incompatible(format!(
+                "features have {} columns but the classifier was trained on {}",
+                x.ncols(),
+                self.features.dim
+            )));
+        }
+        check_finite(x, "input")?;
+        Ok(self.preprocess.transform(x.mapv(f64::from).view()))
+    }
+
+    /// Expands per-trained-class columns to one column per label, filling absent classes.
+    fn expand(&self, local: Array2<f64>, fill: f64) -> Array2<f64> {
+        if self.classes.len() == self.label_names.len() {
+            return local;
+        }
+        let mut out = Array2::from_elem((local.nrows(), self.label_names.len()), fill);
+        for (j, &c) in self.classes.iter().enumerate() {
+            out.column_mut(c).assign(&local.column(j));
+        }
+        out
+    }
+
+    /// Scores with one column per label (higher = more likely); classes never seen in training
+    /// score negative infinity. Linear heads give margins, kNN vote shares, nearest centroid
+    /// log-posteriors.
+    pub fn decision_function(&self, x: ArrayView2<f32>) -> Result<Array2<f64>, HeadError> {
+        let xt = self.prepare(x)?;
+        let local = match &self.head {
+            FittedHead::Logistic { linear } | FittedHead::Margin { linear, .. } => {
+                linear.class_scores(xt.view())
+            }
+            FittedHead::Knn(knn) => knn.proba(xt.view()),
+            FittedHead::Centroid(c) => c.scores(xt.view()),
+        };
+        Ok(self.expand(local, f64::NEG_INFINITY))
+    }
+
+    /// Class probabilities, one column per label (absent classes get 0); rows sum to 1.
+    pub fn predict_proba(&self, x: ArrayView2<f32>) -> Result<Array2<f64>, HeadError> {
+        let xt = self.prepare(x)?;
+        let local = match &self.head {
+            FittedHead::Logistic { linear } => {
+                let s = linear.scores(xt.view());
+                if s.ncols() == 1 {
+                    let mut out = Array2::zeros((s.nrows(), 2));
+                    for (i, &v) in s.column(0).iter().enumerate() {
+                        let p = 1.0 / (1.0 + (-v).exp());
+                        out[[i, 0]] = 1.0 - p;
+                        out[[i, 1]] = p;
+                    }
+                    out
+                } else {
+                    softmax(&s)
+                }
+            }
+            FittedHead::Margin { linear, platt } => {
+                linear::platt_proba(&linear.scores(xt.view()), platt)
+            }
+            FittedHead::Knn(knn) => knn.proba(xt.view()),
+            FittedHead::Centroid(c) => softmax(&c.scores(xt.view())),
+        };
+        Ok(self.expand(local, 0.0))
+    }
+
+    /// Predicted label index per row (the highest score; ties go to the lower index).
+    pub fn predict(&self, x: ArrayView2<f32>) -> Result<Vec<usize>, HeadError> {
+        let scores = self.decision_function(x)?;
+        Ok(scores
+            .outer_iter()
+            .map(|row| {
+                let mut best = 0;
+                for (j, &v) in row.iter().enumerate() {
+                    if v > row[best] {
+                        best = j;
+                    }
+                }
+                best
+            })
+            .collect())
+    }
+
+    /// Maps label strings to indices; a label the classifier's task does not have is an error
+    /// naming its row.
+    pub fn encode_labels<S: AsRef<str>>(&self, labels: &[S]) -> Result<Vec<usize>, HeadError> {
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let l = l.as_ref();
+                self.label_names.iter().position(|n| n == l).ok_or_else(|| {
+                    HeadError::Data(format!(
+                        "row {i}: label `{l}` was not among the training labels ({})",
+                        self.label_names.join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Errors unless features described by `meta` are the kind this classifier was trained on.
+    pub fn ensure_compatible(&self, meta: &FeatureMeta) -> Result<(), HeadError> {
+        if meta.dim != self.features.dim {
+            return Err(HeadError::Incompatible(format!(
+                "features have {} columns but the classifier was trained on {}",
+                meta.dim, self.features.dim
+            )));
+        }
+        if meta.fingerprint != self.features.fingerprint {
+            let show = |f: &Option<String>| f.clone().unwrap_or_else(|| "none".into());
+            return Err(HeadError::Incompatible(format!(
+                "features come from backbone fingerprint {} but the classifier was trained on {}; \
+                 predictions would be meaningless",
+                show(&meta.fingerprint),
+                show(&self.features.fingerprint)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The JSON a classifier saves as (deterministic: same model, same bytes).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("classifier serialises")
+    }
+
+    /// Saves to one JSON file, atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), HeadError> {
+        let io = |e: std::io::Error| HeadError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        f.write_all(self.to_json().as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Loads a classifier saved by [`Classifier::save`].
+    pub fn load(path: &Path) -> Result<Classifier, HeadError> {
+        let text = fs::read_to_string(path).map_err(|e| HeadError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let version: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| HeadError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        match version.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(HeadError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "format version {v}, this build reads version {FORMAT_VERSION}"
+                    ),
+                });
+            }
+            None => {
+                return Err(HeadError::Format {
+                    path: path.to_path_buf(),
+                    message: "not a saved classifier (no format_version)".into(),
+                });
+            }
+        }
+        serde_json::from_value(version).map_err(|e| HeadError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,439 @@
+//! Bad input, persistence, determinism, class weights and grid search, on synthetic data.
+
+use ndarray::{Array2, array};
+use tl_heads::{
+    CentroidParams, ClassWeight, Classifier, FeatureMeta, HeadConfig, HeadError, HeadSpec,
+    KnnParams, LogisticParams, Metric, Pca, Preprocess, RidgeParams, SvmParams, Weighting,
+    grid_search,
+};
+
+/// Three Gaussian-ish blobs from a fixed LCG, `per` rows each, in `d` dimensions.
+fn blobs(per: usize, d: usize, spread: f32, seed: u64) -> (Array2<f32>, Vec<usize>) {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    let mut x = Array2::zeros((3 * per, d));
+    let mut y = Vec::new();
+    for c in 0..3 {
+        for r in 0..per {
+            let i = c * per + r;
+            for j in 0..d {
+                let centre = if j % 3 == c { 2.0 } else { 0.0 };
+                x[[i, j]] = centre + spread * (next() + next() + next());
+            }
+            y.push(c);
+        }
+    }
+    (x, y)
+}
+
+fn names(k: usize) -> Vec<String> {
+    (0..k).map(|i| format!("class{i}")).collect()
+}
+
+fn all_heads() -> Vec<HeadSpec> {
+    vec![
+        HeadSpec::Logistic(LogisticParams::default()),
+        HeadSpec::LinearSvm(SvmParams::default()),
+        HeadSpec::Knn(KnnParams::default()),
+        HeadSpec::Centroid(CentroidParams::default()),
+        HeadSpec::Ridge(RidgeParams::default()),
+    ]
+}
+
+fn err(r: Result<Classifier, HeadError>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn every_head_learns_separable_blobs() {
+    let (x, y) = blobs(40, 6, 0.5, 1);
+    let (xt, yt) = blobs(20, 6, 0.5, 2);
+    for spec in all_heads() {
+        let kind = spec.kind();
+        let model = HeadConfig::new(spec)
+            .fit(x.view(), &y, &names(3), None)
+            .unwrap();
+        let pred = model.predict(xt.view()).unwrap();
+        let acc = pred.iter().zip(&yt).filter(|(a, b)| a == b).count() as f64 / yt.len() as f64;
+        assert!(acc > 0.95, "{kind}: accuracy {acc}");
+        let p = model.predict_proba(xt.view()).unwrap();
+        for row in p.outer_iter() {
+            assert!((row.sum() - 1.0).abs() < 1e-9, "{kind}: {row}");
+            assert!(row.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+        // Predictions are the argmax of the scores and (for these heads) of the probabilities.
+        let s = model.decision_function(xt.view()).unwrap();
+        assert_eq!(s.dim(), (60, 3));
+    }
+}
+
+#[test]
+fn one_class_only_is_an_error() {
+    let x = array![[1.0f32, 2.0], [2.0, 1.0]];
+    for spec in all_heads() {
+        let e = err(HeadConfig::new(spec).fit(x.view(), &[1, 1], &names(2), None));
+        assert!(e.contains("same label `class1`"), "{e}");
+    }
+}
+
+#[test]
+fn non_finite_features_name_the_row() {
+    let (mut x, y) = blobs(5, 3, 0.5, 3);
+    x[[7, 2]] = f32::NAN;
+    let e = err(
+        HeadConfig::new(HeadSpec::Ridge(RidgeParams::default())).fit(x.view(), &y, &names(3), None),
+    );
+    assert!(e.contains("row 7, column 2") && e.contains("NaN"), "{e}");
+    x[[7, 2]] = f32::INFINITY;
+    let e = err(
+        HeadConfig::new(HeadSpec::Logistic(LogisticParams::default())).fit(
+            x.view(),
+            &y,
+            &names(3),
+            None,
+        ),
+    );
+    assert!(e.contains("row 7, column 2") && e.contains("inf"), "{e}");
+    // And at predict time.
+    let (x, y) = blobs(5, 3, 0.5, 3);
+    let model = HeadConfig::new(HeadSpec::Knn(KnnParams::default()))
+        .fit(x.view(), &y, &names(3), None)
+        .unwrap();
+    let bad = array![[0.0f32, 1.0, 2.0], [0.0, f32::NEG_INFINITY, 0.0]];
+    let e = model.predict(bad.view()).unwrap_err().to_string();
+    assert!(e.contains("input row 1, column 1"), "{e}");
+}
+
+#[test]
+fn empty_and_mismatched_input() {
+    let x = Array2::<f32>::zeros((0, 4));
+    let e = err(
+        HeadConfig::new(HeadSpec::Centroid(CentroidParams::default())).fit(
+            x.view(),
+            &[],
+            &names(2),
+            None,
+        ),
+    );
+    assert!(e.contains("no training rows"), "{e}");
+    let x = array![[1.0f32], [2.0], [3.0]];
+    let e = err(
+        HeadConfig::new(HeadSpec::Ridge(RidgeParams::default())).fit(
+            x.view(),
+            &[0, 1],
+            &names(2),
+            None,
+        ),
+    );
+    assert!(e.contains("3 feature rows but 2 labels"), "{e}");
+    let e = err(
+        HeadConfig::new(HeadSpec::Ridge(RidgeParams::default())).fit(
+            x.view(),
+            &[0, 1, 5],
+            &names(2),
+            None,
+        ),
+    );
+    assert!(e.contains("label row 2: class index 5"), "{e}");
+}
+
+#[test]
+fn zero_variance_and_more_features_than_samples() {
+    // 8 rows, 50 features, most of them constant.
+    let (mut x, y) = blobs(3, 50, 0.3, 4);
+    for j in 10..50 {
+        x.column_mut(j).fill(7.0);
+    }
+    for spec in all_heads() {
+        let kind = spec.kind();
+        let mut config = HeadConfig::new(spec);
+        config.preprocess = Preprocess {
+            standardize: true,
+            ..Default::default()
+        };
+        let model = config.fit(x.view(), &y, &names(3), None).unwrap();
+        let p = model.predict_proba(x.view()).unwrap();
+        assert!(p.iter().all(|v| v.is_finite()), "{kind}: {p}");
+        let pred = model.predict(x.view()).unwrap();
+        let acc = pred.iter().zip(&y).filter(|(a, b)| a == b).count();
+        assert!(acc >= 8, "{kind} fits its own 9 training rows: {acc}");
+    }
+    // PCA cannot keep more components than min(n, d).
+    let mut c = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
+    c.preprocess.pca = Some(Pca::Components(20));
+    let e = err(c.fit(x.view(), &y, &names(3), None));
+    assert!(e.contains("at most 9"), "{e}");
+    c.preprocess.pca = Some(Pca::Variance(0.9));
+    let m = c.fit(x.view(), &y, &names(3), None).unwrap();
+    let kept = m.preprocess.pca.as_ref().unwrap().components.ncols();
+    assert!((1..=9).contains(&kept), "{kept}");
+}
+
+#[test]
+fn k_larger_than_training_set() {
+    let (x, y) = blobs(2, 3, 0.5, 5);
+    let e = err(HeadConfig::new(HeadSpec::Knn(KnnParams {
+        k: 7,
+        ..Default::default()
+    }))
+    .fit(x.view(), &y, &names(3), None));
+    assert!(e.contains("k = 7") && e.contains("only 6 rows"), "{e}");
+}
+
+#[test]
+fn invalid_hyperparameters() {
+    let (x, y) = blobs(3, 3, 0.5, 5);
+    let bad = [
+        (
+            HeadSpec::Logistic(LogisticParams {
+                c: 0.0,
+                ..Default::default()
+            }),
+            "c must be a positive",
+        ),
+        (
+            HeadSpec::LinearSvm(SvmParams {
+                c: f64::NAN,
+                ..Default::default()
+            }),
+            "c must be a positive",
+        ),
+        (
+            HeadSpec::Knn(KnnParams {
+                k: 0,
+                ..Default::default()
+            }),
+            "k must be at least 1",
+        ),
+        (
+            HeadSpec::Ridge(RidgeParams { alpha: -1.0 }),
+            "alpha must be a non-negative",
+        ),
+    ];
+    for (spec, want) in bad {
+        let e = err(HeadConfig::new(spec).fit(x.view(), &y, &names(3), None));
+        assert!(e.contains(want), "{e}");
+    }
+    let mut c = HeadConfig::new(HeadSpec::Ridge(RidgeParams::default()));
+    c.class_weight = ClassWeight::Given([("nope".to_string(), 2.0)].into());
+    let e = err(c.fit(x.view(), &y, &names(3), None));
+    assert!(e.contains("`nope`, which is not a label"), "{e}");
+    assert!(
+        HeadSpec::from_kind("forest")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown head `forest`")
+    );
+}
+
+#[test]
+fn class_absent_from_training_is_never_predicted() {
+    let (x, y) = blobs(10, 6, 0.5, 6);
+    // Keep classes 0 and 2 only, but the task has 3 labels.
+    let idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] != 1).collect();
+    let xs = x.select(ndarray::Axis(0), &idx);
+    let ys: Vec<usize> = idx.iter().map(|&i| y[i]).collect();
+    for spec in all_heads() {
+        let kind = spec.kind();
+        let model = HeadConfig::new(spec)
+            .fit(xs.view(), &ys, &names(3), None)
+            .unwrap();
+        assert_eq!(model.classes, [0, 2]);
+        let p = model.predict_proba(x.view()).unwrap();
+        assert!(p.column(1).iter().all(|&v| v == 0.0), "{kind}");
+        assert!(
+            model.predict(x.view()).unwrap().iter().all(|&c| c != 1),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn unseen_string_labels_name_the_row() {
+    let (x, y) = blobs(5, 3, 0.5, 7);
+    let model = HeadConfig::new(HeadSpec::Centroid(CentroidParams::default()))
+        .fit(x.view(), &y, &names(3), None)
+        .unwrap();
+    assert_eq!(model.encode_labels(&["class2", "class0"]).unwrap(), [2, 0]);
+    let e = model
+        .encode_labels(&["class0", "class9"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row 1: label `class9`"), "{e}");
+}
+
+#[test]
+fn save_load_round_trip_and_compatibility() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = blobs(20, 5, 0.8, 8);
+    for spec in all_heads() {
+        let kind = spec.kind();
+        let mut config = HeadConfig::new(spec);
+        config.preprocess = Preprocess {
+            l2_normalize: true,
+            standardize: true,
+            pca: Some(Pca::Components(4)),
+        };
+        let model = config.fit(x.view(), &y, &names(3), Some("abc123")).unwrap();
+        let path = dir.path().join(format!("{kind}.json"));
+        model.save(&path).unwrap();
+        let back = Classifier::load(&path).unwrap();
+        assert_eq!(back, model, "{kind}");
+        assert_eq!(
+            back.predict_proba(x.view()).unwrap(),
+            model.predict_proba(x.view()).unwrap()
+        );
+        back.ensure_compatible(&FeatureMeta {
+            dim: 5,
+            fingerprint: Some("abc123".into()),
+        })
+        .unwrap();
+        let e = back
+            .ensure_compatible(&FeatureMeta {
+                dim: 5,
+                fingerprint: Some("fff".into()),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fingerprint fff") && e.contains("abc123"), "{e}");
+        let e = back
+            .ensure_compatible(&FeatureMeta {
+                dim: 384,
+                fingerprint: Some("abc123".into()),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("384 columns") && e.contains("trained on 5"),
+            "{e}"
+        );
+        let e = back
+            .predict(Array2::<f32>::zeros((2, 7)).view())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("7 columns"), "{e}");
+    }
+    // Damaged and foreign files.
+    let path = dir.path().join("knn.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+    let e = Classifier::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("knn.json") && e.contains("not a readable classifier"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        text.replace("\"format_version\":1", "\"format_version\":99"),
+    )
+    .unwrap();
+    let e = Classifier::load(&path).unwrap_err().to_string();
+    assert!(e.contains("format version 99"), "{e}");
+    let e = Classifier::load(&dir.path().join("missing.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.json"), "{e}");
+}
+
+#[test]
+fn same_data_and_seed_give_the_same_bytes() {
+    let (x, y) = blobs(30, 8, 1.0, 9);
+    for spec in all_heads() {
+        let mut config = HeadConfig::new(spec);
+        config.seed = 42;
+        config.preprocess.standardize = true;
+        let a = config.fit(x.view(), &y, &names(3), None).unwrap().to_json();
+        let b = config.fit(x.view(), &y, &names(3), None).unwrap().to_json();
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn balanced_class_weights_help_the_minority_class() {
+    // Overlapping blobs, class 2 rare: 200 / 200 / 12.
+    let (x, y) = blobs(200, 6, 1.6, 10);
+    let keep: Vec<usize> = (0..y.len())
+        .filter(|&i| y[i] != 2 || i % 200 < 12)
+        .collect();
+    let xs = x.select(ndarray::Axis(0), &keep);
+    let ys: Vec<usize> = keep.iter().map(|&i| y[i]).collect();
+    let (xt, yt) = blobs(200, 6, 1.6, 11);
+    let recall = |m: &Classifier| {
+        let p = m.predict(xt.view()).unwrap();
+        let hits = p
+            .iter()
+            .zip(&yt)
+            .filter(|(a, b)| **b == 2 && **a == 2)
+            .count();
+        hits as f64 / 200.0
+    };
+    for spec in [
+        HeadSpec::Logistic(LogisticParams::default()),
+        HeadSpec::LinearSvm(SvmParams::default()),
+        HeadSpec::Ridge(RidgeParams::default()),
+        HeadSpec::Knn(KnnParams {
+            k: 15,
+            metric: Metric::Euclidean,
+            weighting: Weighting::Uniform,
+        }),
+    ] {
+        let kind = spec.kind();
+        let mut config = HeadConfig::new(spec);
+        let plain = recall(&config.fit(xs.view(), &ys, &names(3), None).unwrap());
+        config.class_weight = ClassWeight::Balanced;
+        let balanced = recall(&config.fit(xs.view(), &ys, &names(3), None).unwrap());
+        eprintln!("{kind}: minority recall {plain:.3} -> {balanced:.3}");
+        assert!(balanced >= plain + 0.02, "{kind}: {plain} -> {balanced}");
+    }
+}
+
+#[test]
+fn grid_search_picks_the_best_and_is_reproducible() {
+    let (x, y) = blobs(30, 10, 1.5, 12);
+    let config = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
+    let a = grid_search(&config, &[], x.view(), &y, &names(3), 5, 7).unwrap();
+    let b = grid_search(&config, &[], x.view(), &y, &names(3), 5, 7).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.param, "c");
+    assert_eq!(a.rows.len(), 6);
+    assert!(a.rows.iter().all(|r| r.fold_accuracy.len() == 5));
+    let best = a.rows.iter().map(|r| r.mean).fold(0.0, f64::max);
+    assert_eq!(
+        a.rows
+            .iter()
+            .find(|r| r.value == a.best_value)
+            .unwrap()
+            .mean,
+        best
+    );
+    assert_eq!(a.best.head.main_param(), Some(("c", a.best_value)));
+    // kNN searches k; a fold can lack a class entirely (5 rows of class 2 in 5 folds).
+    let keep: Vec<usize> = (0..y.len()).filter(|&i| y[i] != 2 || i % 30 < 4).collect();
+    let xs = x.select(ndarray::Axis(0), &keep);
+    let ys: Vec<usize> = keep.iter().map(|&i| y[i]).collect();
+    let knn = HeadConfig::new(HeadSpec::Knn(KnnParams::default()));
+    let g = grid_search(&knn, &[1.0, 3.0, 5.0], xs.view(), &ys, &names(3), 5, 1).unwrap();
+    assert_eq!(g.param, "k");
+    let e = grid_search(
+        &HeadConfig::new(HeadSpec::Centroid(CentroidParams::default())),
+        &[],
+        x.view(),
+        &y,
+        &names(3),
+        5,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no hyperparameter"), "{e}");
+}
