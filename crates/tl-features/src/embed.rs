@@ -1,0 +1,301 @@
+//! Cached extraction: look every item up, compute only the misses, store each chunk as it
+//! completes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array2, Axis};
+use tl_backbone::{Backbone, ImageInput, ItemError, OnError, RawImage};
+use tl_data::Item;
+
+use crate::store::{LookupStats, STORE_VERSION, Store, StoreManifest};
+use crate::{FeatureError, Key};
+
+/// Compaction runs after a call that leaves more shards than this.
+const COMPACT_AFTER: usize = 64;
+
+/// Settings of [`embed_cached`].
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Items computed and written per shard: a killed run loses at most this many.
+    pub flush_every: usize,
+    /// Draw a progress bar (hits, computed, rate, ETA) on stderr.
+    pub progress: bool,
+    /// Fail on the first item that cannot be embedded, or skip it (NaN row, never cached).
+    pub on_error: OnError,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            flush_every: 256,
+            progress: false,
+            on_error: OnError::Fail,
+        }
+    }
+}
+
+/// The result of [`embed_cached`].
+#[derive(Debug, Clone)]
+pub struct CachedFeatures {
+    /// One row per item, in input order (NaN rows for skipped failures).
+    pub features: Array2<f32>,
+    /// Items answered from the cache.
+    pub hits: usize,
+    /// Items computed by the backbone in this call.
+    pub computed: usize,
+    /// Items that could not be embedded (under [`OnError::Skip`]).
+    pub errors: Vec<ItemError>,
+    /// What the lookup read.
+    pub lookup: LookupStats,
+    /// Time spent looking up.
+    pub lookup_time: Duration,
+    /// Time spent in the backbone.
+    pub compute_time: Duration,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+}
+
+fn hasher(fingerprint: &str, kind: &[u8]) -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    h.update(b"tl-features/key/1\0");
+    h.update(fingerprint.as_bytes());
+    h.update(b"\0");
+    h.update(kind);
+    h.update(b"\0");
+    h
+}
+
+/// Key of a text under a backbone.
+pub fn text_key(fingerprint: &str, text: &str) -> Key {
+    let mut h = hasher(fingerprint, b"text");
+    h.update(text.as_bytes());
+    Key(*h.finalize().as_bytes())
+}
+
+/// Key of an encoded image file's bytes under a backbone.
+pub fn encoded_key(fingerprint: &str, bytes: &[u8]) -> Key {
+    let mut h = hasher(fingerprint, b"encoded");
+    h.update(bytes);
+    Key(*h.finalize().as_bytes())
+}
+
+/// Key of a raw pixel array under a backbone.
+pub fn pixels_key(fingerprint: &str, width: u32, height: u32, channels: u8, data: &[u8]) -> Key {
+    let mut h = hasher(fingerprint, b"pixels");
+    h.update(&width.to_le_bytes());
+    h.update(&height.to_le_bytes());
+    h.update(&[channels]);
+    h.update(data);
+    Key(*h.finalize().as_bytes())
+}
+
+/// Key of a dataset item: the backbone fingerprint plus the item's content (a file's bytes,
+/// not its path, so the same image under two datasets is computed once).
+pub fn item_key(fingerprint: &str, item: &Item) -> Result<Key, FeatureError> {
+    Ok(match item {
+        Item::Text(t) => text_key(fingerprint, t),
+        Item::ImageFile(p) => {
+            let bytes = fs::read(p).map_err(|e| FeatureError::Io {
+                path: p.clone(),
+                source: e,
+            })?;
+            encoded_key(fingerprint, &bytes)
+        }
+        Item::Pixels(p) => pixels_key(fingerprint, p.width, p.height, p.channels, &p.data),
+    })
+}
+
+/// The store manifest describing a backbone.
+pub fn manifest_for(backbone: &Backbone) -> StoreManifest {
+    StoreManifest {
+        version: STORE_VERSION,
+        fingerprint: backbone.fingerprint().to_string(),
+        model: backbone.name().to_string(),
+        settings: serde_json::to_value(backbone.spec()).unwrap_or(serde_json::Value::Null),
+        dim: backbone.dim(),
+        dtype: "float32".into(),
+    }
+}
+
+/// Embeds `items` with `backbone`, answering from `store` where it can and storing what it
+/// computes, one durable shard per `flush_every` items.
+pub fn embed_cached(
+    backbone: &Backbone,
+    store: &Store,
+    items: &[Item],
+    options: &CacheOptions,
+) -> Result<CachedFeatures, FeatureError> {
+    let start = Instant::now();
+    if options.flush_every == 0 {
+        return Err(FeatureError::Options(
+            "flush_every must be at least 1".into(),
+        ));
+    }
+    let bstore = store.backbone(manifest_for(backbone))?;
+    bstore.touch()?;
+    let fp = backbone.fingerprint();
+    let dim = backbone.dim();
+    let keys: Vec<Key> = items
+        .iter()
+        .map(|it| item_key(fp, it))
+        .collect::<Result<_, _>>()?;
+    let mut features = Array2::<f32>::zeros((items.len(), dim));
+    let mut found = vec![false; items.len()];
+    let lookup = bstore.lookup(&keys, &mut features, &mut found)?;
+    let lookup_time = start.elapsed();
+    let hits = found.iter().filter(|f| **f).count();
+
+    // One computation per distinct missing key.
+    let mut first: HashMap<Key, usize> = HashMap::new();
+    let mut duplicates: Vec<(usize, usize)> = Vec::new();
+    let mut misses: Vec<usize> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        if found[i] {
+            continue;
+        }
+        match first.get(k) {
+            Some(&j) => duplicates.push((i, j)),
+            None => {
+                first.insert(*k, i);
+                misses.push(i);
+            }
+        }
+    }
+    tracing::info!(
+        "{}: {} items, {hits} cached, {} to compute ({} shards scanned, {} read)",
+        backbone.name(),
+        items.len(),
+        misses.len(),
+        lookup.shards_scanned,
+        lookup.shards_read
+    );
+
+    let bar = if options.progress && !misses.is_empty() {
+        let bar = ProgressBar::new(misses.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} computed, {per_sec}, ETA {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("{}: {hits} cached", backbone.name()));
+        Some(bar)
+    } else {
+        None
+    };
+    let mut errors = Vec::new();
+    let mut compute_time = Duration::ZERO;
+    for chunk in misses.chunks(options.flush_every) {
+        let t = Instant::now();
+        let (out, chunk_keys) = embed_chunk(backbone, items, chunk, options.on_error)?;
+        compute_time += t.elapsed();
+        let mut ok_keys = Vec::with_capacity(chunk.len());
+        let mut ok_rows = Vec::with_capacity(chunk.len());
+        let failed: std::collections::HashSet<usize> = out.errors.iter().map(|e| e.index).collect();
+        for (r, &i) in chunk.iter().enumerate() {
+            features.row_mut(i).assign(&out.features.row(r));
+            if !failed.contains(&r) {
+                ok_keys.push(chunk_keys[r]);
+                ok_rows.push(r);
+            }
+        }
+        for e in out.errors {
+            errors.push(ItemError {
+                index: chunk[e.index],
+                ..e
+            });
+        }
+        if !ok_keys.is_empty() {
+            let rows = out.features.select(Axis(0), &ok_rows);
+            bstore.append(&ok_keys, rows.view())?;
+        }
+        if let Some(bar) = &bar {
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    for (i, j) in duplicates {
+        let row = features.row(j).to_owned();
+        features.row_mut(i).assign(&row);
+    }
+    if !misses.is_empty() && bstore.shards()?.len() > COMPACT_AFTER {
+        let (before, after) = bstore.compact()?;
+        tracing::info!("compacted feature shards: {before} -> {after}");
+    }
+    Ok(CachedFeatures {
+        features,
+        hits,
+        computed: misses.len(),
+        errors,
+        lookup,
+        lookup_time,
+        compute_time,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Runs the backbone on one chunk. Image files are read once here and keyed from the bytes
+/// actually embedded, so a file changed since the lookup is stored under its new content.
+fn embed_chunk(
+    backbone: &Backbone,
+    items: &[Item],
+    chunk: &[usize],
+    on_error: OnError,
+) -> Result<(tl_backbone::Embeddings, Vec<Key>), FeatureError> {
+    let fp = backbone.fingerprint();
+    match &items[chunk[0]] {
+        Item::Text(_) => {
+            let texts: Vec<&str> = chunk
+                .iter()
+                .map(|&i| match &items[i] {
+                    Item::Text(t) => Ok(t.as_str()),
+                    _ => Err(FeatureError::Options(format!(
+                        "item {i} is an image but the items started with texts"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?;
+            let keys = texts.iter().map(|t| text_key(fp, t)).collect();
+            Ok((backbone.embed_texts(&texts, on_error)?, keys))
+        }
+        _ => {
+            let mut inputs = Vec::with_capacity(chunk.len());
+            let mut keys = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                match &items[i] {
+                    Item::ImageFile(p) => {
+                        let bytes = fs::read(p).map_err(|e| FeatureError::Io {
+                            path: p.clone(),
+                            source: e,
+                        })?;
+                        keys.push(encoded_key(fp, &bytes));
+                        inputs.push(ImageInput::Encoded {
+                            name: p.display().to_string(),
+                            bytes,
+                        });
+                    }
+                    Item::Pixels(p) => {
+                        keys.push(pixels_key(fp, p.width, p.height, p.channels, &p.data));
+                        inputs.push(ImageInput::Pixels(RawImage {
+                            width: p.width,
+                            height: p.height,
+                            channels: p.channels,
+                            data: p.data.clone(),
+                        }));
+                    }
+                    Item::Text(_) => {
+                        return Err(FeatureError::Options(format!(
+                            "item {i} is a text but the items started with images"
+                        )));
+                    }
+                }
+            }
+            Ok((backbone.embed_images(&inputs, on_error)?, keys))
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! The on-disk layout: one folder per backbone fingerprint, immutable Parquet shards named by
+//! the BLAKE3 hash of their bytes, a manifest written once.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ndarray::{Array2, ArrayView2};
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{FeatureError, Key};
+
+/// Version of the store layout and shard schema.
+pub const STORE_VERSION: u32 = 1;
+/// Column holding each row's key (64 hex characters).
+pub const KEY_COLUMN: &str = "key";
+/// Column holding each row's vector (a list of float32).
+pub const VECTOR_COLUMN: &str = "embedding";
+/// Compaction writes shards of at most this many rows.
+pub const COMPACT_ROWS: usize = 16_384;
+
+/// What a backbone folder holds; written once, checked on every open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreManifest {
+    /// [`STORE_VERSION`].
+    pub version: u32,
+    /// The backbone fingerprint (the folder's name).
+    pub fingerprint: String,
+    /// Human-readable model name.
+    pub model: String,
+    /// The model's settings (the manifest's `ModelSpec`), for people and other tools.
+    pub settings: serde_json::Value,
+    /// Vector length.
+    pub dim: usize,
+    /// Element type, always `float32`.
+    pub dtype: String,
+}
+
+/// A features folder (`$TL_HOME/features`).
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// One backbone's shards.
+#[derive(Debug, Clone)]
+pub struct BackboneStore {
+    dir: PathBuf,
+    manifest: StoreManifest,
+}
+
+/// Summary of one backbone folder, for `tl cache info` and garbage collection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackboneSummary {
+    /// Its manifest (None when the folder has no readable manifest).
+    pub manifest: Option<StoreManifest>,
+    /// The folder.
+    pub dir: PathBuf,
+    /// Shard files.
+    pub shards: usize,
+    /// Rows over all shards (duplicates included until compaction).
+    pub rows: usize,
+    /// Bytes of shard files.
+    pub bytes: u64,
+    /// When it was last used by an embedding run.
+    pub last_used: Option<SystemTime>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FeatureError + '_ {
+    move |source| FeatureError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `dir/name` so that a crash leaves either nothing or the whole file:
+/// a uniquely named temporary file in the same folder, fsync, rename, fsync of the folder.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, FeatureError> {
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}-{name}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    let dest = dir.join(name);
+    fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    if let Ok(d) = fs::File::open(dir) {
+        // Persist the rename itself; not every filesystem supports syncing a folder.
+        let _ = d.sync_all();
+    }
+    Ok(dest)
+}
+
+impl Store {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    /// The store inside the asset cache: `$TL_HOME/features`.
+    pub fn from_cache(cache: &tl_assets::Cache) -> Store {
+        Store::new(cache.root().join("features"))
+    }
+
+    /// Its folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens (creating if needed) the folder for one backbone. An existing folder whose
+    /// manifest disagrees (dimension, dtype, version) is an error, never silently reused.
+    pub fn backbone(&self, manifest: StoreManifest) -> Result<BackboneStore, FeatureError> {
+        if manifest.fingerprint.is_empty()
+            || !manifest
+                .fingerprint
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(FeatureError::Manifest {
+                path: self.root.clone(),
+                message: format!(
+                    "fingerprint {:?} is not a plain alphanumeric string",
+                    manifest.fingerprint
+                ),
+            });
+        }
+        let dir = self.root.join(&manifest.fingerprint);
+        let shards = dir.join("shards");
+        fs::create_dir_all(&shards).map_err(io(&shards))?;
+        let path = dir.join("manifest.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let found: StoreManifest =
+                    serde_json::from_str(&text).map_err(|e| FeatureError::Manifest {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                if found.version != manifest.version
+                    || found.dim != manifest.dim
+                    || found.dtype != manifest.dtype
+                    || found.fingerprint != manifest.fingerprint
+                {
+                    return Err(FeatureError::Manifest {
+                        path,
+                        message: format!(
+                            "holds version {} {} x {} vectors for {}, but {} x {} (version {}) were asked for",
+                            found.version,
+                            found.dtype,
+                            found.dim,
+                            found.fingerprint,
+                            manifest.dtype,
+                            manifest.dim,
+                            manifest.version
+                        ),
+                    });
+                }
+                Ok(BackboneStore {
+                    dir,
+                    manifest: found,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+                // Two first writers race harmlessly: both write the same content atomically.
+                write_atomic(&dir, "manifest.json", text.as_bytes())?;
+                Ok(BackboneStore { dir, manifest })
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Every backbone folder with its size.
+    pub fn info(&self) -> Result<Vec<BackboneSummary>, FeatureError> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&self.root))?;
+            let dir = entry.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let manifest = fs::read_to_string(dir.join("manifest.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<StoreManifest>(&t).ok());
+            let mut summary = BackboneSummary {
+                manifest,
+                last_used: last_used(&dir),
+                dir: dir.clone(),
+                shards: 0,
+                rows: 0,
+                bytes: 0,
+            };
+            for shard in list_shards(&dir.join("shards"))? {
+                summary.shards += 1;
+                summary.bytes += fs::metadata(&shard).map(|m| m.len()).unwrap_or(0);
+                summary.rows += read_keys(&shard).map(|k| k.len()).unwrap_or(0);
+            }
+            out.push(summary);
+        }
+        out.sort_by(|a, b| a.dir.cmp(&b.dir));
+        Ok(out)
+    }
+
+    /// Deletes backbone folders not used for `unused_for` (by their `last-used` stamp, else the
+    /// folder's modification time). With `dry_run` only reports. Returns what was (or would be)
+    /// removed.
+    pub fn gc(
+        &self,
+        unused_for: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<BackboneSummary>, FeatureError> {
+        let now = SystemTime::now();
+        let mut removed = Vec::new();
+        for s in self.info()? {
+            let used = s
+                .last_used
+                .or_else(|| fs::metadata(&s.dir).and_then(|m| m.modified()).ok())
+                .unwrap_or(UNIX_EPOCH);
+            if now.duration_since(used).unwrap_or_default() >= unused_for {
+                if !dry_run {
+                    fs::remove_dir_all(&s.dir).map_err(io(&s.dir))?;
+                }
+                removed.push(s);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn last_used(dir: &Path) -> Option<SystemTime> {
+    let secs: u64 = fs::read_to_string(dir.join("last-used"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn list_shards(dir: &Path) -> Result<Vec<PathBuf>, FeatureError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Temporary files of writers in flight (or killed) are never shards.
+        if name.starts_with("shard-") && name.ends_with(".parquet") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn polars_err(path: &Path) -> impl FnOnce(PolarsError) -> FeatureError + '_ {
+    move |e| FeatureError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Reads just the key column of a shard.
+fn read_keys(path: &Path) -> Result<Vec<Key>, FeatureError> {
+    let file = fs::File::open(path).map_err(io(path))?;
+    let df = ParquetReader::new(file)
+        .with_columns(Some(vec![KEY_COLUMN.to_string()]))
+        .finish()
+        .map_err(polars_err(path))?;
+    keys_of(&df, path)
+}
+
+fn keys_of(df: &DataFrame, path: &Path) -> Result<Vec<Key>, FeatureError> {
+    let col = df.column(KEY_COLUMN).map_err(polars_err(path))?;
+    let keys = col.str().map_err(polars_err(path))?;
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            k.and_then(Key::from_hex)
+                .ok_or_else(|| FeatureError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: format!("row {i}: key is not 64 hex characters"),
+                })
+        })
+        .collect()
+}
+
+/// Decodes the vector column into a row-major matrix, checking every row's length.
+fn vectors_of(df: &DataFrame, path: &Path, dim: usize) -> Result<Array2<f32>, FeatureError> {
+    let col = df.column(VECTOR_COLUMN).map_err(polars_err(path))?;
+    let list = col.list().map_err(|_| FeatureError::Schema {
+        path: path.to_path_buf(),
+        message: format!(
+            "column `{VECTOR_COLUMN}` is {}, expected list[f32]",
+            col.dtype()
+        ),
+    })?;
+    let n = list.len();
+    let mut out = Array2::<f32>::zeros((n, dim));
+    for (i, row) in list.amortized_iter().enumerate() {
+        let row = row.ok_or_else(|| FeatureError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("row {i}: vector is null"),
+        })?;
+        let values = row.as_ref().f32().map_err(|_| FeatureError::Schema {
+            path: path.to_path_buf(),
+            message: format!(
+                "row {i}: vector elements are {}, the store holds float32",
+                row.as_ref().dtype()
+            ),
+        })?;
+        if values.len() != dim {
+            return Err(FeatureError::Schema {
+                path: path.to_path_buf(),
+                message: format!(
+                    "row {i}: vector has {} values, the store's manifest says {dim}",
+                    values.len()
+                ),
+            });
+        }
+        let mut dest = out.row_mut(i);
+        if let Ok(slice) = values.cont_slice() {
+            dest.assign(&ndarray::ArrayView1::from(slice));
+        } else {
+            for (j, v) in values.iter().enumerate() {
+                dest[j] = v.ok_or_else(|| FeatureError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: format!("row {i}: element {j} is null"),
+                })?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Outcome of a lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookupStats {
+    /// Shards whose key column was read.
+    pub shards_scanned: usize,
+    /// Shards read in full because they held wanted keys.
+    pub shards_read: usize,
+    /// Shards found damaged and moved to `quarantine/`.
+    pub quarantined: Vec<PathBuf>,
+}
+
+impl BackboneStore {
+    /// Its manifest.
+    pub fn manifest(&self) -> &StoreManifest {
+        &self.manifest
+    }
+
+    /// Its folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Paths of the current shards.
+    pub fn shards(&self) -> Result<Vec<PathBuf>, FeatureError> {
+        list_shards(&self.dir.join("shards"))
+    }
+
+    /// Records that the store was used now (for garbage collection).
+    pub fn touch(&self) -> Result<(), FeatureError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        write_atomic(&self.dir, "last-used", now.to_string().as_bytes())?;
+        Ok(())
+    }
+
+    /// Moves a damaged shard aside so it is never read again; its rows become misses.
+    fn quarantine(&self, path: &Path, why: &str) -> Result<PathBuf, FeatureError> {
+        let qdir = self.dir.join("quarantine");
+        fs::create_dir_all(&qdir).map_err(io(&qdir))?;
+        let dest = qdir.join(path.file_name().unwrap_or_default());
+        tracing::warn!(
+            "feature cache shard {} is damaged ({why}); moved to {} and its items will be recomputed",
+            path.display(),
+            dest.display()
+        );
+        match fs::rename(path, &dest) {
+            Ok(()) => Ok(dest),
+            // Another process got there first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dest),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    /// Fills `out` rows for every key found, marking them in `found`. Reads one shard at a
+    /// time, and only the key column of shards that hold none of the wanted keys. A shard
+    /// whose bytes do not hash to its name, or that does not parse, is quarantined; a shard of
+    /// the wrong dimension or type is an error.
+    pub fn lookup(
+        &self,
+        keys: &[Key],
+        out: &mut Array2<f32>,
+        found: &mut [bool],
+    ) -> Result<LookupStats, FeatureError> {
+        let dim = self.manifest.dim;
+        assert_eq!(out.dim(), (keys.len(), dim), "output sized for the keys");
+        let mut wanted: HashMap<Key, Vec<usize>> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            if !found[i] {
+                wanted.entry(*k).or_default().push(i);
+            }
+        }
+        let mut stats = LookupStats::default();
+        for shard in self.shards()? {
+            if wanted.is_empty() {
+                break;
+            }
+            stats.shards_scanned += 1;
+            let shard_keys = match read_keys(&shard) {
+                Ok(k) => k,
+                // Deleted by a concurrent compaction after we listed it: its rows live on in
+                // the compacted shard, which a later listing sees; here they are just misses.
+                Err(FeatureError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(FeatureError::Corrupt { message, .. }) => {
+                    stats.quarantined.push(self.quarantine(&shard, &message)?);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !shard_keys.iter().any(|k| wanted.contains_key(k)) {
+                continue;
+            }
+            let bytes = match fs::read(&shard) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&shard)(e)),
+            };
+            stats.shards_read += 1;
+            let name = shard.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let expected = name.trim_start_matches("shard-");
+            let actual = blake3::hash(&bytes).to_hex();
+            if actual.as_str() != expected {
+                let why = format!("content hash {} does not match its name", &actual[..16]);
+                stats.quarantined.push(self.quarantine(&shard, &why)?);
+                continue;
+            }
+            let df = match ParquetReader::new(Cursor::new(bytes)).finish() {
+                Ok(df) => df,
+                Err(e) => {
+                    stats
+                        .quarantined
+                        .push(self.quarantine(&shard, &e.to_string())?);
+                    continue;
+                }
+            };
+            let all_keys = keys_of(&df, &shard)?;
+            let vectors = vectors_of(&df, &shard, dim)?;
+            for (r, k) in all_keys.iter().enumerate() {
+                if let Some(rows) = wanted.remove(k) {
+                    for i in rows {
+                        out.row_mut(i).assign(&vectors.row(r));
+                        found[i] = true;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Writes one immutable shard holding `keys` and their vectors; returns its path.
+    pub fn append(&self, keys: &[Key], vectors: ArrayView2<f32>) -> Result<PathBuf, FeatureError> {
+        assert_eq!(keys.len(), vectors.nrows(), "one key per vector");
+        if vectors.ncols() != self.manifest.dim {
+            return Err(FeatureError::Schema {
+                path: self.dir.clone(),
+                message: format!(
+                    "refusing to store {}-d vectors in a {}-d store",
+                    vectors.ncols(),
+                    self.manifest.dim
+                ),
+            });
+        }
+        let bytes = encode_shard(keys, vectors).map_err(polars_err(&self.dir))?;
+        let name = format!("shard-{}.parquet", blake3::hash(&bytes).to_hex());
+        write_atomic(&self.dir.join("shards"), &name, &bytes)
+    }
+
+    /// Merges small shards into shards of up to [`COMPACT_ROWS`] rows without duplicates.
+    /// New shards are durable before old ones are removed, so a crash at any point loses
+    /// nothing (at worst rows exist twice until the next compaction). Returns
+    /// (shards before, shards after).
+    pub fn compact(&self) -> Result<(usize, usize), FeatureError> {
+        let shards = self.shards()?;
+        let small: Vec<PathBuf> = shards
+            .iter()
+            .filter(|p| {
+                read_keys(p)
+                    .map(|k| k.len() < COMPACT_ROWS)
+                    .unwrap_or(false)
+            })
+            .cloned()
+            .collect();
+        if small.len() < 2 {
+            return Ok((shards.len(), shards.len()));
+        }
+        let dim = self.manifest.dim;
+        let mut seen: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut keys: Vec<Key> = Vec::new();
+        let mut rows: Vec<f32> = Vec::new();
+        let mut merged = Vec::new();
+        let flush = |keys: &mut Vec<Key>, rows: &mut Vec<f32>| -> Result<(), FeatureError> {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let m = Array2::from_shape_vec((keys.len(), dim), std::mem::take(rows))
+                .expect("rows match keys");
+            self.append(keys, m.view())?;
+            keys.clear();
+            Ok(())
+        };
+        for shard in &small {
+            let bytes = match fs::read(shard) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(shard)(e)),
+            };
+            let expected = shard
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .trim_start_matches("shard-")
+                .to_string();
+            if blake3::hash(&bytes).to_hex().as_str() != expected {
+                self.quarantine(shard, "content hash does not match its name")?;
+                continue;
+            }
+            let df = ParquetReader::new(Cursor::new(bytes))
+                .finish()
+                .map_err(polars_err(shard))?;
+            let k = keys_of(&df, shard)?;
+            let v = vectors_of(&df, shard, dim)?;
+            for (r, key) in k.into_iter().enumerate() {
+                if seen.insert(key) {
+                    keys.push(key);
+                    rows.extend(v.row(r).iter());
+                    if keys.len() == COMPACT_ROWS {
+                        flush(&mut keys, &mut rows)?;
+                    }
+                }
+            }
+            merged.push(shard.clone());
+        }
+        flush(&mut keys, &mut rows)?;
+        for shard in &merged {
+            match fs::remove_file(shard) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(shard)(e)),
+            }
+        }
+        let after = self.shards()?.len();
+        Ok((shards.len(), after))
+    }
+}
+
+fn encode_shard(keys: &[Key], vectors: ArrayView2<f32>) -> PolarsResult<Vec<u8>> {
+    let hexes: Vec<String> = keys.iter().map(Key::to_hex).collect();
+    let mut builder = ListPrimitiveChunkedBuilder::<Float32Type>::new(
+        VECTOR_COLUMN.into(),
+        keys.len(),
+        keys.len() * vectors.ncols(),
+        DataType::Float32,
+    );
+    for row in vectors.outer_iter() {
+        match row.as_slice() {
+            Some(s) => builder.append_slice(s),
+            None => builder.append_slice(&row.to_vec()),
+        }
+    }
+    let mut df = DataFrame::new(
+        keys.len(),
+        vec![
+            Column::new(KEY_COLUMN.into(), hexes),
+            builder.finish().into_series().into_column(),
+        ],
+    )?;
+    let mut buf = Vec::new();
+    ParquetWriter::new(&mut buf)
+        .with_compression(ParquetCompression::Snappy)
+        .finish(&mut df)?;
+    Ok(buf)
+}
