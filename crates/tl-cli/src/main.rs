@@ -1,19 +1,32 @@
-//! `tl`: embed datasets with pretrained ONNX backbones and inspect data.
+//! `tl`: transfer learning with pretrained ONNX backbones: run experiments, embed datasets into
+//! the feature cache, fit/predict/evaluate heads, inspect data and the cache.
+//!
+//! Exit codes: 0 success; 1 the work failed (data, model, I/O); 2 bad arguments or an invalid
+//! experiment file.
 
-use std::path::Path;
-use std::time::Instant;
+mod embed;
+mod model;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use tl_assets::{Cache, Fetcher, Manifest, Registry};
-use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError, RawImage};
-use tl_data::{Dataset, Item, TableOptions};
+use tl_assets::{Cache, Manifest, Registry};
+use tl_data::Dataset;
+use tl_eval::Experiment;
+use tl_eval::data::TableSettings;
+use tl_features::Store;
+
+/// The default experiment, embedded so `tl run` works from any folder.
+const DEFAULT_EXPERIMENT: &str = include_str!("../../../experiments/sentiment.toml");
 
 #[derive(Parser)]
 #[command(
     name = "tl",
     version,
-    about = "Transfer learning with pretrained ONNX backbones"
+    about = "Transfer learning with pretrained ONNX backbones",
+    after_help = "Exit codes: 0 success, 1 the work failed, 2 bad arguments or experiment file.\nLogs: TL_LOG=info (or debug). Cache and assets: $TL_HOME (default <workspace>/.tl-cache)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,9 +35,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Embed a dataset with a backbone and report throughput and class separation.
+    /// Run an experiment file: backbones vs a no-transfer baseline, with verdicts and a report.
     #[command(
-        after_help = "Examples:\n  tl embed\n  tl embed --model paraphrase-minilm-l3-v2 --dataset sentiment-imdb\n  tl embed --model efficientnet-lite0 --dataset optdigits --batch-size 64\n  tl embed --model all-minilm-l6-v2 --dataset reviews.csv --text-column review"
+        after_help = "Examples:\n  tl run                                  # experiments/sentiment.toml (built in)\n  tl run experiments/20newsgroups.toml\n  tl run experiments/mnist.toml --out runs/mnist"
+    )]
+    Run {
+        /// Experiment TOML (default: the built-in sentiment experiment).
+        experiment: Option<PathBuf>,
+        /// Report folder (default: runs/<name>-<UTC time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Embed a dataset with a backbone (through the feature cache) and report timing and class
+    /// separation.
+    #[command(
+        after_help = "Examples:\n  tl embed\n  tl embed --model paraphrase-minilm-l3-v2 --dataset sentiment-imdb\n  tl embed --model efficientnet-lite0 --dataset optdigits --batch-size 64\n  tl embed --model all-minilm-l6-v2 --dataset reviews.csv --text-column review\n  tl embed --no-cache     # measure raw extraction throughput"
     )]
     Embed {
         /// Backbone name (see `cargo xtask assets`).
@@ -46,13 +71,73 @@ enum Cmd {
         /// Intra-op threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Bypass the feature cache and print throughput details.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         table: TableArgs,
+    },
+    /// Fit a head on a dataset split's features and save it to one JSON file.
+    #[command(
+        after_help = "Examples:\n  tl fit --dataset sentiment-amazon --out amazon.json\n  tl fit --model efficientnet-lite0 --dataset mnist --split train --limit 5000 --head ridge --param 10 --out mnist.json\n  tl fit --dataset 20newsgroups --split train --search --out 20ng.json   # C by 5-fold CV"
+    )]
+    Fit(model::FitArgs),
+    /// Predict labels (and probabilities) with a saved head.
+    #[command(
+        after_help = "Examples:\n  tl predict --classifier amazon.json --text \"great phone\" --text \"broke in a week\"\n  tl predict --classifier amazon.json --dataset sentiment-yelp > yelp.csv"
+    )]
+    Predict(model::PredictArgs),
+    /// Evaluate a saved head on a labelled dataset split.
+    #[command(
+        after_help = "Examples:\n  tl eval --classifier amazon.json --dataset sentiment-yelp\n  tl eval --classifier 20ng.json --dataset 20newsgroups --split test"
+    )]
+    Eval(model::EvalArgs),
+    /// Feature cache: sizes, export, compaction, garbage collection.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
     },
     /// Dataset commands.
     Data {
         #[command(subcommand)]
         command: DataCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Backbones in the cache with their items and bytes.
+    Info,
+    /// Export a dataset's features with ids and labels to Parquet or CSV.
+    #[command(
+        after_help = "Examples:\n  tl cache export --dataset sentiment --out sentiment-minilm.parquet\n  tl cache export --model efficientnet-lite0 --dataset optdigits --out digits.csv"
+    )]
+    Export {
+        /// Backbone name.
+        #[arg(long, default_value = "all-minilm-l6-v2")]
+        model: String,
+        /// Dataset.
+        #[arg(long, default_value = "sentiment")]
+        dataset: String,
+        /// Split (default: every item).
+        #[arg(long)]
+        split: Option<String>,
+        /// Output file; `.parquet` or `.csv`.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Merge each backbone's small shards.
+    Compact,
+    /// Delete backbones not used for N days.
+    Gc {
+        /// Days without use.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -70,7 +155,7 @@ enum DataCmd {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct TableArgs {
     /// Text column of a table file.
     #[arg(long, default_value = "text")]
@@ -83,6 +168,28 @@ struct TableArgs {
     split_column: Option<String>,
 }
 
+impl TableArgs {
+    fn settings(&self) -> TableSettings {
+        TableSettings {
+            text_column: self.text_column.clone(),
+            label_column: self.label_column.clone(),
+            split_column: self.split_column.clone(),
+        }
+    }
+}
+
+/// Errors that mean "you asked for something invalid" rather than "the work failed".
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -94,13 +201,19 @@ fn main() {
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let usage = e.downcast_ref::<UsageError>().is_some()
+            || matches!(
+                e.downcast_ref::<tl_eval::EvalError>(),
+                Some(tl_eval::EvalError::Experiment { .. })
+            );
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     let registry = Registry::builtin()?;
     match cli.command {
+        Cmd::Run { experiment, out } => run_experiment(&registry, experiment.as_deref(), out),
         Cmd::Embed {
             model,
             dataset,
@@ -108,8 +221,9 @@ fn run(cli: Cli) -> Result<()> {
             limit,
             batch_size,
             threads,
+            no_cache,
             table,
-        } => embed(
+        } => embed::embed(
             &registry,
             &model,
             &dataset,
@@ -118,7 +232,12 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             threads,
             &table,
+            no_cache,
         ),
+        Cmd::Fit(args) => model::fit(&registry, &args),
+        Cmd::Predict(args) => model::predict(&registry, &args),
+        Cmd::Eval(args) => model::eval(&registry, &args),
+        Cmd::Cache { command } => cache(&registry, command),
         Cmd::Data {
             command: DataCmd::Info { dataset, table },
         } => {
@@ -129,208 +248,166 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Fetch `m` if any of its files is missing or corrupt (a no-op check otherwise).
-fn ensure_fetched(m: &Manifest) -> Result<()> {
-    let report = Fetcher::new(Cache::from_env())
-        .fetch(m)
-        .with_context(|| format!("fetching {}", m.name))?;
-    if !report.was_noop() {
-        eprintln!("fetched {}", m.name);
+/// Fetches the runtime and the model if needed and returns the model's manifest.
+fn ensure_model<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest> {
+    let cache = Cache::from_env();
+    tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
+        .context("fetching the ONNX Runtime library")?;
+    let m = registry.get(model).map_err(|e| UsageError(e.to_string()))?;
+    if m.model.is_none() {
+        bail!(UsageError(format!(
+            "{model} is a {:?} asset, not a model",
+            m.kind
+        )));
     }
-    Ok(())
+    tl_eval::data::ensure_fetched(m, &cache).with_context(|| format!("fetching {model}"))?;
+    Ok(m)
 }
 
 fn load_dataset(registry: &Registry, name: &str, table: &TableArgs) -> Result<Dataset> {
-    let path = Path::new(name);
-    if path.exists() {
-        return if path.is_dir() {
-            Ok(tl_data::load_image_folder(path)?)
-        } else {
-            let opts = TableOptions {
-                text_column: table.text_column.clone(),
-                label_column: table.label_column.clone(),
-                split_column: table.split_column.clone(),
-                ..TableOptions::default()
-            };
-            Ok(tl_data::load_table(path, &opts)?)
-        };
-    }
-    let names: Vec<String> = if name == "sentiment" {
-        ["amazon", "imdb", "yelp"]
-            .iter()
-            .map(|d| format!("sentiment-{d}"))
-            .collect()
-    } else {
-        vec![name.to_string()]
-    };
-    let mut parts = Vec::new();
-    for n in &names {
-        let m = registry
-            .get(n)
-            .with_context(|| format!("{name:?} is neither a file nor a known dataset"))?;
-        if m.dataset.is_none() {
-            bail!("{n} is a {:?} asset, not a dataset", m.kind);
-        }
-        ensure_fetched(m)?;
-        parts.push(tl_data::load_builtin(m, &Cache::from_env())?);
-    }
-    if parts.len() == 1 {
-        Ok(parts.remove(0))
-    } else {
-        Ok(Dataset::concat(name, &parts)?)
-    }
+    Ok(tl_eval::data::load_dataset(
+        registry,
+        &Cache::from_env(),
+        name,
+        &table.settings(),
+    )?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn embed(
-    registry: &Registry,
-    model: &str,
-    dataset: &str,
-    split: Option<&str>,
-    limit: Option<usize>,
-    batch_size: usize,
-    threads: Option<usize>,
-    table: &TableArgs,
-) -> Result<()> {
-    ensure_fetched(registry.get("onnxruntime")?)?;
-    let m = registry.get(model)?;
-    if m.model.is_none() {
-        bail!("{model} is a {:?} asset, not a model", m.kind);
-    }
-    ensure_fetched(m)?;
-    let ds = load_dataset(registry, dataset, table)?;
-    let mut indices: Vec<usize> = match split {
-        Some(s) => ds.split(s)?.to_vec(),
-        None => (0..ds.len()).collect(),
+/// `YYYYmmdd-HHMMSS` in UTC, for report folder names.
+fn utc_stamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>) -> Result<()> {
+    let exp = match path {
+        Some(p) => Experiment::load(p)?,
+        None => Experiment::from_toml(DEFAULT_EXPERIMENT, Path::new("experiments/sentiment.toml"))?,
     };
-    if let Some(n) = limit {
-        indices.truncate(n);
+    let cache = Cache::from_env();
+    tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
+        .context("fetching the ONNX Runtime library")?;
+    println!("experiment {}", exp.name);
+    let report = tl_eval::run(&exp, registry, &cache, true, &|line: &str| {
+        println!("{line}")
+    })?;
+    let dir =
+        out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
+    let files = tl_eval::write_report(&report, &dir)?;
+    if let Some(best) = report.ranking.first()
+        && report.ranking.len() > 1
+    {
+        println!("ranking   {} (best: {best})", report.ranking.join(" > "));
     }
-    let config = ExecutionConfig {
-        batch_size,
-        intra_threads: threads,
-        progress: true,
-        ..ExecutionConfig::default()
-    };
-    let t = Instant::now();
-    let backbone = Backbone::from_manifest(m, &Cache::from_env(), &config)?;
-    let load_time = t.elapsed();
-    let items: Vec<&Item> = indices.iter().map(|&i| &ds.items[i]).collect();
-    let out = match items.first() {
-        Some(Item::Text(_)) => {
-            let texts: Vec<&str> = items
-                .iter()
-                .map(|i| match i {
-                    Item::Text(t) => Ok(t.as_str()),
-                    _ => bail!("dataset {dataset} mixes texts and images"),
-                })
-                .collect::<Result<_>>()?;
-            backbone.embed_texts(&texts, OnError::Skip)?
-        }
-        Some(_) => {
-            let images: Vec<ImageInput> = items
-                .iter()
-                .map(|i| match i {
-                    Item::ImageFile(p) => Ok(ImageInput::Path(p.clone())),
-                    Item::Pixels(p) => Ok(ImageInput::Pixels(RawImage {
-                        width: p.width,
-                        height: p.height,
-                        channels: p.channels,
-                        data: p.data.clone(),
-                    })),
-                    Item::Text(_) => bail!("dataset {dataset} mixes texts and images"),
-                })
-                .collect::<Result<_>>()?;
-            backbone.embed_images(&images, OnError::Skip)?
-        }
-        None => bail!("nothing to embed: the selection is empty"),
-    };
-    let s = &out.stats;
-    let secs = s.timings.total.as_secs_f64();
     println!(
-        "model      {} ({}-d, fingerprint {})",
-        backbone.name(),
-        backbone.dim(),
-        backbone.fingerprint()
-    );
-    println!(
-        "dataset    {} ({} items, {} classes)",
-        ds.name,
-        indices.len(),
-        ds.n_classes()
-    );
-    println!(
-        "embedded   {} items in {secs:.2}s: {:.1} items/s (session load {:.2}s)",
-        s.items - out.errors.len(),
-        s.items as f64 / secs,
-        load_time.as_secs_f64()
-    );
-    println!(
-        "time       prepare {:.2}s | run {:.2}s | pool {:.2}s | {} batches of up to {batch_size}",
-        s.timings.prepare.as_secs_f64(),
-        s.timings.run.as_secs_f64(),
-        s.timings.pool.as_secs_f64(),
-        s.batches
-    );
-    if s.processed_tokens > 0 {
-        println!(
-            "padding    {:.3} efficiency ({} real of {} processed tokens)",
-            s.padding_efficiency(),
-            s.real_tokens,
-            s.processed_tokens
-        );
-    }
-    for e in &out.errors {
-        println!("skipped    item {}: {} ({})", e.index, e.item, e.message);
-    }
-    let labels: Vec<usize> = indices.iter().map(|&i| ds.labels[i]).collect();
-    let (within, between) = separation(&out.features, &labels);
-    println!(
-        "separation mean cosine within classes {within:.4} vs between classes {between:.4} ({})",
-        if within > between {
-            "features separate the classes"
-        } else {
-            "features do not separate the classes"
-        }
+        "report    {} ({} files, run took {:.1}s)",
+        dir.join("summary.md").display(),
+        files.len(),
+        report.seconds
     );
     Ok(())
 }
 
-/// Mean cosine similarity of pairs in the same class and in different classes, over
-/// L2-normalised rows (a cheap first look at whether features carry the labels).
-fn separation(features: &ndarray::Array2<f32>, labels: &[usize]) -> (f64, f64) {
-    let mut z = features.clone();
-    for mut row in z.rows_mut() {
-        let n = row.dot(&row).sqrt();
-        if n > 0.0 && n.is_finite() {
-            row /= n;
-        }
-    }
-    let classes = labels.iter().max().map_or(0, |m| m + 1);
-    let dim = z.ncols();
-    let mut sums = ndarray::Array2::<f64>::zeros((classes, dim));
-    let mut counts = vec![0f64; classes];
-    for (row, &l) in z.rows().into_iter().zip(labels) {
-        if row.iter().all(|v| v.is_finite()) {
-            sums.row_mut(l).zip_mut_with(&row, |s, &v| *s += v as f64);
-            counts[l] += 1.0;
-        }
-    }
-    // Sum over pairs via class sums: sum_{i,j in a, b} z_i.z_j = S_a . S_b.
-    let (mut within, mut wn, mut between, mut bn) = (0.0, 0.0, 0.0, 0.0);
-    for a in 0..classes {
-        for b in 0..classes {
-            let dot = sums.row(a).dot(&sums.row(b));
-            if a == b {
-                let n = counts[a];
-                // Remove self-pairs (each contributes 1).
-                within += dot - n;
-                wn += n * (n - 1.0);
-            } else {
-                between += dot;
-                bn += counts[a] * counts[b];
+fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
+    let store = Store::from_cache(&Cache::from_env());
+    match command {
+        CacheCmd::Info => {
+            let all = store.info()?;
+            if all.is_empty() {
+                println!("feature cache {} is empty", store.root().display());
             }
+            for s in all {
+                let (model, dim) = s
+                    .manifest
+                    .as_ref()
+                    .map_or(("?".to_string(), 0), |m| (m.model.clone(), m.dim));
+                let used = s
+                    .last_used
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .map_or("never".into(), |d| {
+                        format!("{:.1} days ago", d.as_secs_f64() / 86_400.0)
+                    });
+                println!(
+                    "{:<28} {:>8} vectors  {:>4}-d  {:>8.1} MB  {:>4} shards  used {used}  {}",
+                    model,
+                    s.rows,
+                    dim,
+                    s.bytes as f64 / 1e6,
+                    s.shards,
+                    s.dir.display()
+                );
+            }
+            Ok(())
+        }
+        CacheCmd::Export {
+            model,
+            dataset,
+            split,
+            out,
+            table,
+        } => {
+            let ds = load_dataset(registry, &dataset, &table)?;
+            let indices: Vec<usize> = match &split {
+                Some(s) => ds.split(s)?.to_vec(),
+                None => (0..ds.len()).collect(),
+            };
+            let features = model::cached_features(registry, &model, &ds, &indices, 32)?;
+            let ids: Vec<String> = indices.iter().map(|i| format!("{}:{i}", ds.name)).collect();
+            let labels: Vec<String> = indices
+                .iter()
+                .map(|&i| ds.label_names[ds.labels[i]].clone())
+                .collect();
+            tl_features::export_features(&out, &ids, &labels, features.features.view())?;
+            println!(
+                "exported {} rows x {} features to {}",
+                indices.len(),
+                features.features.ncols(),
+                out.display()
+            );
+            Ok(())
+        }
+        CacheCmd::Compact => {
+            for s in store.info()? {
+                let Some(m) = s.manifest else { continue };
+                let name = m.model.clone();
+                let (before, after) = store.backbone(m)?.compact()?;
+                println!("{name}: {before} -> {after} shards");
+            }
+            Ok(())
+        }
+        CacheCmd::Gc { days, dry_run } => {
+            let removed = store.gc(Duration::from_secs(days * 86_400), dry_run)?;
+            for s in &removed {
+                println!(
+                    "{} {} ({:.1} MB)",
+                    if dry_run { "would delete" } else { "deleted" },
+                    s.dir.display(),
+                    s.bytes as f64 / 1e6
+                );
+            }
+            if removed.is_empty() {
+                println!("nothing unused for {days} days");
+            }
+            Ok(())
         }
     }
-    (within / wn.max(1.0), between / bn.max(1.0))
 }

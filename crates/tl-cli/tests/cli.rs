@@ -56,7 +56,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     assert!(err.contains("--batch-size"), "{err}");
 
     let (code, _, err) = tl(&["embed", "--model", "mnist"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "asking for a dataset as a model is a usage error");
     assert!(
         err.contains("mnist is a Dataset asset, not a model"),
         "{err}"
@@ -71,4 +71,195 @@ fn help_has_examples() {
         out.contains("Examples:") && out.contains("tl embed --model"),
         "{out}"
     );
+}
+
+fn reviews(dir: &std::path::Path) -> std::path::PathBuf {
+    let good = ["great", "excellent", "love it", "perfect", "wonderful"];
+    let bad = ["awful", "broken", "hate it", "terrible", "want a refund"];
+    let mut csv = String::from("text,label\n");
+    for i in 0..40 {
+        let (w, l) = if i % 2 == 0 {
+            (good, "pos")
+        } else {
+            (bad, "neg")
+        };
+        csv.push_str(&format!(
+            "\"the blender is {}, {} (order {i})\",{l}\n",
+            w[i % 5],
+            w[(i / 5) % 5]
+        ));
+    }
+    let p = dir.join("reviews.csv");
+    std::fs::write(&p, csv).unwrap();
+    p
+}
+
+#[test]
+fn run_writes_a_report_and_rejects_bad_experiment_files() {
+    let d = tempfile::tempdir().unwrap();
+    let table = reviews(d.path());
+    let exp = d.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name = \"small\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 100\n[protocol]\nkind = \"cv\"\nfolds = 4\n",
+            table.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = d.path().join("report");
+    let (code, stdout, err) = tl(&["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("result    tfidf") && stdout.contains("summary.md"),
+        "{stdout}"
+    );
+    assert!(out.join("report.json").is_file() && out.join("results.csv").is_file());
+
+    std::fs::write(
+        &exp,
+        "name = \"x\"\ndataset = \"sentiment\"\n[protocol]\nkind = \"cv\"\nfolds = \"ten\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = tl(&["run", exp.to_str().unwrap()]);
+    assert_eq!(code, 2, "an invalid experiment file is a usage error");
+    assert!(
+        err.contains("exp.toml") && err.contains("line 5") && err.contains("folds"),
+        "{err}"
+    );
+
+    let (code, _, err) = tl(&["run", d.path().join("missing.toml").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn fit_predict_eval_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let table = reviews(d.path());
+    let model = d.path().join("head.json");
+    let (t, m) = (table.to_str().unwrap(), model.to_str().unwrap());
+    let (code, out, err) = tl(&[
+        "fit",
+        "--dataset",
+        t,
+        "--head",
+        "logistic",
+        "--search",
+        "--out",
+        m,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("chosen    c =") && out.contains("saved"),
+        "{out}"
+    );
+
+    let (code, out, err) = tl(&[
+        "predict",
+        "--classifier",
+        m,
+        "--text",
+        "I love this blender, it is perfect",
+        "--text",
+        "broken and terrible, refund please",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "row,label,probability");
+    assert!(
+        lines[1].starts_with("0,pos,") && lines[2].starts_with("1,neg,"),
+        "{out}"
+    );
+
+    let (code, out, err) = tl(&[
+        "eval",
+        "--classifier",
+        m,
+        "--dataset",
+        t,
+        "--bootstrap",
+        "50",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("accuracy  100.00%"), "{out}");
+
+    // Features of another backbone: refused, not silently mispredicted.
+    let (code, _, err) = tl(&[
+        "predict",
+        "--classifier",
+        m,
+        "--model",
+        "paraphrase-minilm-l3-v2",
+        "--text",
+        "x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not trained on paraphrase-minilm-l3-v2") && err.contains("fingerprint"),
+        "{err}"
+    );
+
+    // A dataset whose labels the head never saw.
+    let other = d.path().join("other.csv");
+    std::fs::write(&other, "text,label\nfine,meh\nok,pos\n").unwrap();
+    let (code, _, err) = tl(&[
+        "eval",
+        "--classifier",
+        m,
+        "--dataset",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("row 0: label `meh`"), "{err}");
+
+    let (code, _, err) = tl(&["fit", "--dataset", t, "--head", "forest", "--out", m]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown head `forest`"), "{err}");
+    let (code, _, err) = tl(&["fit", "--dataset", t]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--out"), "{err}");
+    let (code, _, err) = tl(&[
+        "predict",
+        "--classifier",
+        d.path().join("nope.json").to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nope.json"), "{err}");
+}
+
+#[test]
+fn cache_info_and_export() {
+    let d = tempfile::tempdir().unwrap();
+    let table = reviews(d.path());
+    let out = d.path().join("features.parquet");
+    let (code, stdout, err) = tl(&[
+        "cache",
+        "export",
+        "--dataset",
+        table.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("exported 40 rows x 384 features"),
+        "{stdout}"
+    );
+    assert!(out.is_file());
+    let (code, stdout, err) = tl(&["cache", "info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("all-minilm-l6-v2"), "{stdout}");
+    let (code, _, err) = tl(&[
+        "cache",
+        "export",
+        "--dataset",
+        table.to_str().unwrap(),
+        "--out",
+        "x.xlsx",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`.parquet` or `.csv`"), "{err}");
 }

@@ -1,0 +1,212 @@
+//! `tl embed`: throughput and class separation of one backbone on one dataset.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use tl_assets::{Cache, Registry};
+use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError, RawImage};
+use tl_data::Item;
+use tl_features::{CacheOptions, Store, embed_cached};
+
+use crate::{TableArgs, ensure_model, load_dataset};
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn embed(
+    registry: &Registry,
+    model: &str,
+    dataset: &str,
+    split: Option<&str>,
+    limit: Option<usize>,
+    batch_size: usize,
+    threads: Option<usize>,
+    table: &TableArgs,
+    no_cache: bool,
+) -> Result<()> {
+    let m = ensure_model(registry, model)?;
+    let ds = load_dataset(registry, dataset, table)?;
+    let mut indices: Vec<usize> = match split {
+        Some(s) => ds.split(s)?.to_vec(),
+        None => (0..ds.len()).collect(),
+    };
+    if let Some(n) = limit {
+        indices.truncate(n);
+    }
+    let config = ExecutionConfig {
+        batch_size,
+        intra_threads: threads,
+        progress: true,
+        ..ExecutionConfig::default()
+    };
+    let t = Instant::now();
+    let backbone = Backbone::from_manifest(m, &Cache::from_env(), &config)?;
+    let load_time = t.elapsed();
+    if !no_cache {
+        let items: Vec<Item> = indices.iter().map(|&i| ds.items[i].clone()).collect();
+        let store = Store::from_cache(&Cache::from_env());
+        let options = CacheOptions {
+            progress: true,
+            on_error: OnError::Skip,
+            ..Default::default()
+        };
+        let out = embed_cached(&backbone, &store, &items, &options)?;
+        println!(
+            "model      {} ({}-d, fingerprint {})",
+            backbone.name(),
+            backbone.dim(),
+            backbone.fingerprint()
+        );
+        println!(
+            "dataset    {} ({} items, {} classes)",
+            ds.name,
+            items.len(),
+            ds.n_classes()
+        );
+        println!(
+            "features   {} from the cache in {:.2}s, {} computed in {:.2}s{}",
+            out.hits,
+            out.lookup_time.as_secs_f64(),
+            out.computed,
+            out.compute_time.as_secs_f64(),
+            if out.computed > 0 {
+                format!(
+                    " ({:.1} items/s)",
+                    out.computed as f64 / out.compute_time.as_secs_f64()
+                )
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "cache      {}",
+            store.root().join(backbone.fingerprint()).display()
+        );
+        for e in &out.errors {
+            println!("skipped    item {}: {} ({})", e.index, e.item, e.message);
+        }
+        let labels: Vec<usize> = indices.iter().map(|&i| ds.labels[i]).collect();
+        print_separation(&out.features, &labels);
+        return Ok(());
+    }
+    let items: Vec<&Item> = indices.iter().map(|&i| &ds.items[i]).collect();
+    let out = match items.first() {
+        Some(Item::Text(_)) => {
+            let texts: Vec<&str> = items
+                .iter()
+                .map(|i| match i {
+                    Item::Text(t) => Ok(t.as_str()),
+                    _ => bail!("dataset {dataset} mixes texts and images"),
+                })
+                .collect::<Result<_>>()?;
+            backbone.embed_texts(&texts, OnError::Skip)?
+        }
+        Some(_) => {
+            let images: Vec<ImageInput> = items
+                .iter()
+                .map(|i| match i {
+                    Item::ImageFile(p) => Ok(ImageInput::Path(p.clone())),
+                    Item::Pixels(p) => Ok(ImageInput::Pixels(RawImage {
+                        width: p.width,
+                        height: p.height,
+                        channels: p.channels,
+                        data: p.data.clone(),
+                    })),
+                    Item::Text(_) => bail!("dataset {dataset} mixes texts and images"),
+                })
+                .collect::<Result<_>>()?;
+            backbone.embed_images(&images, OnError::Skip)?
+        }
+        None => bail!("nothing to embed: the selection is empty"),
+    };
+    let s = &out.stats;
+    let secs = s.timings.total.as_secs_f64();
+    println!(
+        "model      {} ({}-d, fingerprint {})",
+        backbone.name(),
+        backbone.dim(),
+        backbone.fingerprint()
+    );
+    println!(
+        "dataset    {} ({} items, {} classes)",
+        ds.name,
+        indices.len(),
+        ds.n_classes()
+    );
+    println!(
+        "embedded   {} items in {secs:.2}s: {:.1} items/s (session load {:.2}s)",
+        s.items - out.errors.len(),
+        s.items as f64 / secs,
+        load_time.as_secs_f64()
+    );
+    println!(
+        "time       prepare {:.2}s | run {:.2}s | pool {:.2}s | {} batches of up to {batch_size}",
+        s.timings.prepare.as_secs_f64(),
+        s.timings.run.as_secs_f64(),
+        s.timings.pool.as_secs_f64(),
+        s.batches
+    );
+    if s.processed_tokens > 0 {
+        println!(
+            "padding    {:.3} efficiency ({} real of {} processed tokens)",
+            s.padding_efficiency(),
+            s.real_tokens,
+            s.processed_tokens
+        );
+    }
+    for e in &out.errors {
+        println!("skipped    item {}: {} ({})", e.index, e.item, e.message);
+    }
+    let labels: Vec<usize> = indices.iter().map(|&i| ds.labels[i]).collect();
+    print_separation(&out.features, &labels);
+    Ok(())
+}
+
+fn print_separation(features: &ndarray::Array2<f32>, labels: &[usize]) {
+    let (within, between) = separation(features, labels);
+    println!(
+        "separation mean cosine within classes {within:.4} vs between classes {between:.4} ({})",
+        if within > between {
+            "features separate the classes"
+        } else {
+            "features do not separate the classes"
+        }
+    );
+}
+
+/// Mean cosine similarity of pairs in the same class and in different classes, over
+/// L2-normalised rows (a cheap first look at whether features carry the labels).
+fn separation(features: &ndarray::Array2<f32>, labels: &[usize]) -> (f64, f64) {
+    let mut z = features.clone();
+    for mut row in z.rows_mut() {
+        let n = row.dot(&row).sqrt();
+        if n > 0.0 && n.is_finite() {
+            row /= n;
+        }
+    }
+    let classes = labels.iter().max().map_or(0, |m| m + 1);
+    let dim = z.ncols();
+    let mut sums = ndarray::Array2::<f64>::zeros((classes, dim));
+    let mut counts = vec![0f64; classes];
+    for (row, &l) in z.rows().into_iter().zip(labels) {
+        if row.iter().all(|v| v.is_finite()) {
+            sums.row_mut(l).zip_mut_with(&row, |s, &v| *s += v as f64);
+            counts[l] += 1.0;
+        }
+    }
+    // Sum over pairs via class sums: sum_{i,j in a, b} z_i.z_j = S_a . S_b.
+    let (mut within, mut wn, mut between, mut bn) = (0.0, 0.0, 0.0, 0.0);
+    for a in 0..classes {
+        for b in 0..classes {
+            let dot = sums.row(a).dot(&sums.row(b));
+            if a == b {
+                let n = counts[a];
+                // Remove self-pairs (each contributes 1).
+                within += dot - n;
+                wn += n * (n - 1.0);
+            } else {
+                between += dot;
+                bn += counts[a] * counts[b];
+            }
+        }
+    }
+    (within / wn.max(1.0), between / bn.max(1.0))
+}

@@ -1,0 +1,323 @@
+//! `tl fit`, `tl predict`, `tl eval`: heads on cached backbone features.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use tl_assets::{Cache, Registry};
+use tl_backbone::{Backbone, ExecutionConfig, OnError};
+use tl_data::{Dataset, Item};
+use tl_features::{CacheOptions, CachedFeatures, Store, embed_cached};
+use tl_heads::{ClassWeight, Classifier, FeatureMeta, HeadConfig, HeadSpec, Pca, Preprocess};
+
+use crate::{TableArgs, UsageError, ensure_model, load_dataset};
+
+/// Features for `indices` of `ds`, through the cache, with the backbone's fingerprint.
+pub(crate) struct Features {
+    pub(crate) features: ndarray::Array2<f32>,
+    pub(crate) fingerprint: String,
+}
+
+pub(crate) fn cached_features(
+    registry: &Registry,
+    model: &str,
+    ds: &Dataset,
+    indices: &[usize],
+    batch_size: usize,
+) -> Result<Features> {
+    let m = ensure_model(registry, model)?;
+    let cache = Cache::from_env();
+    let config = ExecutionConfig {
+        batch_size,
+        ..Default::default()
+    };
+    let backbone = Backbone::from_manifest(m, &cache, &config)?;
+    let items: Vec<Item> = indices.iter().map(|&i| ds.items[i].clone()).collect();
+    let out: CachedFeatures = embed_cached(
+        &backbone,
+        &Store::from_cache(&cache),
+        &items,
+        &CacheOptions {
+            progress: true,
+            on_error: OnError::Fail,
+            ..Default::default()
+        },
+    )?;
+    eprintln!(
+        "features  {model}: {} cached, {} computed ({:.1}s)",
+        out.hits,
+        out.computed,
+        out.elapsed.as_secs_f64()
+    );
+    Ok(Features {
+        features: out.features,
+        fingerprint: backbone.fingerprint().to_string(),
+    })
+}
+
+fn selection(ds: &Dataset, split: Option<&str>, limit: Option<usize>) -> Result<Vec<usize>> {
+    let mut idx: Vec<usize> = match split {
+        Some(s) => ds.split(s)?.to_vec(),
+        None => (0..ds.len()).collect(),
+    };
+    if let Some(n) = limit {
+        if n == 0 {
+            bail!(UsageError("--limit must be at least 1".into()));
+        }
+        idx.truncate(n);
+    }
+    Ok(idx)
+}
+
+/// Arguments of `tl fit`.
+#[derive(clap::Args)]
+pub(crate) struct FitArgs {
+    /// Backbone whose features the head learns from.
+    #[arg(long, default_value = "all-minilm-l6-v2")]
+    model: String,
+    /// Labelled dataset.
+    #[arg(long, default_value = "sentiment")]
+    dataset: String,
+    /// Split to train on (default: every item).
+    #[arg(long)]
+    split: Option<String>,
+    /// Train on at most this many items (the first ones).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// logistic, linear-svm, knn, centroid or ridge.
+    #[arg(long, default_value = "logistic")]
+    head: String,
+    /// The head's main hyperparameter: C (logistic, linear-svm), k (knn), alpha (ridge).
+    #[arg(long)]
+    param: Option<f64>,
+    /// Choose the main hyperparameter by stratified 5-fold CV over the head's default grid.
+    #[arg(long)]
+    search: bool,
+    /// Standardise features (fitted on the training rows).
+    #[arg(long)]
+    standardize: bool,
+    /// L2-normalise feature rows.
+    #[arg(long)]
+    l2_normalize: bool,
+    /// Project onto this many principal components.
+    #[arg(long)]
+    pca: Option<usize>,
+    /// Weight classes inversely to their frequency.
+    #[arg(long)]
+    balanced: bool,
+    /// Seed for randomised steps and CV folds.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to save the classifier (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    table: TableArgs,
+}
+
+pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
+    let mut head = HeadSpec::from_kind(&a.head).map_err(|e| UsageError(e.to_string()))?;
+    if let Some(v) = a.param {
+        head = head.with_main_param(v);
+    }
+    let config = HeadConfig {
+        head,
+        preprocess: Preprocess {
+            l2_normalize: a.l2_normalize,
+            standardize: a.standardize,
+            pca: a.pca.map(Pca::Components),
+        },
+        class_weight: if a.balanced {
+            ClassWeight::Balanced
+        } else {
+            ClassWeight::Uniform
+        },
+        seed: a.seed,
+    };
+    config.check().map_err(|e| UsageError(e.to_string()))?;
+    let ds = load_dataset(registry, &a.dataset, &a.table)?;
+    let idx = selection(&ds, a.split.as_deref(), a.limit)?;
+    let f = cached_features(registry, &a.model, &ds, &idx, 32)?;
+    let y: Vec<usize> = idx.iter().map(|&i| ds.labels[i]).collect();
+    let config = if a.search {
+        let g = tl_heads::grid_search(
+            &config,
+            &[],
+            f.features.view(),
+            &y,
+            &ds.label_names,
+            5,
+            a.seed,
+        )?;
+        for row in &g.rows {
+            println!(
+                "cv        {} = {:<8} accuracy {:.2}% +- {:.2}",
+                g.param,
+                row.value,
+                100.0 * row.mean,
+                100.0 * row.std
+            );
+        }
+        println!("chosen    {} = {}", g.param, g.best_value);
+        g.best
+    } else {
+        config
+    };
+    let model = config.fit(f.features.view(), &y, &ds.label_names, Some(&f.fingerprint))?;
+    model.save(&a.out)?;
+    println!(
+        "saved     {} ({} head on {} rows of {}, {} classes, {}-d {} features)",
+        a.out.display(),
+        config.head.kind(),
+        idx.len(),
+        ds.name,
+        model.classes.len(),
+        model.features.dim,
+        a.model
+    );
+    Ok(())
+}
+
+/// Arguments of `tl predict`.
+#[derive(clap::Args)]
+pub(crate) struct PredictArgs {
+    /// A classifier saved by `tl fit`.
+    #[arg(long)]
+    classifier: PathBuf,
+    /// The backbone it was trained on.
+    #[arg(long, default_value = "all-minilm-l6-v2")]
+    model: String,
+    /// Texts to classify (repeatable).
+    #[arg(long, conflicts_with = "dataset")]
+    text: Vec<String>,
+    /// A dataset to classify instead.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Its split.
+    #[arg(long)]
+    split: Option<String>,
+    /// At most this many items.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    table: TableArgs,
+}
+
+fn load_classifier(
+    registry: &Registry,
+    path: &std::path::Path,
+    model: &str,
+) -> Result<(Classifier, Backbone)> {
+    let clf = Classifier::load(path)?;
+    let m = ensure_model(registry, model)?;
+    let backbone = Backbone::from_manifest(m, &Cache::from_env(), &ExecutionConfig::default())?;
+    clf.ensure_compatible(&FeatureMeta {
+        dim: backbone.dim(),
+        fingerprint: Some(backbone.fingerprint().to_string()),
+    })
+    .with_context(|| format!("{} was not trained on {model} features", path.display()))?;
+    Ok((clf, backbone))
+}
+
+pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
+    let (clf, backbone) = load_classifier(registry, &a.classifier, &a.model)?;
+    let items: Vec<Item> = match &a.dataset {
+        Some(name) => {
+            let ds = load_dataset(registry, name, &a.table)?;
+            let idx = selection(&ds, a.split.as_deref(), a.limit)?;
+            idx.iter().map(|&i| ds.items[i].clone()).collect()
+        }
+        None if a.text.is_empty() => {
+            bail!(UsageError("give --text (repeatable) or --dataset".into()))
+        }
+        None => a.text.iter().cloned().map(Item::Text).collect(),
+    };
+    let out = embed_cached(
+        &backbone,
+        &Store::from_cache(&Cache::from_env()),
+        &items,
+        &CacheOptions::default(),
+    )?;
+    let proba = clf.predict_proba(out.features.view())?;
+    let pred = clf.predict(out.features.view())?;
+    println!("row,label,probability");
+    for (i, &p) in pred.iter().enumerate() {
+        println!("{i},{},{:.4}", clf.label_names[p], proba[[i, p]]);
+    }
+    Ok(())
+}
+
+/// Arguments of `tl eval`.
+#[derive(clap::Args)]
+pub(crate) struct EvalArgs {
+    /// A classifier saved by `tl fit`.
+    #[arg(long)]
+    classifier: PathBuf,
+    /// The backbone it was trained on.
+    #[arg(long, default_value = "all-minilm-l6-v2")]
+    model: String,
+    /// Labelled dataset to score on.
+    #[arg(long)]
+    dataset: String,
+    /// Its split.
+    #[arg(long)]
+    split: Option<String>,
+    /// At most this many items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Bootstrap resamples for the intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    #[command(flatten)]
+    table: TableArgs,
+}
+
+pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
+    let (clf, backbone) = load_classifier(registry, &a.classifier, &a.model)?;
+    let ds = load_dataset(registry, &a.dataset, &a.table)?;
+    let idx = selection(&ds, a.split.as_deref(), a.limit)?;
+    // Labels are matched by name, so a head trained on one dataset scores another with the
+    // same label set (e.g. one sentiment domain on another).
+    let names: Vec<&str> = idx
+        .iter()
+        .map(|&i| ds.label_names[ds.labels[i]].as_str())
+        .collect();
+    let truth = clf.encode_labels(&names)?;
+    let items: Vec<Item> = idx.iter().map(|&i| ds.items[i].clone()).collect();
+    let out = embed_cached(
+        &backbone,
+        &Store::from_cache(&Cache::from_env()),
+        &items,
+        &CacheOptions::default(),
+    )?;
+    let pred = clf.predict(out.features.view())?;
+    let proba = clf.predict_proba(out.features.view())?;
+    let m = tl_eval::metrics::evaluate(&truth, &pred, Some(proba.view()), &clf.label_names);
+    let acc = tl_eval::metrics::bootstrap(truth.len(), a.bootstrap, 0, |rows| {
+        tl_eval::metrics::accuracy_on(&truth, &pred, rows)
+    });
+    println!("rows      {} of {}", truth.len(), ds.name);
+    println!(
+        "accuracy  {:.2}% [{:.2}, {:.2}]",
+        100.0 * acc.estimate,
+        100.0 * acc.low,
+        100.0 * acc.high
+    );
+    println!("macro-F1  {:.2}%", 100.0 * m.macro_f1);
+    println!("balanced  {:.2}%", 100.0 * m.balanced_accuracy);
+    if let Some(l) = m.log_loss {
+        println!("log loss  {l:.4}");
+    }
+    if let Some(e) = m.ece {
+        println!("ECE       {e:.4}");
+    }
+    if let Some(auc) = m.roc_auc {
+        println!("ROC-AUC   {auc:.4}");
+    }
+    for c in &m.per_class {
+        println!(
+            "class     {:<24} precision {:.3} recall {:.3} F1 {:.3} (n = {})",
+            c.label, c.precision, c.recall, c.f1, c.support
+        );
+    }
+    Ok(())
+}

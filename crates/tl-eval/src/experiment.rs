@@ -1,0 +1,977 @@
+//! Experiments: a TOML file naming a dataset, backbones, a baseline, heads and a protocol;
+//! [`run`] evaluates every (features, head) pair on identical splits and compares.
+
+use std::path::Path;
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tl_assets::{Cache, Registry};
+use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError, RawImage};
+use tl_data::split::{per_class_subsample, stratified_kfold, stratified_split};
+use tl_data::{Dataset, Item};
+use tl_features::{CacheOptions, Store, embed_cached};
+use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
+
+use crate::EvalError;
+use crate::data::{TableSettings, load_dataset};
+use crate::metrics::{
+    Interval, Metrics, accuracy_on, bootstrap, evaluate, macro_f1_on, paired_accuracy_difference,
+};
+use crate::tfidf::{Tfidf, TfidfParams};
+
+/// Which features stand for "before transfer".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// TF-IDF for text datasets, raw pixels for images.
+    #[default]
+    Auto,
+    /// TF-IDF bag of words.
+    Tfidf,
+    /// Raw pixels in [0, 1] (images at their own size when all share one, else 32 x 32 RGB).
+    RawPixels,
+    /// No baseline (backbones are still ranked).
+    None,
+}
+
+/// How train and test rows are chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ProtocolTable", into = "ProtocolTable")]
+pub enum Protocol {
+    /// The dataset's own train/test splits.
+    Split {
+        /// Name of the training split.
+        train: String,
+        /// Name of the test split.
+        test: String,
+    },
+    /// Stratified k-fold cross-validation over all rows; metrics on the pooled out-of-fold
+    /// predictions.
+    Cv {
+        /// Number of folds.
+        folds: usize,
+    },
+    /// One stratified train/test split of all rows.
+    Holdout {
+        /// Fraction of rows held out for testing.
+        test_fraction: f64,
+    },
+}
+
+/// The `[protocol]` table as written. A flat struct (not a tagged enum) so the TOML parser can
+/// point at the offending key and line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProtocolTable {
+    kind: ProtocolKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    folds: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test_fraction: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ProtocolKind {
+    Split,
+    Cv,
+    Holdout,
+}
+
+impl TryFrom<ProtocolTable> for Protocol {
+    type Error = String;
+
+    fn try_from(t: ProtocolTable) -> Result<Protocol, String> {
+        let only = |key: &str, present: bool, kind: &str| {
+            if present {
+                Err(format!(
+                    "protocol.{key} does not apply to kind = \"{kind}\""
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        Ok(match t.kind {
+            ProtocolKind::Split => {
+                only("folds", t.folds.is_some(), "split")?;
+                only("test_fraction", t.test_fraction.is_some(), "split")?;
+                Protocol::Split {
+                    train: t.train.unwrap_or_else(default_train),
+                    test: t.test.unwrap_or_else(default_test),
+                }
+            }
+            ProtocolKind::Cv => {
+                only("test_fraction", t.test_fraction.is_some(), "cv")?;
+                only("train", t.train.is_some(), "cv")?;
+                only("test", t.test.is_some(), "cv")?;
+                Protocol::Cv {
+                    folds: t.folds.unwrap_or_else(default_folds),
+                }
+            }
+            ProtocolKind::Holdout => {
+                only("folds", t.folds.is_some(), "holdout")?;
+                only("train", t.train.is_some(), "holdout")?;
+                only("test", t.test.is_some(), "holdout")?;
+                Protocol::Holdout {
+                    test_fraction: t.test_fraction.unwrap_or_else(default_test_fraction),
+                }
+            }
+        })
+    }
+}
+
+impl From<Protocol> for ProtocolTable {
+    fn from(p: Protocol) -> ProtocolTable {
+        let mut t = ProtocolTable {
+            kind: ProtocolKind::Cv,
+            folds: None,
+            test_fraction: None,
+            train: None,
+            test: None,
+        };
+        match p {
+            Protocol::Split { train, test } => {
+                t.kind = ProtocolKind::Split;
+                t.train = Some(train);
+                t.test = Some(test);
+            }
+            Protocol::Cv { folds } => t.folds = Some(folds),
+            Protocol::Holdout { test_fraction } => {
+                t.kind = ProtocolKind::Holdout;
+                t.test_fraction = Some(test_fraction);
+            }
+        }
+        t
+    }
+}
+
+fn default_train() -> String {
+    "train".into()
+}
+fn default_test() -> String {
+    "test".into()
+}
+fn default_folds() -> usize {
+    10
+}
+fn default_test_fraction() -> f64 {
+    0.3
+}
+
+/// A learning curve: k labelled examples per class, several seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FewShot {
+    /// Examples per class; 0 means "all training rows".
+    pub shots: Vec<usize>,
+    /// Seeds per k.
+    #[serde(default = "default_repeats")]
+    pub repeats: usize,
+    /// Fixed stratified test fraction (for cv/holdout; `split` uses the test split).
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+}
+
+fn default_repeats() -> usize {
+    10
+}
+
+/// Stratified subsample sizes, for large datasets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subsample {
+    /// Training rows to keep (all when absent).
+    pub train: Option<usize>,
+    /// Test rows to keep (all when absent); with cv/holdout, `train` caps all rows.
+    pub test: Option<usize>,
+}
+
+/// An experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Name, used for the report folder.
+    pub name: String,
+    /// A built-in dataset, `sentiment` (all three domains), a table file or an image folder.
+    pub dataset: String,
+    /// Columns for table files.
+    #[serde(default)]
+    pub table: TableSettings,
+    /// Backbones (built-in model names) to compare.
+    #[serde(default)]
+    pub backbones: Vec<String>,
+    /// The "before transfer" features.
+    #[serde(default)]
+    pub baseline: Baseline,
+    /// TF-IDF settings when the baseline is TF-IDF.
+    #[serde(default)]
+    pub tfidf: TfidfParams,
+    /// Heads to fit on every feature set.
+    #[serde(default = "default_heads")]
+    pub heads: Vec<HeadSpec>,
+    /// Preprocessing for every head.
+    #[serde(default)]
+    pub preprocess: Preprocess,
+    /// How rows are split.
+    pub protocol: Protocol,
+    /// Optional few-shot learning curve (first head only).
+    #[serde(default)]
+    pub few_shot: Option<FewShot>,
+    /// Optional stratified subsample.
+    #[serde(default)]
+    pub subsample: Option<Subsample>,
+    /// Seed for splits, subsamples, bootstrap and heads.
+    #[serde(default)]
+    pub seed: u64,
+    /// Bootstrap resamples for confidence intervals.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+    /// Items per backbone batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_heads() -> Vec<HeadSpec> {
+    vec![HeadSpec::Logistic(LogisticParams::default())]
+}
+fn default_bootstrap() -> usize {
+    1000
+}
+fn default_batch() -> usize {
+    32
+}
+
+impl Experiment {
+    /// Parses an experiment; errors name the file, the line and the key.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Experiment, EvalError> {
+        let exp: Experiment = toml::from_str(text).map_err(|e| EvalError::Experiment {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        exp.check().map_err(|message| EvalError::Experiment {
+            path: origin.to_path_buf(),
+            message,
+        })?;
+        Ok(exp)
+    }
+
+    /// Reads and parses an experiment file.
+    pub fn load(path: &Path) -> Result<Experiment, EvalError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Experiment::from_toml(&text, path)
+    }
+
+    /// Validates values serde cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "name {:?}: use letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if self.heads.is_empty() {
+            return Err("heads: at least one head is needed".into());
+        }
+        for h in &self.heads {
+            h.check().map_err(|e| format!("heads: {e}"))?;
+        }
+        self.preprocess
+            .check()
+            .map_err(|e| format!("preprocess: {e}"))?;
+        match &self.protocol {
+            Protocol::Cv { folds } if *folds < 2 => {
+                return Err(format!("protocol.folds: needs at least 2, got {folds}"));
+            }
+            Protocol::Holdout { test_fraction }
+                if !(*test_fraction > 0.0 && *test_fraction < 1.0) =>
+            {
+                return Err(format!(
+                    "protocol.test_fraction: must be in (0, 1), got {test_fraction}"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(f) = &self.few_shot {
+            if f.shots.is_empty() || f.repeats == 0 {
+                return Err("few_shot: needs at least one shot value and one repeat".into());
+            }
+            if !(f.test_fraction > 0.0 && f.test_fraction < 1.0) {
+                return Err(format!(
+                    "few_shot.test_fraction: must be in (0, 1), got {}",
+                    f.test_fraction
+                ));
+            }
+        }
+        if self.backbones.is_empty() && self.baseline == Baseline::None {
+            return Err("nothing to evaluate: no backbones and baseline = \"none\"".into());
+        }
+        if self.batch_size == 0 {
+            return Err("batch_size: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Features of one system for the rows an experiment uses.
+enum Source {
+    /// Precomputed rows (backbones, raw pixels), indexed by dataset row.
+    Fixed {
+        rows: Vec<Option<usize>>,
+        x: Array2<f32>,
+    },
+    /// Fitted on each training part.
+    Tfidf(TfidfParams),
+}
+
+/// One feature extractor under comparison.
+pub(crate) struct System {
+    pub(crate) info: SystemInfo,
+    source: Source,
+}
+
+/// What a report says about a feature system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    /// Display name (`tfidf`, `raw-pixels` or the model name).
+    pub name: String,
+    /// `baseline` or `backbone`.
+    pub kind: String,
+    /// Backbone fingerprint.
+    pub fingerprint: Option<String>,
+    /// Feature dimension (TF-IDF: on the full training set).
+    pub dim: usize,
+    /// Rows answered from the feature cache.
+    pub cache_hits: usize,
+    /// Rows computed by the backbone in this run.
+    pub computed: usize,
+    /// Seconds spent getting the features.
+    pub seconds: f64,
+}
+
+impl System {
+    fn matrices(
+        &self,
+        ds: &Dataset,
+        train: &[usize],
+        test: &[usize],
+    ) -> (Array2<f32>, Array2<f32>) {
+        match &self.source {
+            Source::Fixed { rows, x } => {
+                let pick = |idx: &[usize]| {
+                    let r: Vec<usize> = idx
+                        .iter()
+                        .map(|&i| rows[i].expect("row computed"))
+                        .collect();
+                    x.select(Axis(0), &r)
+                };
+                (pick(train), pick(test))
+            }
+            Source::Tfidf(params) => {
+                let texts = |idx: &[usize]| -> Vec<&str> {
+                    idx.iter()
+                        .map(|&i| match &ds.items[i] {
+                            Item::Text(t) => t.as_str(),
+                            _ => "",
+                        })
+                        .collect()
+                };
+                let tr = texts(train);
+                let v = Tfidf::fit(&tr, params);
+                if v.dim() == 0 {
+                    // No term reaches min_df in so few documents: the baseline can only guess,
+                    // which a constant feature expresses (the head falls back to the prior).
+                    return (
+                        Array2::zeros((train.len(), 1)),
+                        Array2::zeros((test.len(), 1)),
+                    );
+                }
+                (v.transform(&tr), v.transform(&texts(test)))
+            }
+        }
+    }
+}
+
+/// Result of one (system, head) under the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Feature system.
+    pub system: String,
+    /// Head kind.
+    pub head: String,
+    /// Head settings.
+    pub head_spec: HeadSpec,
+    /// All metrics on the test rows (pooled out-of-fold for CV).
+    pub metrics: Metrics,
+    /// Accuracy with its bootstrap interval.
+    pub accuracy: Interval,
+    /// Macro-F1 with its bootstrap interval.
+    pub macro_f1: Interval,
+    /// Seconds fitting and predicting (all folds).
+    pub fit_seconds: f64,
+    /// Predicted label per test row, in `RunReport::test_rows` order.
+    #[serde(skip)]
+    pub predictions: Vec<usize>,
+}
+
+/// A backbone against the baseline, same head and rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Backbone.
+    pub system: String,
+    /// Baseline.
+    pub baseline: String,
+    /// Head.
+    pub head: String,
+    /// Accuracy difference in points with its paired-bootstrap interval.
+    pub difference_points: Interval,
+    /// Plain-language verdict.
+    pub verdict: String,
+}
+
+/// One point of a learning curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FewShotPoint {
+    /// Feature system.
+    pub system: String,
+    /// Examples per class (0 = all).
+    pub shots: usize,
+    /// Mean test accuracy over seeds.
+    pub mean: f64,
+    /// Standard deviation over seeds.
+    pub std: f64,
+    /// Accuracy per seed.
+    pub runs: Vec<f64>,
+}
+
+/// Everything a run produced (the JSON report is this, versioned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Report schema version.
+    pub schema_version: u32,
+    /// Toolkit version.
+    pub tool_version: String,
+    /// The experiment as run.
+    pub experiment: Experiment,
+    /// Dataset name.
+    pub dataset: String,
+    /// Label names.
+    pub label_names: Vec<String>,
+    /// Training rows (protocol `split`/`holdout`) or all rows (`cv`).
+    pub train_rows: usize,
+    /// Rows predicted.
+    pub test_rows: usize,
+    /// Feature systems.
+    pub systems: Vec<SystemInfo>,
+    /// One per (system, head).
+    pub results: Vec<RunResult>,
+    /// Backbone vs baseline.
+    pub comparisons: Vec<Comparison>,
+    /// Backbone names best first by accuracy with the first head.
+    pub ranking: Vec<String>,
+    /// Learning curve points.
+    pub few_shot: Vec<FewShotPoint>,
+    /// Wall time of the run.
+    pub seconds: f64,
+}
+
+/// Training and test rows of one fold.
+type TrainTest = (Vec<usize>, Vec<usize>);
+/// A fold's test rows, predictions and probabilities.
+type FoldOutput = (Vec<usize>, Vec<usize>, Array2<f64>);
+
+/// Version of [`RunReport`]'s JSON.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+fn rows_of(ds: &Dataset, exp: &Experiment) -> Result<(Vec<usize>, Vec<usize>), EvalError> {
+    let seed = exp.seed;
+    let take = |idx: Vec<usize>, n: Option<usize>, salt: u64| -> Result<Vec<usize>, EvalError> {
+        match n {
+            Some(n) if n < idx.len() => {
+                let frac = n as f64 / idx.len() as f64;
+                let (_, kept) = stratified_split(&ds.labels, &idx, frac, seed ^ salt)?;
+                Ok(kept)
+            }
+            _ => Ok(idx),
+        }
+    };
+    let sub = exp.subsample.unwrap_or(Subsample {
+        train: None,
+        test: None,
+    });
+    Ok(match &exp.protocol {
+        Protocol::Split { train, test } => (
+            take(ds.split(train)?.to_vec(), sub.train, 1)?,
+            take(ds.split(test)?.to_vec(), sub.test, 2)?,
+        ),
+        Protocol::Cv { .. } | Protocol::Holdout { .. } => {
+            (take((0..ds.len()).collect(), sub.train, 1)?, Vec::new())
+        }
+    })
+}
+
+fn raw_pixels(ds: &Dataset, used: &[usize]) -> Result<Array2<f32>, EvalError> {
+    let first = used.first().map(|&i| &ds.items[i]);
+    let same_size = match first {
+        Some(Item::Pixels(p)) => used.iter().all(|&i| {
+            matches!(&ds.items[i], Item::Pixels(q) if q.width == p.width && q.height == p.height && q.channels == p.channels)
+        }),
+        _ => false,
+    };
+    if same_size {
+        let Some(Item::Pixels(p)) = first else {
+            unreachable!()
+        };
+        let d = p.data.len();
+        let mut x = Array2::zeros((used.len(), d));
+        for (r, &i) in used.iter().enumerate() {
+            if let Item::Pixels(q) = &ds.items[i] {
+                for (j, &b) in q.data.iter().enumerate() {
+                    x[[r, j]] = f32::from(b) / 255.0;
+                }
+            }
+        }
+        return Ok(x);
+    }
+    let spec = tl_assets::manifest::ImageSpec {
+        size: 32,
+        resize: tl_assets::manifest::Resize::Stretch,
+        pixel_max: 255.0,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        layout: tl_assets::manifest::Layout::Nchw,
+        channels: tl_assets::manifest::ChannelOrder::Rgb,
+    };
+    let rows: Vec<Vec<f32>> = used
+        .par_iter()
+        .map(|&i| {
+            let input = match &ds.items[i] {
+                Item::ImageFile(p) => ImageInput::Path(p.clone()),
+                Item::Pixels(p) => ImageInput::Pixels(RawImage {
+                    width: p.width,
+                    height: p.height,
+                    channels: p.channels,
+                    data: p.data.clone(),
+                }),
+                Item::Text(_) => {
+                    return Err(EvalError::Config(
+                        "raw-pixels baseline on a text dataset; use baseline = \"tfidf\"".into(),
+                    ));
+                }
+            };
+            tl_backbone::preprocess_image(&input, &spec)
+                .map_err(|e| EvalError::Config(format!("row {i}: {}: {e}", input.describe())))
+        })
+        .collect::<Result<_, _>>()?;
+    let d = rows.first().map_or(0, Vec::len);
+    Ok(Array2::from_shape_vec((rows.len(), d), rows.concat()).expect("rows of equal length"))
+}
+
+/// Progress and cache messages a run prints.
+pub trait Observer: Sync {
+    /// One line of progress for a person.
+    fn note(&self, line: &str);
+}
+
+impl<F: Fn(&str) + Sync> Observer for F {
+    fn note(&self, line: &str) {
+        self(line)
+    }
+}
+
+fn build_systems(
+    ds: &Dataset,
+    used: &[usize],
+    exp: &Experiment,
+    registry: &Registry,
+    cache: &Cache,
+    progress: bool,
+    obs: &dyn Observer,
+) -> Result<Vec<System>, EvalError> {
+    let is_text = matches!(ds.items.first(), Some(Item::Text(_)));
+    let mut systems = Vec::new();
+    let mut rows = vec![None; ds.len()];
+    for (r, &i) in used.iter().enumerate() {
+        rows[i] = Some(r);
+    }
+    let baseline = match exp.baseline {
+        Baseline::Auto if is_text => Baseline::Tfidf,
+        Baseline::Auto => Baseline::RawPixels,
+        b => b,
+    };
+    match baseline {
+        Baseline::Tfidf => {
+            if !is_text {
+                return Err(EvalError::Config(format!(
+                    "baseline tfidf needs text, but {} holds images",
+                    ds.name
+                )));
+            }
+            systems.push(System {
+                info: SystemInfo {
+                    name: "tfidf".into(),
+                    kind: "baseline".into(),
+                    fingerprint: None,
+                    dim: 0,
+                    cache_hits: 0,
+                    computed: 0,
+                    seconds: 0.0,
+                },
+                source: Source::Tfidf(exp.tfidf.clone()),
+            });
+        }
+        Baseline::RawPixels => {
+            let t = Instant::now();
+            let x = raw_pixels(ds, used)?;
+            systems.push(System {
+                info: SystemInfo {
+                    name: "raw-pixels".into(),
+                    kind: "baseline".into(),
+                    fingerprint: None,
+                    dim: x.ncols(),
+                    cache_hits: 0,
+                    computed: used.len(),
+                    seconds: t.elapsed().as_secs_f64(),
+                },
+                source: Source::Fixed {
+                    rows: rows.clone(),
+                    x,
+                },
+            });
+        }
+        Baseline::None | Baseline::Auto => {}
+    }
+    let store = Store::from_cache(cache);
+    let items: Vec<Item> = used.iter().map(|&i| ds.items[i].clone()).collect();
+    for name in &exp.backbones {
+        let m = registry
+            .get(name)
+            .map_err(|e| EvalError::Config(e.to_string()))?;
+        crate::data::ensure_fetched(m, cache)?;
+        let config = ExecutionConfig {
+            batch_size: exp.batch_size,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let backbone = Backbone::from_manifest(m, cache, &config)?;
+        let out = embed_cached(
+            &backbone,
+            &store,
+            &items,
+            &CacheOptions {
+                progress,
+                on_error: OnError::Fail,
+                ..Default::default()
+            },
+        )?;
+        let seconds = t.elapsed().as_secs_f64();
+        obs.note(&format!(
+            "features  {name}: {} cached, {} computed ({seconds:.1}s{})",
+            out.hits,
+            out.computed,
+            if out.computed == 0 {
+                ", all from the feature cache"
+            } else {
+                ""
+            }
+        ));
+        systems.push(System {
+            info: SystemInfo {
+                name: name.clone(),
+                kind: "backbone".into(),
+                fingerprint: Some(backbone.fingerprint().to_string()),
+                dim: backbone.dim(),
+                cache_hits: out.hits,
+                computed: out.computed,
+                seconds,
+            },
+            source: Source::Fixed {
+                rows: rows.clone(),
+                x: out.features,
+            },
+        });
+    }
+    Ok(systems)
+}
+
+/// Fits `spec` on `train` rows of `system` and predicts `test` rows.
+fn fit_predict(
+    system: &System,
+    ds: &Dataset,
+    spec: &HeadSpec,
+    exp: &Experiment,
+    train: &[usize],
+    test: &[usize],
+) -> Result<(Vec<usize>, Array2<f64>), EvalError> {
+    let (xtr, xte) = system.matrices(ds, train, test);
+    let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
+    let config = HeadConfig {
+        head: spec.clone(),
+        preprocess: exp.preprocess.clone(),
+        seed: exp.seed,
+        ..HeadConfig::new(spec.clone())
+    };
+    let model = config.fit(
+        xtr.view(),
+        &ytr,
+        &ds.label_names,
+        system.info.fingerprint.as_deref(),
+    )?;
+    Ok((model.predict(xte.view())?, model.predict_proba(xte.view())?))
+}
+
+fn verdict(system: &str, baseline: &str, d: &Interval) -> String {
+    if d.low > 0.0 {
+        format!(
+            "{system} features: {:+.1} points [{:+.1}, {:+.1}] over {baseline}: transfer helps",
+            d.estimate, d.low, d.high
+        )
+    } else if d.high < 0.0 {
+        format!(
+            "{system} features: {:+.1} points [{:+.1}, {:+.1}] against {baseline}: transfer hurts here",
+            d.estimate, d.low, d.high
+        )
+    } else {
+        format!(
+            "{system} features: {:+.1} points [{:+.1}, {:+.1}] vs {baseline}: no clear difference",
+            d.estimate, d.low, d.high
+        )
+    }
+}
+
+/// Runs an experiment end to end: loads (fetching if needed) the dataset and backbones,
+/// extracts or loads cached features, evaluates every head on every feature system under the
+/// protocol, compares backbones with the baseline, and runs the few-shot curve.
+pub fn run(
+    exp: &Experiment,
+    registry: &Registry,
+    cache: &Cache,
+    progress: bool,
+    obs: &dyn Observer,
+) -> Result<RunReport, EvalError> {
+    let start = Instant::now();
+    let ds = load_dataset(registry, cache, &exp.dataset, &exp.table)?;
+    let (train_pool, test_split) = rows_of(&ds, exp)?;
+    let mut used: Vec<usize> = train_pool.iter().chain(&test_split).copied().collect();
+    used.sort_unstable();
+    used.dedup();
+    obs.note(&format!(
+        "dataset   {}: {} rows used, {} classes",
+        ds.name,
+        used.len(),
+        ds.n_classes()
+    ));
+    let systems = build_systems(&ds, &used, exp, registry, cache, progress, obs)?;
+
+    // Test rows and, per fold, train/test rows. The same folds for every system and head.
+    let (folds, test_rows): (Vec<TrainTest>, Vec<usize>) = match &exp.protocol {
+        Protocol::Split { .. } => (
+            vec![(train_pool.clone(), test_split.clone())],
+            test_split.clone(),
+        ),
+        Protocol::Holdout { test_fraction } => {
+            let (tr, te) = stratified_split(&ds.labels, &train_pool, *test_fraction, exp.seed)?;
+            (vec![(tr, te.clone())], te)
+        }
+        Protocol::Cv { folds } => {
+            let f = stratified_kfold(&ds.labels, &train_pool, *folds, exp.seed)?;
+            let mut all: Vec<usize> = f.iter().flat_map(|x| x.test.clone()).collect();
+            all.sort_unstable();
+            (f.into_iter().map(|x| (x.train, x.test)).collect(), all)
+        }
+    };
+    let pos: std::collections::HashMap<usize, usize> =
+        test_rows.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+    let truth: Vec<usize> = test_rows.iter().map(|&i| ds.labels[i]).collect();
+    let k = ds.label_names.len();
+
+    let mut results = Vec::new();
+    for system in &systems {
+        for spec in &exp.heads {
+            let t = Instant::now();
+            let outs: Vec<Result<FoldOutput, EvalError>> = folds
+                .par_iter()
+                .map(|(tr, te)| {
+                    let (p, pr) = fit_predict(system, &ds, spec, exp, tr, te)?;
+                    Ok((te.clone(), p, pr))
+                })
+                .collect();
+            let mut pred = vec![0usize; test_rows.len()];
+            let mut proba = Array2::<f64>::zeros((test_rows.len(), k));
+            for out in outs {
+                let (te, p, pr) = out?;
+                for (r, &i) in te.iter().enumerate() {
+                    pred[pos[&i]] = p[r];
+                    proba.row_mut(pos[&i]).assign(&pr.row(r));
+                }
+            }
+            let fit_seconds = t.elapsed().as_secs_f64();
+            let metrics = evaluate(&truth, &pred, Some(proba.view()), &ds.label_names);
+            let accuracy = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
+                accuracy_on(&truth, &pred, rows)
+            });
+            let macro_f1 = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
+                macro_f1_on(&truth, &pred, rows, k)
+            });
+            obs.note(&format!(
+                "result    {:<24} {:<10} accuracy {:.1}% [{:.1}, {:.1}]  macro-F1 {:.1}%  ({fit_seconds:.1}s)",
+                system.info.name,
+                spec.kind(),
+                100.0 * accuracy.estimate,
+                100.0 * accuracy.low,
+                100.0 * accuracy.high,
+                100.0 * macro_f1.estimate
+            ));
+            results.push(RunResult {
+                system: system.info.name.clone(),
+                head: spec.kind().to_string(),
+                head_spec: spec.clone(),
+                metrics,
+                accuracy,
+                macro_f1,
+                fit_seconds,
+                predictions: pred,
+            });
+        }
+    }
+
+    let mut comparisons = Vec::new();
+    if let Some(base) = systems.iter().find(|s| s.info.kind == "baseline") {
+        for s in systems.iter().filter(|s| s.info.kind == "backbone") {
+            for spec in &exp.heads {
+                let find = |name: &str| {
+                    results
+                        .iter()
+                        .find(|r| r.system == name && r.head_spec == *spec)
+                        .expect("every pair ran")
+                };
+                let (a, b) = (find(&s.info.name), find(&base.info.name));
+                let d = paired_accuracy_difference(
+                    &truth,
+                    &a.predictions,
+                    &b.predictions,
+                    exp.bootstrap,
+                    exp.seed,
+                );
+                let d = Interval {
+                    estimate: 100.0 * d.estimate,
+                    low: 100.0 * d.low,
+                    high: 100.0 * d.high,
+                };
+                let v = verdict(&s.info.name, &base.info.name, &d);
+                obs.note(&format!("verdict   {v} ({})", spec.kind()));
+                comparisons.push(Comparison {
+                    system: s.info.name.clone(),
+                    baseline: base.info.name.clone(),
+                    head: spec.kind().to_string(),
+                    difference_points: d,
+                    verdict: v,
+                });
+            }
+        }
+    }
+    let mut ranking: Vec<(String, f64)> = results
+        .iter()
+        .filter(|r| r.head_spec == exp.heads[0])
+        .filter(|r| {
+            systems
+                .iter()
+                .any(|s| s.info.name == r.system && s.info.kind == "backbone")
+        })
+        .map(|r| (r.system.clone(), r.accuracy.estimate))
+        .collect();
+    ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
+
+    let few_shot = match &exp.few_shot {
+        None => Vec::new(),
+        Some(f) => few_shot_curve(&ds, exp, f, &systems, &train_pool, &test_split, obs)?,
+    };
+    Ok(RunReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        experiment: exp.clone(),
+        dataset: ds.name.clone(),
+        label_names: ds.label_names.clone(),
+        train_rows: train_pool.len(),
+        test_rows: test_rows.len(),
+        systems: systems.iter().map(|s| s.info.clone()).collect(),
+        results,
+        comparisons,
+        ranking: ranking.into_iter().map(|r| r.0).collect(),
+        few_shot,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn few_shot_curve(
+    ds: &Dataset,
+    exp: &Experiment,
+    f: &FewShot,
+    systems: &[System],
+    train_pool: &[usize],
+    test_split: &[usize],
+    obs: &dyn Observer,
+) -> Result<Vec<FewShotPoint>, EvalError> {
+    let (pool, test) = if test_split.is_empty() {
+        stratified_split(&ds.labels, train_pool, f.test_fraction, exp.seed)?
+    } else {
+        (train_pool.to_vec(), test_split.to_vec())
+    };
+    let truth: Vec<usize> = test.iter().map(|&i| ds.labels[i]).collect();
+    let all: Vec<usize> = (0..test.len()).collect();
+    let spec = &exp.heads[0];
+    let mut points = Vec::new();
+    for system in systems {
+        for &k in &f.shots {
+            let jobs: Vec<u64> = (0..f.repeats as u64).collect();
+            let runs: Vec<Result<f64, EvalError>> = jobs
+                .par_iter()
+                .map(|&r| {
+                    let train = if k == 0 {
+                        pool.clone()
+                    } else {
+                        per_class_subsample(&ds.labels, &pool, k, exp.seed.wrapping_add(r))?
+                    };
+                    let (pred, _) = fit_predict(system, ds, spec, exp, &train, &test)?;
+                    Ok(accuracy_on(&truth, &pred, &all))
+                })
+                .collect();
+            let runs: Vec<f64> = runs.into_iter().collect::<Result<_, _>>()?;
+            let mean = runs.iter().sum::<f64>() / runs.len() as f64;
+            let std =
+                (runs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / runs.len() as f64).sqrt();
+            obs.note(&format!(
+                "few-shot  {:<24} k={:<4} {:.1}% +- {:.1}",
+                system.info.name,
+                if k == 0 {
+                    "all".to_string()
+                } else {
+                    k.to_string()
+                },
+                100.0 * mean,
+                100.0 * std
+            ));
+            points.push(FewShotPoint {
+                system: system.info.name.clone(),
+                shots: k,
+                mean,
+                std,
+                runs,
+            });
+        }
+    }
+    Ok(points)
+}

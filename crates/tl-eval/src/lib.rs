@@ -1,0 +1,76 @@
+//! Evaluation: does transfer learning help on this data, by how much, with which backbone and
+//! head, and how many labels are needed?
+//!
+//! An [`Experiment`] (a TOML file) names a dataset, backbones, a baseline that needs no
+//! pretrained model (TF-IDF for text, raw pixels for images), heads and a [`Protocol`] (given
+//! split, stratified k-fold CV or a hold-out), optionally a few-shot learning curve. [`run`]
+//! evaluates every (features, head) pair on identical rows, reports [`Metrics`] with bootstrap
+//! intervals, compares each backbone with the baseline by a paired bootstrap and states a plain
+//! verdict, ranks the backbones, and [`write_report`] writes JSON, Markdown, CSV and SVG.
+//!
+//! Metrics stand alone too:
+//!
+//! ```
+//! use tl_eval::metrics::{evaluate, roc_auc_score};
+//!
+//! let labels = vec!["neg".to_string(), "pos".to_string()];
+//! let m = evaluate(&[0, 0, 1, 1], &[0, 1, 1, 1], None, &labels);
+//! assert_eq!(m.accuracy, 0.75);
+//! assert_eq!(m.confusion, vec![vec![1, 1], vec![0, 2]]);
+//! assert_eq!(roc_auc_score(&[false, false, true, true], &[0.1, 0.4, 0.35, 0.8]), Some(0.75));
+//! ```
+
+pub mod data;
+mod experiment;
+pub mod metrics;
+mod report;
+pub mod tfidf;
+
+use std::path::PathBuf;
+
+pub use experiment::{
+    Baseline, Comparison, Experiment, FewShot, FewShotPoint, Observer, Protocol,
+    REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, run,
+};
+pub use metrics::{Interval, Metrics};
+pub use report::{confusion_svg, learning_curve_svg, markdown, write_report};
+
+/// Everything that can go wrong running an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// An experiment file does not parse or has a bad value (names the file and, from the TOML
+    /// parser, the line and key).
+    #[error("{path}: {message}")]
+    Experiment {
+        /// The experiment file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// A setting does not fit the data.
+    #[error("{0}")]
+    Config(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Fetching an asset failed.
+    #[error(transparent)]
+    Fetch(#[from] tl_assets::FetchError),
+    /// Loading a dataset failed.
+    #[error(transparent)]
+    Data(#[from] tl_data::DataError),
+    /// The backbone failed.
+    #[error(transparent)]
+    Backbone(#[from] tl_backbone::BackboneError),
+    /// The feature cache failed.
+    #[error(transparent)]
+    Features(#[from] tl_features::FeatureError),
+    /// A head failed.
+    #[error(transparent)]
+    Head(#[from] tl_heads::HeadError),
+}

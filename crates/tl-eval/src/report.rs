@@ -1,0 +1,431 @@
+//! Writing a run's folder: `report.json` (complete, versioned), `summary.md`, CSV tables and
+//! SVG plots (learning curve, confusion matrices).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::EvalError;
+use crate::experiment::RunReport;
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, EvalError> {
+    let path = dir.join(name);
+    fs::write(&path, text).map_err(|e| EvalError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    Ok(path)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Writes every report file into `dir` (created) and returns the files written.
+pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+    fs::create_dir_all(dir).map_err(|e| EvalError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut files = Vec::new();
+    let json = serde_json::to_string_pretty(report).expect("report serialises");
+    files.push(write(dir, "report.json", &json)?);
+    files.push(write(dir, "summary.md", &markdown(report))?);
+
+    let mut csv = String::from(
+        "system,head,accuracy,accuracy_low,accuracy_high,macro_f1,macro_f1_low,macro_f1_high,balanced_accuracy,log_loss,ece,roc_auc,average_precision,fit_seconds\n",
+    );
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    for r in &report.results {
+        let m = &r.metrics;
+        let _ = writeln!(
+            csv,
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{:.3}",
+            csv_field(&r.system),
+            r.head,
+            r.accuracy.estimate,
+            r.accuracy.low,
+            r.accuracy.high,
+            r.macro_f1.estimate,
+            r.macro_f1.low,
+            r.macro_f1.high,
+            m.balanced_accuracy,
+            opt(m.log_loss),
+            opt(m.ece),
+            opt(m.roc_auc),
+            opt(m.average_precision),
+            r.fit_seconds
+        );
+    }
+    files.push(write(dir, "results.csv", &csv)?);
+
+    let mut per_class = String::from("system,head,label,precision,recall,f1,support\n");
+    for r in &report.results {
+        for c in &r.metrics.per_class {
+            let _ = writeln!(
+                per_class,
+                "{},{},{},{:.6},{:.6},{:.6},{}",
+                csv_field(&r.system),
+                r.head,
+                csv_field(&c.label),
+                c.precision,
+                c.recall,
+                c.f1,
+                c.support
+            );
+        }
+    }
+    files.push(write(dir, "per_class.csv", &per_class)?);
+
+    if !report.few_shot.is_empty() {
+        let mut fs_csv = String::from("system,shots,mean,std,runs\n");
+        for p in &report.few_shot {
+            let runs: Vec<String> = p.runs.iter().map(|a| format!("{a:.4}")).collect();
+            let _ = writeln!(
+                fs_csv,
+                "{},{},{:.6},{:.6},{}",
+                csv_field(&p.system),
+                p.shots,
+                p.mean,
+                p.std,
+                runs.join(" ")
+            );
+        }
+        files.push(write(dir, "few_shot.csv", &fs_csv)?);
+        files.push(write(
+            dir,
+            "learning_curve.svg",
+            &learning_curve_svg(report),
+        )?);
+    }
+    let first_head = report.results.first().map(|r| r.head_spec.clone());
+    for r in report
+        .results
+        .iter()
+        .filter(|r| Some(&r.head_spec) == first_head.as_ref())
+    {
+        let name = format!(
+            "confusion_{}.svg",
+            r.system
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        );
+        files.push(write(
+            dir,
+            &name,
+            &confusion_svg(&r.system, &r.metrics.confusion, &report.label_names),
+        )?);
+    }
+    Ok(files)
+}
+
+/// The Markdown summary: verdicts first, then the table, ranking and curve.
+pub fn markdown(report: &RunReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {} on {}\n", report.experiment.name, report.dataset);
+    let proto = match &report.experiment.protocol {
+        crate::Protocol::Split { train, test } => format!("given split ({train} / {test})"),
+        crate::Protocol::Cv { folds } => format!("stratified {folds}-fold cross-validation"),
+        crate::Protocol::Holdout { test_fraction } => {
+            format!("stratified hold-out ({:.0}% test)", 100.0 * test_fraction)
+        }
+    };
+    let _ = writeln!(
+        s,
+        "Protocol: {proto}; {} training rows, {} rows scored; {} classes; seed {}; 95% intervals from {} bootstrap resamples.\n",
+        report.train_rows,
+        report.test_rows,
+        report.label_names.len(),
+        report.experiment.seed,
+        report.experiment.bootstrap
+    );
+    if !report.comparisons.is_empty() {
+        s.push_str("## Verdict\n\n");
+        for c in &report.comparisons {
+            let _ = writeln!(s, "- {} (head: {})", c.verdict, c.head);
+        }
+        s.push('\n');
+    }
+    s.push_str("## Results\n\n| features | head | accuracy | 95% CI | macro-F1 | balanced acc. | log loss | ECE | fit (s) |\n|---|---|---|---|---|---|---|---|---|\n");
+    for r in &report.results {
+        let m = &r.metrics;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1}% | [{:.1}, {:.1}] | {:.1}% | {:.1}% | {} | {} | {:.2} |",
+            r.system,
+            r.head,
+            100.0 * r.accuracy.estimate,
+            100.0 * r.accuracy.low,
+            100.0 * r.accuracy.high,
+            100.0 * r.macro_f1.estimate,
+            100.0 * m.balanced_accuracy,
+            m.log_loss.map_or("-".into(), |v| format!("{v:.3}")),
+            m.ece.map_or("-".into(), |v| format!("{v:.3}")),
+            r.fit_seconds
+        );
+    }
+    if report.ranking.len() > 1 {
+        let _ = writeln!(
+            s,
+            "\nBackbones ranked on this data: {}.",
+            report.ranking.join(" > ")
+        );
+    }
+    if !report.few_shot.is_empty() {
+        let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
+        shots.sort_unstable();
+        shots.dedup();
+        let label = |k: usize| {
+            if k == 0 {
+                "all".to_string()
+            } else {
+                k.to_string()
+            }
+        };
+        s.push_str(
+            "\n## Few-shot learning curve (accuracy %, mean +- sd over seeds)\n\n| features |",
+        );
+        for &k in &shots {
+            let _ = write!(s, " k={} |", label(k));
+        }
+        s.push_str("\n|---|");
+        for _ in &shots {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        let mut systems: Vec<&str> = Vec::new();
+        for p in &report.few_shot {
+            if !systems.contains(&p.system.as_str()) {
+                systems.push(&p.system);
+            }
+        }
+        for sys in systems {
+            let _ = write!(s, "| {sys} |");
+            for &k in &shots {
+                match report
+                    .few_shot
+                    .iter()
+                    .find(|p| p.system == sys && p.shots == k)
+                {
+                    Some(p) => {
+                        let _ = write!(s, " {:.1} +- {:.1} |", 100.0 * p.mean, 100.0 * p.std);
+                    }
+                    None => s.push_str(" - |"),
+                }
+            }
+            s.push('\n');
+        }
+        s.push_str("\n![learning curve](learning_curve.svg)\n");
+    }
+    s.push_str("\n## Features\n\n| features | kind | dim | from cache | computed | seconds | fingerprint |\n|---|---|---|---|---|---|---|\n");
+    for f in &report.systems {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.1} | {} |",
+            f.name,
+            f.kind,
+            if f.dim == 0 {
+                "per fold".into()
+            } else {
+                f.dim.to_string()
+            },
+            f.cache_hits,
+            f.computed,
+            f.seconds,
+            f.fingerprint.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nRun took {:.1} s (tl {}). Everything above is in `report.json`.",
+        report.seconds, report.tool_version
+    );
+    s
+}
+
+const PALETTE: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+];
+
+/// Accuracy against examples per class (log2 axis), one line per feature system, bars = sd.
+pub fn learning_curve_svg(report: &RunReport) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 190.0, 40.0, 60.0);
+    let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
+    shots.sort_unstable();
+    shots.dedup();
+    // "all" sits one step right of the largest k.
+    let max_k = shots.iter().copied().filter(|&k| k > 0).max().unwrap_or(1);
+    let xval = |k: usize| {
+        if k == 0 {
+            (max_k as f64).log2() + 1.0
+        } else {
+            (k as f64).log2()
+        }
+    };
+    let xs: Vec<f64> = shots.iter().map(|&k| xval(k)).collect();
+    let (xmin, xmax) = (
+        xs.iter().copied().fold(f64::INFINITY, f64::min),
+        xs.iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(xs[0] + 1.0),
+    );
+    let lo = report
+        .few_shot
+        .iter()
+        .map(|p| p.mean - p.std)
+        .fold(1.0, f64::min);
+    let ymin = (lo * 10.0).floor() / 10.0;
+    let px = |x: f64| left + (x - xmin) / (xmax - xmin) * (w - left - right);
+    let py = |y: f64| top + (1.0 - (y - ymin) / (1.0 - ymin)) * (h - top - bottom);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}: accuracy vs labelled examples per class</text>\n",
+        (left + w - right) / 2.0,
+        xml(&report.dataset)
+    );
+    let mut y = ymin;
+    while y <= 1.0001 {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>",
+            w - right,
+            py(y),
+            py(y),
+            left - 6.0,
+            py(y) + 4.0,
+            100.0 * y
+        );
+        y += 0.1;
+    }
+    for (&k, &x) in shots.iter().zip(&xs) {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            px(x),
+            h - bottom + 18.0,
+            if k == 0 { "all".into() } else { k.to_string() }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">examples per class</text>",
+        (left + w - right) / 2.0,
+        h - 18.0
+    );
+    let mut systems: Vec<&str> = Vec::new();
+    for p in &report.few_shot {
+        if !systems.contains(&p.system.as_str()) {
+            systems.push(&p.system);
+        }
+    }
+    for (si, sys) in systems.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let mut pts: Vec<(f64, f64, f64)> = report
+            .few_shot
+            .iter()
+            .filter(|p| p.system == *sys)
+            .map(|p| (xval(p.shots), p.mean, p.std))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(x, m, _)| format!("{:.1},{:.1}", px(*x), py(*m)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        for (x, m, sd) in &pts {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{color}\"/><circle cx=\"{0:.1}\" cy=\"{3:.1}\" r=\"3.5\" fill=\"{color}\"/>",
+                px(*x),
+                py((m + sd).min(1.0)),
+                py((m - sd).max(ymin)),
+                py(*m)
+            );
+        }
+        let ly = top + 20.0 + 20.0 * si as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            w - right + 14.0,
+            ly - 4.0,
+            w - right + 34.0,
+            ly,
+            xml(sys)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A confusion-matrix heatmap, rows = true class, cells shaded by row-normalised counts.
+pub fn confusion_svg(system: &str, confusion: &[Vec<usize>], labels: &[String]) -> String {
+    let k = labels.len().max(1);
+    let cell = (480.0 / k as f64).clamp(14.0, 60.0);
+    let left = 150.0;
+    let top = 60.0;
+    let size = cell * k as f64;
+    let (w, h) = (left + size + 30.0, top + size + 140.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">Confusion matrix: {} (rows: true, columns: predicted)</text>\n",
+        w / 2.0,
+        xml(system)
+    );
+    for (t, row) in confusion.iter().enumerate() {
+        let total: usize = row.iter().sum();
+        for (p, &c) in row.iter().enumerate() {
+            let frac = if total > 0 {
+                c as f64 / total as f64
+            } else {
+                0.0
+            };
+            let shade = (255.0 * (1.0 - frac)).round() as u8;
+            let _ = write!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{cell:.1}\" height=\"{cell:.1}\" fill=\"rgb({shade},{shade},255)\" stroke=\"#eee\"><title>{} -> {}: {c}</title></rect>",
+                left + p as f64 * cell,
+                top + t as f64 * cell,
+                xml(&labels[t]),
+                xml(&labels[p])
+            );
+            if cell >= 24.0 {
+                let _ = write!(
+                    s,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{}\">{c}</text>",
+                    left + (p as f64 + 0.5) * cell,
+                    top + (t as f64 + 0.5) * cell + 4.0,
+                    if frac > 0.5 { "white" } else { "black" }
+                );
+            }
+            s.push('\n');
+        }
+    }
+    for (i, l) in labels.iter().enumerate() {
+        let c = (i as f64 + 0.5) * cell;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><text transform=\"translate({:.1},{:.1}) rotate(-60)\" text-anchor=\"end\">{}</text>",
+            left - 6.0,
+            top + c + 4.0,
+            xml(l),
+            left + c + 4.0,
+            top + size + 10.0,
+            xml(l)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -1,0 +1,119 @@
+//! TF-IDF bag of words: the text baseline that needs no pretrained model.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+/// Vectoriser settings (scikit-learn's `TfidfVectorizer` defaults, plus sublinear tf).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TfidfParams {
+    /// Ignore terms in fewer training documents than this.
+    pub min_df: usize,
+    /// Keep only this many terms, the most frequent over the training documents (the matrix is
+    /// dense: 20 Newsgroups needs a cap).
+    pub max_features: Option<usize>,
+    /// Use 1 + ln(tf) instead of tf.
+    pub sublinear_tf: bool,
+}
+
+impl Default for TfidfParams {
+    fn default() -> Self {
+        TfidfParams {
+            min_df: 2,
+            max_features: None,
+            sublinear_tf: true,
+        }
+    }
+}
+
+/// A fitted vocabulary with inverse document frequencies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tfidf {
+    params: TfidfParams,
+    vocab: HashMap<String, usize>,
+    idf: Vec<f32>,
+}
+
+/// Lowercased tokens of two or more word characters (scikit-learn's `\b\w\w+\b`).
+pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|t| t.chars().count() >= 2)
+        .map(str::to_lowercase)
+}
+
+impl Tfidf {
+    /// Learns the vocabulary and idf from training documents only.
+    pub fn fit<S: AsRef<str>>(texts: &[S], params: &TfidfParams) -> Tfidf {
+        let mut df: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for t in texts {
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            for tok in tokenize(t.as_ref()) {
+                *seen.entry(tok).or_default() += 1;
+            }
+            for (tok, count) in seen {
+                let e = df.entry(tok).or_default();
+                e.0 += 1;
+                e.1 += count;
+            }
+        }
+        let mut terms: Vec<(String, usize, usize)> = df
+            .into_iter()
+            .filter(|(_, (d, _))| *d >= params.min_df.max(1))
+            .map(|(t, (d, total))| (t, d, total))
+            .collect();
+        if let Some(cap) = params.max_features
+            && terms.len() > cap
+        {
+            // Most frequent first; ties alphabetical, so the choice is deterministic.
+            terms.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            terms.truncate(cap);
+            terms.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let n = texts.len() as f32;
+        let mut vocab = HashMap::with_capacity(terms.len());
+        let mut idf = Vec::with_capacity(terms.len());
+        for (i, (t, d, _)) in terms.into_iter().enumerate() {
+            vocab.insert(t, i);
+            idf.push(((1.0 + n) / (1.0 + d as f32)).ln() + 1.0);
+        }
+        Tfidf {
+            params: params.clone(),
+            vocab,
+            idf,
+        }
+    }
+
+    /// Number of terms kept.
+    pub fn dim(&self) -> usize {
+        self.idf.len()
+    }
+
+    /// Dense, L2-normalised TF-IDF rows. Documents with no known term are all zeros.
+    pub fn transform<S: AsRef<str>>(&self, texts: &[S]) -> Array2<f32> {
+        let mut out = Array2::<f32>::zeros((texts.len(), self.dim()));
+        for (r, t) in texts.iter().enumerate() {
+            let mut counts: HashMap<usize, f32> = HashMap::new();
+            for tok in tokenize(t.as_ref()) {
+                if let Some(&j) = self.vocab.get(&tok) {
+                    *counts.entry(j).or_default() += 1.0;
+                }
+            }
+            let mut row = out.row_mut(r);
+            for (j, c) in counts {
+                let tf = if self.params.sublinear_tf {
+                    1.0 + c.ln()
+                } else {
+                    c
+                };
+                row[j] = tf * self.idf[j];
+            }
+            let norm = row.dot(&row).sqrt();
+            if norm > 0.0 {
+                row.mapv_inplace(|v| v / norm);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,133 @@
+//! Metrics and TF-IDF against scikit-learn 1.9.1 (fixture from
+//! `tools/reference/eval_reference.py`, which documents the data).
+
+use ndarray::Array2;
+use serde_json::Value;
+use tl_eval::metrics::evaluate;
+use tl_eval::tfidf::{Tfidf, TfidfParams};
+
+fn fixture() -> Value {
+    serde_json::from_str(include_str!("fixtures/sklearn_eval.json")).unwrap()
+}
+
+fn lcg(seed: u64, n: usize) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
+/// The same pseudo-random problem the script builds.
+fn problem(k: usize, n: usize, seed: u64) -> (Vec<usize>, Vec<usize>, Array2<f64>) {
+    let u = lcg(seed, 3 * n);
+    let truth: Vec<usize> = (0..n).map(|i| (u[3 * i] * k as f64) as usize).collect();
+    let mut proba = Array2::zeros((n, k));
+    for i in 0..n {
+        let mut raw: Vec<f64> = (0..k).map(|j| 0.2 + u[(3 * i + 1 + j) % (3 * n)]).collect();
+        raw[truth[i]] += 1.5 * u[3 * i + 2];
+        let s: f64 = raw.iter().sum();
+        for j in 0..k {
+            proba[[i, j]] = raw[j] / s;
+        }
+    }
+    let pred = (0..n)
+        .map(|i| {
+            let row = proba.row(i);
+            (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b })
+        })
+        .collect();
+    (truth, pred, proba)
+}
+
+fn close(a: f64, b: &Value, what: &str) {
+    let b = b.as_f64().unwrap();
+    assert!((a - b).abs() < 1e-12, "{what}: {a} vs scikit-learn {b}");
+}
+
+#[test]
+fn metrics_match_sklearn() {
+    for r in fixture()["metrics"].as_array().unwrap() {
+        let k = r["k"].as_u64().unwrap() as usize;
+        let (t, p, pr) = problem(
+            k,
+            r["n"].as_u64().unwrap() as usize,
+            r["seed"].as_u64().unwrap(),
+        );
+        let names: Vec<String> = (0..k).map(|c| c.to_string()).collect();
+        let m = evaluate(&t, &p, Some(pr.view()), &names);
+        close(m.accuracy, &r["accuracy"], "accuracy");
+        close(
+            m.balanced_accuracy,
+            &r["balanced_accuracy"],
+            "balanced accuracy",
+        );
+        close(m.macro_f1, &r["macro_f1"], "macro-F1");
+        close(m.log_loss.unwrap(), &r["log_loss"], "log loss");
+        for c in 0..k {
+            close(m.per_class[c].precision, &r["precision"][c], "precision");
+            close(m.per_class[c].recall, &r["recall"][c], "recall");
+            close(m.per_class[c].f1, &r["f1"][c], "f1");
+        }
+        let conf: Vec<Vec<usize>> = serde_json::from_value(r["confusion"].clone()).unwrap();
+        assert_eq!(m.confusion, conf);
+        if k == 2 {
+            close(m.roc_auc.unwrap(), &r["roc_auc"], "ROC-AUC");
+            close(
+                m.average_precision.unwrap(),
+                &r["average_precision"],
+                "average precision",
+            );
+        } else {
+            assert!(m.roc_auc.is_none());
+        }
+    }
+}
+
+#[test]
+fn tfidf_matches_sklearn() {
+    let r = tl_assets::Registry::builtin().unwrap();
+    let ds = tl_data::load_builtin(
+        r.get("sentiment-amazon").unwrap(),
+        &tl_assets::Cache::from_env(),
+    )
+    .unwrap();
+    let texts: Vec<&str> = ds
+        .items
+        .iter()
+        .map(|i| match i {
+            tl_data::Item::Text(t) => t.as_str(),
+            _ => unreachable!(),
+        })
+        .collect();
+    let f = fixture();
+    let want = &f["tfidf"];
+    let v = Tfidf::fit(&texts[..800], &TfidfParams::default());
+    let vocab: Vec<&str> = want["vocabulary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(v.dim(), vocab.len());
+    let x = v.transform(&texts[800..1000]);
+    let mut worst = 0.0f64;
+    for (i, row) in want["test_rows"].as_array().unwrap().iter().enumerate() {
+        let mut expected = vec![0.0f64; vocab.len()];
+        for pair in row.as_array().unwrap() {
+            let term = pair[0].as_str().unwrap();
+            // Our columns are in alphabetical order, as scikit-learn's.
+            let j = vocab.binary_search(&term).unwrap();
+            expected[j] = pair[1].as_f64().unwrap();
+        }
+        for (j, e) in expected.iter().enumerate() {
+            worst = worst.max((f64::from(x[[i, j]]) - e).abs());
+        }
+    }
+    eprintln!("tf-idf: {} terms, max |diff| = {worst:e}", vocab.len());
+    assert!(worst < 1e-6, "{worst}");
+}
