@@ -33,3 +33,16 @@ pub fn read_idx_images(path: &Path, n: usize) -> Result<Vec<tl_backbone::RawImag
         })
         .collect())
 }
+
+/// This process's peak resident memory (VmHWM) in MB, 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -120,10 +120,40 @@ def image_workload(a):
     return run
 
 
+def fit_workload(a):
+    """scikit-learn LogisticRegression(C=1, lbfgs, max_iter=1000) on the features the Rust side
+    exported; prints fit times, test accuracy and peak RSS."""
+    import os
+    import resource
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    from sklearn.linear_model import LogisticRegression
+
+    meta = json.load(open(os.path.join(a.features, "meta.json")))
+
+    def load(name):
+        x = np.fromfile(os.path.join(a.features, name + ".f32"), dtype="<f4").reshape(-1, meta["dim"])
+        y = np.fromfile(os.path.join(a.features, name + ".labels"), dtype="<u4")
+        return x, y
+
+    xtr, ytr = load("train")
+    xte, yte = load("test")
+    fit_s, acc, iters = [], 0.0, 0
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        m = LogisticRegression(C=1.0, max_iter=1000).fit(xtr, ytr)
+        fit_s.append(time.perf_counter() - t)
+        acc = float((m.predict(xte) == yte).mean())
+        iters = int(m.n_iter_.max())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"fit_s": fit_s, "accuracy": acc, "iterations": iters, "peak_rss_mb": rss}))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["text", "image"])
-    p.add_argument("--onnx", required=True)
+    p.add_argument("kind", choices=["text", "image", "fit"])
+    p.add_argument("--features", help="fit: folder written by the fit-bench binary")
+    p.add_argument("--onnx")
     p.add_argument("--tokenizer")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--pooling", default="mean")
@@ -137,6 +167,9 @@ def main():
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--repeat", type=int, default=3)
     a = p.parse_args()
+    if a.kind == "fit":
+        fit_workload(a)
+        return
     run = text_workload(a) if a.kind == "text" else image_workload(a)
     run(warm=True)
     rates, stats = [], None

@@ -32,14 +32,67 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn run_json(mut cmd: Command) -> Result<Value> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+/// Peak resident memory (VmHWM) of a running process in MB.
+fn vm_hwm_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs `cmd`, sampling its peak RSS every 20 ms (the same way for both stacks); returns
+/// its stdout, wall seconds and peak RSS in MB.
+fn run_measured(mut cmd: Command) -> Result<(String, f64, f64)> {
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let pid = child.id();
+    let mut peak = 0.0f64;
+    // Drain stdout on a thread so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let status = loop {
+        if let Some(m) = vm_hwm_mb(pid) {
+            peak = peak.max(m);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let out = reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        bail!("{cmd:?} failed: {err}");
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("{cmd:?} printed {line:?}"))
+    Ok((out, secs, peak))
+}
+
+fn run_json(cmd: Command) -> Result<Value> {
+    let (out, _, peak) = run_measured(cmd)?;
+    let line = out.lines().last().unwrap_or_default();
+    let mut v: Value = serde_json::from_str(line).with_context(|| format!("printed {line:?}"))?;
+    v["peak_rss_mb"] = json!(peak);
+    Ok(v)
 }
 
 fn rate(v: &Value) -> f64 {
@@ -103,7 +156,15 @@ pub fn bench(quick: bool) -> Result<()> {
     let python = fetcher.python_env()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "tl-benches", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tl-benches",
+            "--bins",
+            "-p",
+            "tl-cli",
+        ])
         .status()?;
     if !status.success() {
         bail!("release build failed");
@@ -276,19 +337,21 @@ pub fn bench(quick: bool) -> Result<()> {
             "python_run_share": last.1["run_s"].as_f64().unwrap_or(0.0) / last.1["total_s"].as_f64().unwrap_or(1.0),
             "gflops_achieved": used,
             "peak_fraction": used / peak,
+            "rust_rss_mb": last.0["peak_rss_mb"],
+            "python_rss_mb": last.1["peak_rss_mb"],
         }));
     }
     let mut md = format!(
         "Machine: {machine}; peak ~{peak:.0} GFLOP/s fp32. Stacks: transfer-learning-rs {} vs Python onnxruntime + tokenizers / PIL + numpy; {ort_version}. Batch 32, {threads} intra-op threads, {rounds} interleaved rounds x {repeat} timed runs after a warm-up; medians.\n\n",
         env!("CARGO_PKG_VERSION")
     );
-    md += "| workload | Rust | Python | ratio | Python sorted | ratio | padding eff. (Rust / Python) | run share (Rust / Python) | % of peak |\n|---|---|---|---|---|---|---|---|---|\n";
+    md += "| workload | Rust | Python | ratio | Python sorted | ratio | padding eff. (Rust / Python) | run share (Rust / Python) | % of peak | peak RSS MB (Rust / Python) |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for r in &rows {
         let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
         let x = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}x"));
         let e = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
         md += &format!(
-            "| {} | {} {} | {} | {} | {} | {} | {} / {} | {:.0}% / {:.0}% | {:.0}% |\n",
+            "| {} | {} {} | {} | {} | {} | {} | {} / {} | {:.0}% / {:.0}% | {:.0}% | {:.0} / {:.0} |\n",
             r["workload"].as_str().unwrap_or_default(),
             f(&r["rust"]),
             r["unit"].as_str().unwrap_or_default(),
@@ -301,8 +364,16 @@ pub fn bench(quick: bool) -> Result<()> {
             r["rust_run_share"].as_f64().unwrap_or(0.0) * 100.0,
             r["python_run_share"].as_f64().unwrap_or(0.0) * 100.0,
             r["peak_fraction"].as_f64().unwrap_or(0.0) * 100.0,
+            r["rust_rss_mb"].as_f64().unwrap_or(0.0),
+            r["python_rss_mb"].as_f64().unwrap_or(0.0),
         );
     }
+    let (fit_md, fit_json) = fit_workload(&root, &out_dir, &python, &script, quick, rounds)?;
+    md += &fit_md;
+    let (e2e_md, e2e_json) = e2e_workload(&root, &out_dir)?;
+    md += &e2e_md;
+    raw.push(json!({"workload": "logistic regression fit", "result": fit_json}));
+    raw.push(json!({"workload": "end-to-end experiment", "result": e2e_json}));
     println!("{md}");
     let md_path: PathBuf = out_dir.join(if quick {
         "results-quick.md"
@@ -318,4 +389,99 @@ pub fn bench(quick: bool) -> Result<()> {
     )?;
     eprintln!("written {} and .json", md_path.display());
     Ok(())
+}
+
+/// Workload 4: logistic regression (C = 1) on 20 Newsgroups MiniLM-L6 features, tl-heads vs
+/// scikit-learn's lbfgs on the same exported matrix, interleaved.
+fn fit_workload(
+    root: &Path,
+    out_dir: &Path,
+    python: &Path,
+    script: &Path,
+    quick: bool,
+    rounds: usize,
+) -> Result<(String, Value)> {
+    let dir = out_dir.join("fit-20ng");
+    let (train, test) = if quick { ("2000", "1000") } else { ("0", "0") };
+    let (mut rust_s, mut py_s, mut ratios) = (vec![], vec![], vec![]);
+    let mut last = (Value::Null, Value::Null);
+    for round in 0..rounds {
+        eprintln!("logistic regression fit (round {}/{rounds})", round + 1);
+        let mut r = Command::new(root.join("target/release/fit-bench"));
+        r.arg("--out")
+            .arg(&dir)
+            .args(["--train", train, "--test", test, "--repeat", "2"]);
+        let rv = run_json(r)?;
+        let mut py = Command::new(python);
+        py.arg(script)
+            .args(["fit", "--threads"])
+            .arg(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .to_string(),
+            )
+            .arg("--features")
+            .arg(&dir)
+            .args(["--repeat", "2"]);
+        let pv = run_json(py)?;
+        let med = |v: &Value| {
+            let mut t: Vec<f64> = v["fit_s"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default();
+            median(&mut t)
+        };
+        let (a, b) = (med(&rv), med(&pv));
+        rust_s.push(a);
+        py_s.push(b);
+        ratios.push(b / a);
+        last = (rv, pv);
+    }
+    let (rv, pv) = last;
+    let md = format!(
+        "\n| logistic regression fit (C = 1), 20NG MiniLM-L6 features, {} x {} train / {} test, 20 classes | tl-heads | scikit-learn lbfgs | speed-up |\n|---|---|---|---|\n| fit time | {:.2} s | {:.2} s | {:.2}x |\n| test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| peak RSS | {:.0} MB | {:.0} MB | |\n",
+        rv["train"],
+        rv["dim"],
+        rv["test"],
+        median(&mut rust_s),
+        median(&mut py_s),
+        median(&mut ratios),
+        100.0 * rv["accuracy"].as_f64().unwrap_or(0.0),
+        100.0 * pv["accuracy"].as_f64().unwrap_or(0.0),
+        100.0 * (rv["accuracy"].as_f64().unwrap_or(0.0) - pv["accuracy"].as_f64().unwrap_or(0.0)),
+        rv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        pv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+    );
+    Ok((md, json!({"rust": rv, "python": pv})))
+}
+
+/// Workload 5: the default experiment (`tl run experiments/sentiment.toml`) with an empty
+/// feature cache, then again warm.
+fn e2e_workload(root: &Path, out_dir: &Path) -> Result<(String, Value)> {
+    let features = out_dir.join("e2e-features");
+    let _ = std::fs::remove_dir_all(&features);
+    let run = |label: &str| -> Result<(f64, f64)> {
+        eprintln!("end-to-end experiment ({label} cache)");
+        let mut c = Command::new(root.join("target/release/tl"));
+        c.current_dir(root)
+            .env("TL_FEATURES_DIR", &features)
+            .args(["run", "experiments/sentiment.toml", "--out"])
+            .arg(out_dir.join(format!("e2e-{label}")));
+        let (_, secs, peak) = run_measured(c)?;
+        Ok((secs, peak))
+    };
+    let cold = run("cold")?;
+    let warm = run("warm")?;
+    let md = format!(
+        "\n| end-to-end `tl run experiments/sentiment.toml` (3,000 sentences, 10-fold CV x 2 feature sets, few-shot 7 k x 10 seeds) | wall time | peak RSS |\n|---|---|---|\n| cold feature cache | {:.1} s | {:.0} MB |\n| warm feature cache | {:.1} s | {:.0} MB |\n| cold / warm | {:.1}x | |\n",
+        cold.0,
+        cold.1,
+        warm.0,
+        warm.1,
+        cold.0 / warm.0
+    );
+    Ok((
+        md,
+        json!({"cold_s": cold.0, "warm_s": warm.0, "cold_rss_mb": cold.1, "warm_rss_mb": warm.1}),
+    ))
 }

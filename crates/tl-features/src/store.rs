@@ -106,9 +106,13 @@ impl Store {
         Store { root: root.into() }
     }
 
-    /// The store inside the asset cache: `$TL_HOME/features`.
+    /// The store inside the asset cache, `$TL_HOME/features`, or `$TL_FEATURES_DIR` when set
+    /// (benchmarks point it at an empty folder to measure a cold cache).
     pub fn from_cache(cache: &tl_assets::Cache) -> Store {
-        Store::new(cache.root().join("features"))
+        match std::env::var_os("TL_FEATURES_DIR") {
+            Some(dir) if !dir.is_empty() => Store::new(PathBuf::from(dir)),
+            _ => Store::new(cache.root().join("features")),
+        }
     }
 
     /// Its folder.

@@ -1,0 +1,94 @@
+//! One side of `cargo xtask bench`'s logistic-regression workload: 20 Newsgroups MiniLM-L6
+//! features (from the feature cache, computed once) written as raw little-endian f32 for the
+//! Python side, then `--repeat` timed fits of tl-heads' logistic regression (C = 1) and the
+//! test accuracy, as one JSON line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Parser;
+use ndarray::Array2;
+use tl_assets::{Cache, Registry};
+use tl_backbone::{Backbone, ExecutionConfig};
+use tl_features::{CacheOptions, Store, embed_cached};
+use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
+
+#[derive(Parser)]
+struct Args {
+    /// Folder for the exported features (`train.f32`, `train.labels`, `test.*`, `meta.json`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training documents (first N of the train split; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    train: usize,
+    /// Test documents (first N of the test split; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    test: usize,
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+fn write_split(out: &std::path::Path, name: &str, x: &Array2<f32>, y: &[usize]) -> Result<()> {
+    let mut f = std::fs::File::create(out.join(format!("{name}.f32")))?;
+    for v in x.iter() {
+        f.write_all(&v.to_le_bytes())?;
+    }
+    let labels: Vec<u8> = y.iter().flat_map(|&l| (l as u32).to_le_bytes()).collect();
+    std::fs::write(out.join(format!("{name}.labels")), labels)?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let registry = Registry::builtin()?;
+    let cache = Cache::from_env();
+    let ds = tl_data::load_builtin(registry.get("20newsgroups")?, &cache)?;
+    let take = |split: &str, n: usize| -> Result<Vec<usize>> {
+        let idx = ds.split(split)?;
+        Ok(idx[..if n == 0 { idx.len() } else { n.min(idx.len()) }].to_vec())
+    };
+    let (tr, te) = (take("train", a.train)?, take("test", a.test)?);
+    let backbone = Backbone::from_manifest(
+        registry.get("all-minilm-l6-v2")?,
+        &cache,
+        &ExecutionConfig::default(),
+    )?;
+    let store = Store::from_cache(&cache);
+    let embed = |idx: &[usize]| -> Result<Array2<f32>> {
+        let items: Vec<_> = idx.iter().map(|&i| ds.items[i].clone()).collect();
+        let options = CacheOptions {
+            progress: true,
+            ..Default::default()
+        };
+        Ok(embed_cached(&backbone, &store, &items, &options)?.features)
+    };
+    let (xtr, xte) = (embed(&tr)?, embed(&te)?);
+    let ytr: Vec<usize> = tr.iter().map(|&i| ds.labels[i]).collect();
+    let yte: Vec<usize> = te.iter().map(|&i| ds.labels[i]).collect();
+    std::fs::create_dir_all(&a.out)?;
+    write_split(&a.out, "train", &xtr, &ytr)?;
+    write_split(&a.out, "test", &xte, &yte)?;
+    std::fs::write(
+        a.out.join("meta.json"),
+        serde_json::to_vec(
+            &serde_json::json!({"dim": xtr.ncols(), "classes": ds.label_names.len()}),
+        )?,
+    )?;
+    let config = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
+    let mut fit_s = Vec::new();
+    let mut accuracy = 0.0;
+    for _ in 0..a.repeat {
+        let t = Instant::now();
+        let model = config.fit(xtr.view(), &ytr, &ds.label_names, None)?;
+        fit_s.push(t.elapsed().as_secs_f64());
+        let pred = model.predict(xte.view())?;
+        accuracy = pred.iter().zip(&yte).filter(|(p, y)| p == y).count() as f64 / yte.len() as f64;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"fit_s": fit_s, "accuracy": accuracy, "train": xtr.nrows(), "test": xte.nrows(), "dim": xtr.ncols(), "peak_rss_mb": tl_benches::peak_rss_mb()})
+    );
+    Ok(())
+}
