@@ -6,6 +6,7 @@
 
 mod embed;
 mod model;
+mod select;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -92,6 +93,12 @@ enum Cmd {
         after_help = "Examples:\n  tl eval --classifier amazon.json --dataset sentiment-yelp\n  tl eval --classifier 20ng.json --dataset 20newsgroups --split test"
     )]
     Eval(model::EvalArgs),
+    /// Rank backbones on labelled data by LogME, H-score and leave-one-out kNN, next to
+    /// cross-validated logistic-regression accuracy.
+    #[command(
+        after_help = "Examples:\n  tl select --dataset sentiment-amazon --dataset sentiment-imdb --backbones all-minilm-l6-v2,paraphrase-minilm-l3-v2\n  tl select --dataset optdigits --backbones efficientnet-lite0,mobilenetv2"
+    )]
+    Select(select::SelectArgs),
     /// Feature cache: sizes, export, compaction, garbage collection.
     Cache {
         #[command(subcommand)]
@@ -237,6 +244,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fit(args) => model::fit(&registry, &args),
         Cmd::Predict(args) => model::predict(&registry, &args),
         Cmd::Eval(args) => model::eval(&registry, &args),
+        Cmd::Select(args) => select::select(&registry, &args),
         Cmd::Cache { command } => cache(&registry, command),
         Cmd::Data {
             command: DataCmd::Info { dataset, table },

@@ -25,6 +25,7 @@ mod experiment;
 pub mod metrics;
 mod report;
 pub mod tfidf;
+pub mod transfer;
 
 use std::path::PathBuf;
 

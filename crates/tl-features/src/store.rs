@@ -316,37 +316,49 @@ fn vectors_of(df: &DataFrame, path: &Path, dim: usize) -> Result<Array2<f32>, Fe
     })?;
     let n = list.len();
     let mut out = Array2::<f32>::zeros((n, dim));
-    for (i, row) in list.amortized_iter().enumerate() {
-        let row = row.ok_or_else(|| FeatureError::Corrupt {
+    let schema = |row: usize, message: String| FeatureError::Schema {
+        path: path.to_path_buf(),
+        message: format!("row {row}: {message}"),
+    };
+    if list.null_count() > 0 {
+        return Err(FeatureError::Corrupt {
             path: path.to_path_buf(),
-            message: format!("row {i}: vector is null"),
-        })?;
-        let values = row.as_ref().f32().map_err(|_| FeatureError::Schema {
-            path: path.to_path_buf(),
-            message: format!(
-                "row {i}: vector elements are {}, the store holds float32",
-                row.as_ref().dtype()
-            ),
-        })?;
-        if values.len() != dim {
-            return Err(FeatureError::Schema {
-                path: path.to_path_buf(),
-                message: format!(
-                    "row {i}: vector has {} values, the store's manifest says {dim}",
-                    values.len()
+            message: format!("{} vectors are null", list.null_count()),
+        });
+    }
+    let flat = out.as_slice_mut().expect("fresh array is contiguous");
+    let mut row = 0usize;
+    // Straight from the Arrow buffers: offsets give each row's extent in one values array.
+    for chunk in list.downcast_iter() {
+        let offsets = chunk.offsets().as_slice();
+        let values = Series::try_from((PlSmallStr::from("v"), chunk.values().clone()))
+            .map_err(polars_err(path))?;
+        let values = values.f32().map_err(|_| {
+            schema(
+                row,
+                format!(
+                    "vector elements are {}, the store holds float32",
+                    values.dtype()
                 ),
-            });
-        }
-        let mut dest = out.row_mut(i);
-        if let Ok(slice) = values.cont_slice() {
-            dest.assign(&ndarray::ArrayView1::from(slice));
-        } else {
-            for (j, v) in values.iter().enumerate() {
-                dest[j] = v.ok_or_else(|| FeatureError::Corrupt {
-                    path: path.to_path_buf(),
-                    message: format!("row {i}: element {j} is null"),
-                })?;
+            )
+        })?;
+        let values = values.cont_slice().map_err(|_| FeatureError::Corrupt {
+            path: path.to_path_buf(),
+            message: "vector elements contain nulls".into(),
+        })?;
+        for w in offsets.windows(2) {
+            let (a, b) = (w[0] as usize, w[1] as usize);
+            if b - a != dim {
+                return Err(schema(
+                    row,
+                    format!(
+                        "vector has {} values, the store's manifest says {dim}",
+                        b - a
+                    ),
+                ));
             }
+            flat[row * dim..(row + 1) * dim].copy_from_slice(&values[a..b]);
+            row += 1;
         }
     }
     Ok(out)

@@ -21,7 +21,7 @@ pub(crate) fn from16_1(a: &ndarray16::Array1<f64>) -> Array1<f64> {
 }
 
 /// Solves `a x = b` for symmetric positive definite `a` (Cholesky).
-pub(crate) fn solve_spd(a: Array2<f64>, b: Array2<f64>) -> Result<Array2<f64>, HeadError> {
+pub fn solve_spd(a: Array2<f64>, b: Array2<f64>) -> Result<Array2<f64>, HeadError> {
     use linfa_linalg::cholesky::SolveCInplace;
     let mut a16 = to16(a.view());
     let mut b16 = to16(b.view());
@@ -36,7 +36,7 @@ pub(crate) fn solve_spd(a: Array2<f64>, b: Array2<f64>) -> Result<Array2<f64>, H
 /// Eigen-decomposition of a symmetric matrix, eigenvalues in descending order, each eigenvector's
 /// sign fixed so its largest-magnitude entry is positive (deterministic, like scikit-learn's
 /// `svd_flip`).
-pub(crate) fn eigh_desc(a: Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), HeadError> {
+pub fn eigh_desc(a: Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), HeadError> {
     use linfa_linalg::eigh::{EigSort, EighInto};
     let (vals, vecs) = to16(a.view())
         .eigh_into()

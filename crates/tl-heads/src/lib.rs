@@ -29,6 +29,12 @@
 mod classifier;
 mod knn;
 mod la;
+
+/// Dense symmetric linear algebra the heads use, for crates above (model selection, domain
+/// adaptation).
+pub mod linalg {
+    pub use crate::la::{eigh_desc, solve_spd};
+}
 mod linear;
 mod params;
 mod preprocess;

@@ -1,0 +1,93 @@
+"""NumPy reference for tl-eval's transferability scores (crates/tl-eval/tests/transfer.rs).
+
+Usage: python transfer_reference.py OUT.json
+
+LogME is the authors' reference implementation (thuml/LogME, LogME._fit_icml, fixed-point
+iteration), H-score the usual trace formula with a pseudo-inverse. The features are replayed
+in the test from the same LCG: n = 300 rows, d = 24, 3 classes, class signal on a few
+columns, float32 like real features.
+"""
+
+import json
+import sys
+
+import numpy as np
+
+
+def lcg(seed, n):
+    out, state = [], seed
+    for _ in range(n):
+        state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        out.append((state >> 11) / float(1 << 53))
+    return out
+
+
+def data(n=300, d=24, k=3, seed=7):
+    u = lcg(seed, n * (d + 1))
+    y = np.array([int(u[i * (d + 1)] * k) for i in range(n)])
+    x = np.zeros((n, d), dtype=np.float32)
+    for i in range(n):
+        for j in range(d):
+            v = u[i * (d + 1) + 1 + j] - 0.5
+            if j % k == y[i]:
+                v += 0.4
+            x[i, j] = np.float32(v)
+    return x, y
+
+
+def each_evidence(y_, f, fh, v, s, vh, N, D):
+    epsilon = 1e-5
+    alpha, beta = 1.0, 1.0
+    lam = alpha / beta
+    tmp = vh @ (f @ np.ascontiguousarray(y_))
+    for _ in range(11):
+        gamma = (s / (s + lam)).sum()
+        m = v @ (tmp * beta / (alpha + beta * s))
+        alpha_de = (m * m).sum()
+        alpha = gamma / (alpha_de + epsilon)
+        beta_de = ((y_ - fh @ m) ** 2).sum()
+        beta = (N - gamma) / (beta_de + epsilon)
+        new_lam = alpha / beta
+        if np.abs(new_lam - lam) / lam < 0.01:
+            break
+        lam = new_lam
+    evidence = (D / 2.0 * np.log(alpha) + N / 2.0 * np.log(beta)
+                - 0.5 * np.sum(np.log(alpha + beta * s))
+                - beta / 2.0 * (beta_de + epsilon) - alpha / 2.0 * (alpha_de + epsilon)
+                - N / 2.0 * np.log(2 * np.pi))
+    return evidence / N
+
+
+def logme(f, y):
+    f = f.astype(np.float64)
+    fh = f
+    f = f.transpose()
+    D, N = f.shape
+    v, s, vh = np.linalg.svd(f @ fh, full_matrices=True)
+    evidences = []
+    for c in range(y.max() + 1):
+        y_ = (y == c).astype(np.float64)
+        evidences.append(each_evidence(y_, f, fh, v, s, vh, N, D))
+    return float(np.mean(evidences))
+
+
+def hscore(f, y):
+    f = f.astype(np.float64)
+    cov_f = np.cov(f, rowvar=False)
+    g = np.zeros_like(f)
+    mean = f.mean(axis=0)
+    for c in range(y.max() + 1):
+        g[y == c] = f[y == c].mean(axis=0) - mean
+    cov_g = g.T @ g / (len(f) - 1)
+    w, v = np.linalg.eigh(cov_f)
+    keep = w > w.max() * 1e-10
+    return float(sum(v[:, j] @ cov_g @ v[:, j] / w[j] for j in np.where(keep)[0]))
+
+
+def main():
+    x, y = data()
+    json.dump({"logme": logme(x, y), "h_score": hscore(x, y)}, open(sys.argv[1], "w"))
+
+
+if __name__ == "__main__":
+    main()
