@@ -183,7 +183,8 @@ pub fn markdown(report: &RunReport) -> String {
     }
     if !report.few_shot.is_empty() {
         let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
-        shots.sort_unstable();
+        // "all" (0) goes last.
+        shots.sort_unstable_by_key(|&k| if k == 0 { usize::MAX } else { k });
         shots.dedup();
         let label = |k: usize| {
             if k == 0 {
