@@ -34,7 +34,9 @@ pub use experiment::{
     REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, run,
 };
 pub use metrics::{Interval, Metrics};
-pub use report::{confusion_svg, learning_curve_svg, markdown, write_report};
+pub use report::{
+    confusion_png, confusion_svg, learning_curve_png, learning_curve_svg, markdown, write_report,
+};
 
 /// Everything that can go wrong running an evaluation.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! Writing a run's folder: `report.json` (complete, versioned), `summary.md`, CSV tables and
-//! SVG plots (learning curve, confusion matrices).
+//! plots (learning curve, confusion matrices) as labelled SVG and as PNG.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -9,8 +9,12 @@ use crate::EvalError;
 use crate::experiment::RunReport;
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, EvalError> {
+    write_bytes(dir, name, text.as_bytes())
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, EvalError> {
     let path = dir.join(name);
-    fs::write(&path, text).map_err(|e| EvalError::Io {
+    fs::write(&path, bytes).map_err(|e| EvalError::Io {
         path: path.clone(),
         source: e,
     })?;
@@ -108,6 +112,11 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
             "learning_curve.svg",
             &learning_curve_svg(report),
         )?);
+        files.push(write_bytes(
+            dir,
+            "learning_curve.png",
+            &learning_curve_png(report),
+        )?);
     }
     let first_head = report.results.first().map(|r| r.head_spec.clone());
     for r in report
@@ -124,6 +133,11 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
             dir,
             &name,
             &confusion_svg(&r.system, &r.metrics.confusion, &report.label_names),
+        )?);
+        files.push(write_bytes(
+            dir,
+            &name.replace(".svg", ".png"),
+            &confusion_png(&r.metrics.confusion),
         )?);
     }
     Ok(files)
@@ -429,4 +443,182 @@ pub fn confusion_svg(system: &str, confusion: &[Vec<usize>], labels: &[String]) 
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// A small raster canvas for the PNG versions of the plots. There is no font in a pure-Rust
+/// build without system fonts, so PNGs carry shapes and colours only; the SVGs carry the labels.
+struct Canvas {
+    img: image::RgbImage,
+}
+
+fn hex_rgb(hex: &str) -> image::Rgb<u8> {
+    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0);
+    image::Rgb([(v >> 16) as u8, (v >> 8) as u8, v as u8])
+}
+
+impl Canvas {
+    fn new(w: u32, h: u32) -> Canvas {
+        Canvas {
+            img: image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255])),
+        }
+    }
+
+    fn rect(&mut self, x0: f64, y0: f64, x1: f64, y1: f64, c: image::Rgb<u8>) {
+        let (w, h) = self.img.dimensions();
+        let clamp = |v: f64, m: u32| (v.round().max(0.0) as u32).min(m);
+        for y in clamp(y0.min(y1), h)..clamp(y0.max(y1), h) {
+            for x in clamp(x0.min(x1), w)..clamp(x0.max(x1), w) {
+                self.img.put_pixel(x, y, c);
+            }
+        }
+    }
+
+    /// A line of the given width, drawn as overlapping squares along its length.
+    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), width: f64, c: image::Rgb<u8>) {
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+        let r = width / 2.0;
+        for i in 0..=steps {
+            let t = i as f64 / steps as f64;
+            let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
+            self.rect(x - r, y - r, x + r, y + r, c);
+        }
+    }
+
+    fn png(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.img
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("encoding to memory");
+        out
+    }
+}
+
+/// The learning curve as a PNG (same geometry and colours as the SVG, no text).
+pub fn learning_curve_png(report: &RunReport) -> Vec<u8> {
+    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 190.0, 40.0, 60.0);
+    let mut c = Canvas::new(w as u32, h as u32);
+    let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
+    shots.sort_unstable();
+    shots.dedup();
+    let max_k = shots.iter().copied().filter(|&k| k > 0).max().unwrap_or(1);
+    let xval = |k: usize| {
+        if k == 0 {
+            (max_k as f64).log2() + 1.0
+        } else {
+            (k as f64).log2()
+        }
+    };
+    let xs: Vec<f64> = shots.iter().map(|&k| xval(k)).collect();
+    let xmin = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let xmax = xs
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(xmin + 1.0);
+    let lo = report
+        .few_shot
+        .iter()
+        .map(|p| p.mean - p.std)
+        .fold(1.0, f64::min);
+    let ymin = (lo * 10.0).floor() / 10.0;
+    let px = |x: f64| left + (x - xmin) / (xmax - xmin) * (w - left - right);
+    let py = |y: f64| top + (1.0 - (y - ymin) / (1.0 - ymin)) * (h - top - bottom);
+    let grid = image::Rgb([221, 221, 221]);
+    let mut y = ymin;
+    while y <= 1.0001 {
+        c.line((left, py(y)), (w - right, py(y)), 1.0, grid);
+        y += 0.1;
+    }
+    for &x in &xs {
+        c.line(
+            (px(x), h - bottom),
+            (px(x), h - bottom + 6.0),
+            1.0,
+            image::Rgb([0, 0, 0]),
+        );
+    }
+    c.line(
+        (left, h - bottom),
+        (w - right, h - bottom),
+        1.5,
+        image::Rgb([0, 0, 0]),
+    );
+    c.line((left, top), (left, h - bottom), 1.5, image::Rgb([0, 0, 0]));
+    let mut systems: Vec<&str> = Vec::new();
+    for p in &report.few_shot {
+        if !systems.contains(&p.system.as_str()) {
+            systems.push(&p.system);
+        }
+    }
+    for (si, sys) in systems.iter().enumerate() {
+        let color = hex_rgb(PALETTE[si % PALETTE.len()]);
+        let mut pts: Vec<(f64, f64, f64)> = report
+            .few_shot
+            .iter()
+            .filter(|p| p.system == *sys)
+            .map(|p| (xval(p.shots), p.mean, p.std))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for pair in pts.windows(2) {
+            c.line(
+                (px(pair[0].0), py(pair[0].1)),
+                (px(pair[1].0), py(pair[1].1)),
+                2.5,
+                color,
+            );
+        }
+        for (x, m, sd) in &pts {
+            c.line(
+                (px(*x), py((m + sd).min(1.0))),
+                (px(*x), py((m - sd).max(ymin))),
+                1.0,
+                color,
+            );
+            c.rect(
+                px(*x) - 4.0,
+                py(*m) - 4.0,
+                px(*x) + 4.0,
+                py(*m) + 4.0,
+                color,
+            );
+        }
+        let ly = top + 20.0 + 20.0 * si as f64;
+        c.rect(
+            w - right + 14.0,
+            ly - 6.0,
+            w - right + 28.0,
+            ly + 2.0,
+            color,
+        );
+    }
+    c.png()
+}
+
+/// The confusion heatmap as a PNG (rows true, columns predicted, shaded by row share).
+pub fn confusion_png(confusion: &[Vec<usize>]) -> Vec<u8> {
+    let k = confusion.len().max(1);
+    let cell = (480 / k).clamp(14, 60) as f64;
+    let size = cell * k as f64;
+    let mut c = Canvas::new((size + 20.0) as u32, (size + 20.0) as u32);
+    for (t, row) in confusion.iter().enumerate() {
+        let total: usize = row.iter().sum();
+        for (p, &n) in row.iter().enumerate() {
+            let frac = if total > 0 {
+                n as f64 / total as f64
+            } else {
+                0.0
+            };
+            let shade = (255.0 * (1.0 - frac)).round() as u8;
+            let (x, y) = (10.0 + p as f64 * cell, 10.0 + t as f64 * cell);
+            c.rect(x, y, x + cell, y + cell, image::Rgb([238, 238, 238]));
+            c.rect(
+                x + 1.0,
+                y + 1.0,
+                x + cell - 1.0,
+                y + cell - 1.0,
+                image::Rgb([shade, shade, 255]),
+            );
+        }
+    }
+    c.png()
 }

@@ -144,6 +144,10 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         let out = dir.path().join("report");
         let files = write_report(&report, &out).unwrap();
         assert!(files.iter().any(|f| f.ends_with("learning_curve.svg")));
+        for png in ["learning_curve.png", "confusion_tfidf.png"] {
+            let img = image::open(out.join(png)).unwrap();
+            assert!(img.width() > 100 && img.height() > 100, "{png}");
+        }
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
                 .unwrap();
