@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 the work failed (data, model, I/O); 2 bad arguments or an invalid
 //! experiment file.
 
+mod adapt;
 mod embed;
 mod model;
 mod select;
@@ -99,6 +100,12 @@ enum Cmd {
         after_help = "Examples:\n  tl select --dataset sentiment-amazon --dataset sentiment-imdb --backbones all-minilm-l6-v2,paraphrase-minilm-l3-v2\n  tl select --dataset optdigits --backbones efficientnet-lite0,mobilenetv2"
     )]
     Select(select::SelectArgs),
+    /// Carry a head from a labelled source dataset to a target one: source-only vs per-domain
+    /// standardisation vs CORAL vs a target-supervised bound.
+    #[command(
+        after_help = "Examples:\n  tl adapt --source sentiment-amazon --target sentiment-imdb\n  tl adapt --source sentiment-yelp --target sentiment-amazon --eps-scale 0.1"
+    )]
+    Adapt(adapt::AdaptArgs),
     /// Feature cache: sizes, export, compaction, garbage collection.
     Cache {
         #[command(subcommand)]
@@ -245,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Predict(args) => model::predict(&registry, &args),
         Cmd::Eval(args) => model::eval(&registry, &args),
         Cmd::Select(args) => select::select(&registry, &args),
+        Cmd::Adapt(args) => adapt::adapt(&registry, &args),
         Cmd::Cache { command } => cache(&registry, command),
         Cmd::Data {
             command: DataCmd::Info { dataset, table },

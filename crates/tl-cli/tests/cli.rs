@@ -263,3 +263,42 @@ fn cache_info_and_export() {
     assert_eq!(code, 1);
     assert!(err.contains("`.parquet` or `.csv`"), "{err}");
 }
+
+#[test]
+fn adapt_compares_methods_and_rejects_bad_pairs() {
+    let d = tempfile::tempdir().unwrap();
+    let source = reviews(d.path());
+    let target = d.path().join("target.csv");
+    let mut csv = String::from("text,label\n");
+    for i in 0..20 {
+        let (w, l) = if i % 2 == 0 {
+            ("superb", "pos")
+        } else {
+            ("dreadful", "neg")
+        };
+        csv.push_str(&format!("\"a {w} kettle, number {i}\",{l}\n"));
+    }
+    std::fs::write(&target, csv).unwrap();
+    let (s, t) = (source.to_str().unwrap(), target.to_str().unwrap());
+    let (code, out, err) = tl(&["adapt", "--source", s, "--target", t]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "source only",
+        "per-domain standardisation",
+        "CORAL",
+        "target-supervised",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let (code, _, err) = tl(&["adapt", "--source", s, "--target", t, "--eps-scale", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--eps-scale"), "{err}");
+    let other = d.path().join("other.csv");
+    std::fs::write(&other, "text,label\nfine,meh\nok,pos\n").unwrap();
+    let (code, _, err) = tl(&["adapt", "--source", s, "--target", other.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("target row 0: label `meh` never occurs in the source"),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@
 //! assert_eq!(roc_auc_score(&[false, false, true, true], &[0.1, 0.4, 0.35, 0.8]), Some(0.75));
 //! ```
 
+pub mod adapt;
 pub mod data;
 mod experiment;
 pub mod metrics;

@@ -87,3 +87,46 @@ fn rank_correlations() {
     let t = kendall_tau(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 3.0]).unwrap();
     assert!((t - 0.8).abs() < 1e-12, "{t}");
 }
+
+#[test]
+fn coral_matches_the_numpy_closed_form() {
+    let want: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/numpy_transfer.json")).unwrap();
+    let (x, _) = data();
+    let d = x.ncols();
+    let source = x.slice(ndarray::s![..150, ..]).to_owned();
+    let target = Array2::from_shape_fn((150, d), |(i, j)| {
+        // float32 arithmetic as NumPy does it on the float32 array and float64 scales.
+        let scale = 0.5 + 1.5 * j as f64 / (d - 1) as f64;
+        (f64::from(x[[150 + i, j]]) * scale + 0.3) as f32
+    });
+    let out = tl_eval::adapt::coral(source.view(), target.view(), 0.1).unwrap();
+    let mut worst = 0.0f64;
+    for (i, row) in want["coral_first_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        for (j, v) in row.as_array().unwrap().iter().enumerate() {
+            let w = v.as_f64().unwrap();
+            worst = worst.max((f64::from(out[[i, j]]) - w).abs() / w.abs().max(1.0));
+        }
+    }
+    assert!(worst < 1e-5, "CORAL differs from NumPy by {worst}");
+    // Bad input: different dimensions, NaN, too few rows.
+    let e = tl_eval::adapt::coral(source.view(), target.slice(ndarray::s![.., ..5]), 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("same backbone"), "{e}");
+    let mut bad = target.clone();
+    bad[[3, 1]] = f32::NAN;
+    let e = tl_eval::adapt::coral(source.view(), bad.view(), 0.1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("target row 3"), "{e}");
+    // Fewer target rows than dimensions: the regulariser keeps it well-defined.
+    let few =
+        tl_eval::adapt::coral(source.view(), target.slice(ndarray::s![..5, ..]), 0.1).unwrap();
+    assert!(few.iter().all(|v| v.is_finite()));
+}
