@@ -17,6 +17,25 @@ pub(crate) struct Features {
     pub(crate) fingerprint: String,
 }
 
+/// Embeds `items` with `backbone` through the feature cache in `$TL_HOME`; items that cannot
+/// be embedded are an error.
+fn embed_through_cache(
+    backbone: &Backbone,
+    items: &[Item],
+    progress: bool,
+) -> Result<CachedFeatures> {
+    Ok(embed_cached(
+        backbone,
+        &Store::from_cache(&Cache::from_env()),
+        items,
+        &CacheOptions {
+            progress,
+            on_error: OnError::Fail,
+            ..Default::default()
+        },
+    )?)
+}
+
 pub(crate) fn cached_features(
     registry: &Registry,
     model: &str,
@@ -32,16 +51,7 @@ pub(crate) fn cached_features(
     };
     let backbone = Backbone::from_manifest(m, &cache, &config)?;
     let items: Vec<Item> = indices.iter().map(|&i| ds.items[i].clone()).collect();
-    let out: CachedFeatures = embed_cached(
-        &backbone,
-        &Store::from_cache(&cache),
-        &items,
-        &CacheOptions {
-            progress: true,
-            on_error: OnError::Fail,
-            ..Default::default()
-        },
-    )?;
+    let out = embed_through_cache(&backbone, &items, true)?;
     eprintln!(
         "features  {model}: {} cached, {} computed ({:.1}s)",
         out.hits,
@@ -231,12 +241,7 @@ pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
         }
         None => a.text.iter().cloned().map(Item::Text).collect(),
     };
-    let out = embed_cached(
-        &backbone,
-        &Store::from_cache(&Cache::from_env()),
-        &items,
-        &CacheOptions::default(),
-    )?;
+    let out = embed_through_cache(&backbone, &items, false)?;
     let proba = clf.predict_proba(out.features.view())?;
     let pred = clf.predict(out.features.view())?;
     println!("row,label,probability");
@@ -283,12 +288,7 @@ pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
         .collect();
     let truth = clf.encode_labels(&names)?;
     let items: Vec<Item> = idx.iter().map(|&i| ds.items[i].clone()).collect();
-    let out = embed_cached(
-        &backbone,
-        &Store::from_cache(&Cache::from_env()),
-        &items,
-        &CacheOptions::default(),
-    )?;
+    let out = embed_through_cache(&backbone, &items, false)?;
     let pred = clf.predict(out.features.view())?;
     let proba = clf.predict_proba(out.features.view())?;
     let m = tl_eval::metrics::evaluate(&truth, &pred, Some(proba.view()), &clf.label_names);

@@ -218,13 +218,7 @@ pub fn markdown(report: &RunReport) -> String {
             s.push_str("---|");
         }
         s.push('\n');
-        let mut systems: Vec<&str> = Vec::new();
-        for p in &report.few_shot {
-            if !systems.contains(&p.system.as_str()) {
-                systems.push(&p.system);
-            }
-        }
-        for sys in systems {
+        for sys in curve_systems(report) {
             let _ = write!(s, "| {sys} |");
             for &k in &shots {
                 match report
@@ -272,61 +266,142 @@ const PALETTE: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
 ];
 
-/// Accuracy against examples per class (log2 axis), one line per feature system, bars = sd.
-pub fn learning_curve_svg(report: &RunReport) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 190.0, 40.0, 60.0);
-    let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
-    shots.sort_unstable();
-    shots.dedup();
-    // "all" sits one step right of the largest k.
-    let max_k = shots.iter().copied().filter(|&k| k > 0).max().unwrap_or(1);
-    let xval = |k: usize| {
+/// Feature systems in the order they first appear in the learning curve.
+fn curve_systems(report: &RunReport) -> Vec<&str> {
+    let mut systems: Vec<&str> = Vec::new();
+    for p in &report.few_shot {
+        if !systems.contains(&p.system.as_str()) {
+            systems.push(&p.system);
+        }
+    }
+    systems
+}
+
+/// One system's learning curve: its name and (x, mean, sd) points.
+type Series<'r> = (&'r str, Vec<(f64, f64, f64)>);
+
+/// Geometry the SVG and PNG learning curves share: a log2 x axis of examples per class with
+/// "all" one step right of the largest k, accuracy on y from the lowest mean - sd.
+struct CurveLayout {
+    w: f64,
+    h: f64,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    shots: Vec<usize>,
+    max_k: usize,
+    xmin: f64,
+    xmax: f64,
+    ymin: f64,
+}
+
+impl CurveLayout {
+    fn new(report: &RunReport) -> CurveLayout {
+        let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
+        shots.sort_unstable();
+        shots.dedup();
+        let max_k = shots.iter().copied().filter(|&k| k > 0).max().unwrap_or(1);
+        let mut l = CurveLayout {
+            w: 720.0,
+            h: 440.0,
+            left: 70.0,
+            right: 190.0,
+            top: 40.0,
+            bottom: 60.0,
+            shots,
+            max_k,
+            xmin: 0.0,
+            xmax: 0.0,
+            ymin: 0.0,
+        };
+        let xs: Vec<f64> = l.shots.iter().map(|&k| l.xval(k)).collect();
+        l.xmin = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        l.xmax = xs
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(l.xmin + 1.0);
+        let lo = report
+            .few_shot
+            .iter()
+            .map(|p| p.mean - p.std)
+            .fold(1.0, f64::min);
+        l.ymin = (lo * 10.0).floor() / 10.0;
+        l
+    }
+
+    fn xval(&self, k: usize) -> f64 {
         if k == 0 {
-            (max_k as f64).log2() + 1.0
+            (self.max_k as f64).log2() + 1.0
         } else {
             (k as f64).log2()
         }
-    };
-    let xs: Vec<f64> = shots.iter().map(|&k| xval(k)).collect();
-    let (xmin, xmax) = (
-        xs.iter().copied().fold(f64::INFINITY, f64::min),
-        xs.iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max)
-            .max(xs[0] + 1.0),
-    );
-    let lo = report
-        .few_shot
-        .iter()
-        .map(|p| p.mean - p.std)
-        .fold(1.0, f64::min);
-    let ymin = (lo * 10.0).floor() / 10.0;
-    let px = |x: f64| left + (x - xmin) / (xmax - xmin) * (w - left - right);
-    let py = |y: f64| top + (1.0 - (y - ymin) / (1.0 - ymin)) * (h - top - bottom);
+    }
+
+    fn px(&self, x: f64) -> f64 {
+        self.left + (x - self.xmin) / (self.xmax - self.xmin) * (self.w - self.left - self.right)
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        self.top + (1.0 - (y - self.ymin) / (1.0 - self.ymin)) * (self.h - self.top - self.bottom)
+    }
+
+    /// Gridline values, every 10 points from `ymin` to 100%.
+    fn grid(&self) -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut y = self.ymin;
+        while y <= 1.0001 {
+            out.push(y);
+            y += 0.1;
+        }
+        out
+    }
+
+    /// One series per system: (x, mean, sd) sorted by x.
+    fn series<'r>(&self, report: &'r RunReport) -> Vec<Series<'r>> {
+        curve_systems(report)
+            .into_iter()
+            .map(|sys| {
+                let mut pts: Vec<(f64, f64, f64)> = report
+                    .few_shot
+                    .iter()
+                    .filter(|p| p.system == sys)
+                    .map(|p| (self.xval(p.shots), p.mean, p.std))
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (sys, pts)
+            })
+            .collect()
+    }
+}
+
+/// Accuracy against examples per class (log2 axis), one line per feature system, bars = sd.
+pub fn learning_curve_svg(report: &RunReport) -> String {
+    let l = CurveLayout::new(report);
+    let (w, h, left, right, top, bottom) = (l.w, l.h, l.left, l.right, l.top, l.bottom);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}: accuracy vs labelled examples per class</text>\n",
         (left + w - right) / 2.0,
         xml(&report.dataset)
     );
-    let mut y = ymin;
-    while y <= 1.0001 {
+    for y in l.grid() {
         let _ = writeln!(
             s,
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}%</text>",
             w - right,
-            py(y),
-            py(y),
+            l.py(y),
+            l.py(y),
             left - 6.0,
-            py(y) + 4.0,
+            l.py(y) + 4.0,
             100.0 * y
         );
-        y += 0.1;
     }
-    for (&k, &x) in shots.iter().zip(&xs) {
+    for &k in &l.shots {
         let _ = writeln!(
             s,
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            px(x),
+            l.px(l.xval(k)),
             h - bottom + 18.0,
             if k == 0 { "all".into() } else { k.to_string() }
         );
@@ -337,24 +412,11 @@ pub fn learning_curve_svg(report: &RunReport) -> String {
         (left + w - right) / 2.0,
         h - 18.0
     );
-    let mut systems: Vec<&str> = Vec::new();
-    for p in &report.few_shot {
-        if !systems.contains(&p.system.as_str()) {
-            systems.push(&p.system);
-        }
-    }
-    for (si, sys) in systems.iter().enumerate() {
+    for (si, (sys, pts)) in l.series(report).into_iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
-        let mut pts: Vec<(f64, f64, f64)> = report
-            .few_shot
-            .iter()
-            .filter(|p| p.system == *sys)
-            .map(|p| (xval(p.shots), p.mean, p.std))
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let path: Vec<String> = pts
             .iter()
-            .map(|(x, m, _)| format!("{:.1},{:.1}", px(*x), py(*m)))
+            .map(|(x, m, _)| format!("{:.1},{:.1}", l.px(*x), l.py(*m)))
             .collect();
         let _ = writeln!(
             s,
@@ -365,10 +427,10 @@ pub fn learning_curve_svg(report: &RunReport) -> String {
             let _ = writeln!(
                 s,
                 "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{color}\"/><circle cx=\"{0:.1}\" cy=\"{3:.1}\" r=\"3.5\" fill=\"{color}\"/>",
-                px(*x),
-                py((m + sd).min(1.0)),
-                py((m - sd).max(ymin)),
-                py(*m)
+                l.px(*x),
+                l.py((m + sd).min(1.0)),
+                l.py((m - sd).max(l.ymin)),
+                l.py(*m)
             );
         }
         let ly = top + 20.0 + 20.0 * si as f64;
@@ -495,92 +557,39 @@ impl Canvas {
 
 /// The learning curve as a PNG (same geometry and colours as the SVG, no text).
 pub fn learning_curve_png(report: &RunReport) -> Vec<u8> {
-    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 190.0, 40.0, 60.0);
+    let l = CurveLayout::new(report);
+    let (w, h, left, right, top, bottom) = (l.w, l.h, l.left, l.right, l.top, l.bottom);
     let mut c = Canvas::new(w as u32, h as u32);
-    let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
-    shots.sort_unstable();
-    shots.dedup();
-    let max_k = shots.iter().copied().filter(|&k| k > 0).max().unwrap_or(1);
-    let xval = |k: usize| {
-        if k == 0 {
-            (max_k as f64).log2() + 1.0
-        } else {
-            (k as f64).log2()
-        }
-    };
-    let xs: Vec<f64> = shots.iter().map(|&k| xval(k)).collect();
-    let xmin = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let xmax = xs
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max)
-        .max(xmin + 1.0);
-    let lo = report
-        .few_shot
-        .iter()
-        .map(|p| p.mean - p.std)
-        .fold(1.0, f64::min);
-    let ymin = (lo * 10.0).floor() / 10.0;
-    let px = |x: f64| left + (x - xmin) / (xmax - xmin) * (w - left - right);
-    let py = |y: f64| top + (1.0 - (y - ymin) / (1.0 - ymin)) * (h - top - bottom);
-    let grid = image::Rgb([221, 221, 221]);
-    let mut y = ymin;
-    while y <= 1.0001 {
-        c.line((left, py(y)), (w - right, py(y)), 1.0, grid);
-        y += 0.1;
-    }
-    for &x in &xs {
+    let black = image::Rgb([0, 0, 0]);
+    for y in l.grid() {
         c.line(
-            (px(x), h - bottom),
-            (px(x), h - bottom + 6.0),
+            (left, l.py(y)),
+            (w - right, l.py(y)),
             1.0,
-            image::Rgb([0, 0, 0]),
+            image::Rgb([221, 221, 221]),
         );
     }
-    c.line(
-        (left, h - bottom),
-        (w - right, h - bottom),
-        1.5,
-        image::Rgb([0, 0, 0]),
-    );
-    c.line((left, top), (left, h - bottom), 1.5, image::Rgb([0, 0, 0]));
-    let mut systems: Vec<&str> = Vec::new();
-    for p in &report.few_shot {
-        if !systems.contains(&p.system.as_str()) {
-            systems.push(&p.system);
-        }
+    for &k in &l.shots {
+        let x = l.px(l.xval(k));
+        c.line((x, h - bottom), (x, h - bottom + 6.0), 1.0, black);
     }
-    for (si, sys) in systems.iter().enumerate() {
+    c.line((left, h - bottom), (w - right, h - bottom), 1.5, black);
+    c.line((left, top), (left, h - bottom), 1.5, black);
+    for (si, (_, pts)) in l.series(report).into_iter().enumerate() {
         let color = hex_rgb(PALETTE[si % PALETTE.len()]);
-        let mut pts: Vec<(f64, f64, f64)> = report
-            .few_shot
-            .iter()
-            .filter(|p| p.system == *sys)
-            .map(|p| (xval(p.shots), p.mean, p.std))
-            .collect();
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         for pair in pts.windows(2) {
-            c.line(
-                (px(pair[0].0), py(pair[0].1)),
-                (px(pair[1].0), py(pair[1].1)),
-                2.5,
-                color,
-            );
+            let (a, b) = (pair[0], pair[1]);
+            c.line((l.px(a.0), l.py(a.1)), (l.px(b.0), l.py(b.1)), 2.5, color);
         }
         for (x, m, sd) in &pts {
+            let (x, y) = (l.px(*x), l.py(*m));
             c.line(
-                (px(*x), py((m + sd).min(1.0))),
-                (px(*x), py((m - sd).max(ymin))),
+                (x, l.py((m + sd).min(1.0))),
+                (x, l.py((m - sd).max(l.ymin))),
                 1.0,
                 color,
             );
-            c.rect(
-                px(*x) - 4.0,
-                py(*m) - 4.0,
-                px(*x) + 4.0,
-                py(*m) + 4.0,
-                color,
-            );
+            c.rect(x - 4.0, y - 4.0, x + 4.0, y + 4.0, color);
         }
         let ly = top + 20.0 + 20.0 * si as f64;
         c.rect(
