@@ -49,18 +49,7 @@ pub(crate) fn embed(
             ..Default::default()
         };
         let out = embed_cached(&backbone, &store, &items, &options)?;
-        println!(
-            "model      {} ({}-d, fingerprint {})",
-            backbone.name(),
-            backbone.dim(),
-            backbone.fingerprint()
-        );
-        println!(
-            "dataset    {} ({} items, {} classes)",
-            ds.name,
-            items.len(),
-            ds.n_classes()
-        );
+        print_header(&backbone, &ds, items.len());
         println!(
             "features   {} from the cache in {:.2}s, {} computed in {:.2}s{}",
             out.hits,
@@ -119,18 +108,7 @@ pub(crate) fn embed(
     };
     let s = &out.stats;
     let secs = s.timings.total.as_secs_f64();
-    println!(
-        "model      {} ({}-d, fingerprint {})",
-        backbone.name(),
-        backbone.dim(),
-        backbone.fingerprint()
-    );
-    println!(
-        "dataset    {} ({} items, {} classes)",
-        ds.name,
-        indices.len(),
-        ds.n_classes()
-    );
+    print_header(&backbone, &ds, indices.len());
     println!(
         "embedded   {} items in {secs:.2}s: {:.1} items/s (session load {:.2}s)",
         s.items - out.errors.len(),
@@ -158,6 +136,20 @@ pub(crate) fn embed(
     let labels: Vec<usize> = indices.iter().map(|&i| ds.labels[i]).collect();
     print_separation(&out.features, &labels);
     Ok(())
+}
+
+fn print_header(backbone: &Backbone, ds: &tl_data::Dataset, items: usize) {
+    println!(
+        "model      {} ({}-d, fingerprint {})",
+        backbone.name(),
+        backbone.dim(),
+        backbone.fingerprint()
+    );
+    println!(
+        "dataset    {} ({items} items, {} classes)",
+        ds.name,
+        ds.n_classes()
+    );
 }
 
 fn print_separation(features: &ndarray::Array2<f32>, labels: &[usize]) {
