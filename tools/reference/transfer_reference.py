@@ -100,12 +100,48 @@ def coral(source, target, eps_scale):
     return (s - s.mean(0)) @ spd_power(cs, -0.5) @ spd_power(ct, 0.5) + t.mean(0)
 
 
+def flip(v):
+    """Each column's largest-magnitude entry positive (tl_heads::linalg::eigh_desc's rule)."""
+    idx = np.argmax(np.abs(v), axis=0)
+    return v * np.sign(v[idx, np.arange(v.shape[1])])
+
+
+def subspace_alignment(source, target, dims):
+    """Subspace alignment with per-domain centring (see tl_eval::adapt::subspace_alignment)."""
+    def basis(x):
+        x = x.astype(np.float64)
+        w, v = np.linalg.eigh(np.cov(x, rowvar=False))
+        v = flip(v[:, ::-1])[:, :dims]
+        return x - x.mean(0), v
+    cs, ps = basis(source)
+    ct, pt = basis(target)
+    return cs @ ps @ ps.T @ pt, ct @ pt
+
+
+def leep(logits, y):
+    """LEEP (Nguyen et al., 2020) from source-model logits."""
+    z = logits.astype(np.float64)
+    theta = np.exp(z - z.max(axis=1, keepdims=True))
+    theta /= theta.sum(axis=1, keepdims=True)
+    n = len(y)
+    joint = np.zeros((y.max() + 1, theta.shape[1]))
+    for c in range(y.max() + 1):
+        joint[c] = theta[y == c].sum(axis=0) / n
+    cond = joint / joint.sum(axis=0, keepdims=True)
+    return float(np.mean(np.log((theta * cond[y]).sum(axis=1))))
+
+
 def main():
     x, y = data()
     # Target domain: the second half of the rows, scaled and shifted per column.
     target = (x[150:] * np.linspace(0.5, 2.0, x.shape[1]) + 0.3).astype(np.float32)
     out = {"logme": logme(x, y), "h_score": hscore(x, y),
            "coral_first_rows": coral(x[:150], target, 0.1)[:5].tolist()}
+    sa_s, sa_t = subspace_alignment(x[:150], target, 5)
+    out["subspace_source_first_rows"] = sa_s[:5].tolist()
+    out["subspace_target_first_rows"] = sa_t[:5].tolist()
+    # Logits of an 8-class "source model": three times the first 8 feature columns.
+    out["leep"] = leep(3.0 * x[:, :8], y)
     json.dump(out, open(sys.argv[1], "w"))
 
 

@@ -318,6 +318,8 @@ pub struct Backbone {
     input_names: Vec<String>,
     /// Index of the feature output, then of each extra output.
     outputs: Vec<usize>,
+    /// Width of each extra output (product of its non-batch dimensions; 0 when dynamic).
+    extra_widths: Vec<usize>,
     encoder: Encoder,
     config: ExecutionConfig,
 }
@@ -528,6 +530,17 @@ impl Backbone {
                 });
             }
         }
+        let extra_widths = outputs[1..]
+            .iter()
+            .map(|&i| match session.outputs()[i].dtype() {
+                ValueType::Tensor { shape, .. }
+                    if shape.len() >= 2 && shape[1..].iter().all(|&d| d > 0) =>
+                {
+                    shape[1..].iter().product::<i64>() as usize
+                }
+                _ => 0,
+            })
+            .collect();
         Ok(Backbone {
             name: name.to_string(),
             spec: spec.clone(),
@@ -535,6 +548,7 @@ impl Backbone {
             session: Mutex::new(session),
             input_names: graph_inputs,
             outputs,
+            extra_widths,
             encoder,
             config: config.clone(),
         })
@@ -543,6 +557,17 @@ impl Backbone {
     /// Model name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The extra outputs named in the manifest (e.g. ImageNet `logits`) with their widths per
+    /// item (0 when the graph leaves a dimension dynamic).
+    pub fn extra_outputs(&self) -> Vec<(&str, usize)> {
+        self.spec
+            .extra_outputs
+            .iter()
+            .map(String::as_str)
+            .zip(self.extra_widths.iter().copied())
+            .collect()
     }
 
     /// Hash of the model file and every output-affecting setting (32 hex characters).

@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tl_assets::{Cache, Manifest, Registry};
 use tl_data::Dataset;
-use tl_eval::Experiment;
 use tl_eval::data::TableSettings;
+use tl_eval::{AdaptationExperiment, Experiment};
 use tl_features::Store;
 
 /// The default experiment, embedded so `tl run` works from any folder.
@@ -315,11 +315,27 @@ fn utc_stamp() -> String {
 }
 
 fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>) -> Result<()> {
-    let exp = match path {
-        Some(p) => Experiment::load(p)?,
-        None => Experiment::from_toml(DEFAULT_EXPERIMENT, Path::new("experiments/sentiment.toml"))?,
+    let (text, origin) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| tl_eval::EvalError::Io {
+                path: p.to_path_buf(),
+                source: e,
+            })?,
+            p.to_path_buf(),
+        ),
+        None => (
+            DEFAULT_EXPERIMENT.to_string(),
+            PathBuf::from("experiments/sentiment.toml"),
+        ),
     };
     let cache = Cache::from_env();
+    if AdaptationExperiment::is_adaptation(&text) {
+        let exp = AdaptationExperiment::from_toml(&text, &origin)?;
+        tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
+            .context("fetching the ONNX Runtime library")?;
+        return run_adaptation_experiment(registry, &cache, &exp, out);
+    }
+    let exp = Experiment::from_toml(&text, &origin)?;
     tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
     println!("experiment {}", exp.name);
@@ -338,6 +354,41 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
         "report    {} ({} files, run took {:.1}s)",
         dir.join("summary.md").display(),
         files.len(),
+        report.seconds
+    );
+    Ok(())
+}
+
+fn run_adaptation_experiment(
+    registry: &Registry,
+    cache: &Cache,
+    exp: &AdaptationExperiment,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    println!("adaptation experiment {}", exp.name);
+    let report =
+        tl_eval::run_adaptation(exp, registry, cache, true, &|line: &str| println!("{line}"))?;
+    let dir =
+        out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
+    tl_eval::write_adaptation_report(&report, &dir)?;
+    for m in &report.summary {
+        println!(
+            "summary   {:<18} {:<12} {:+5.2} points, gap recovered: mean {}, pooled {} ({} helps, {} hurts of {})",
+            m.backbone,
+            m.method,
+            m.mean_difference_points,
+            m.mean_gap_recovered
+                .map_or("-".into(), |v| format!("{:+.0}%", 100.0 * v)),
+            m.pooled_gap_recovered
+                .map_or("-".into(), |v| format!("{:+.0}%", 100.0 * v)),
+            m.helped,
+            m.hurt,
+            m.pairs
+        );
+    }
+    println!(
+        "report    {} (run took {:.1}s)",
+        dir.join("summary.md").display(),
         report.seconds
     );
     Ok(())
@@ -386,7 +437,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                 Some(s) => ds.split(s)?.to_vec(),
                 None => (0..ds.len()).collect(),
             };
-            let features = model::cached_features(registry, &model, &ds, &indices, 32)?;
+            let features = model::cached_features(registry, &model, &ds, &indices, 32, false)?;
             let ids: Vec<String> = indices.iter().map(|i| format!("{}:{i}", ds.name)).collect();
             let labels: Vec<String> = indices
                 .iter()

@@ -14,6 +14,8 @@ use crate::{TableArgs, UsageError, ensure_model, load_dataset};
 /// Features for `indices` of `ds`, through the cache, with the backbone's fingerprint.
 pub(crate) struct Features {
     pub(crate) features: ndarray::Array2<f32>,
+    /// The backbone's extra outputs (e.g. ImageNet logits), when asked for.
+    pub(crate) extra: Vec<(String, ndarray::Array2<f32>)>,
     pub(crate) fingerprint: String,
 }
 
@@ -23,6 +25,7 @@ fn embed_through_cache(
     backbone: &Backbone,
     items: &[Item],
     progress: bool,
+    extra_outputs: bool,
 ) -> Result<CachedFeatures> {
     Ok(embed_cached(
         backbone,
@@ -31,6 +34,7 @@ fn embed_through_cache(
         &CacheOptions {
             progress,
             on_error: OnError::Fail,
+            extra_outputs,
             ..Default::default()
         },
     )?)
@@ -42,6 +46,7 @@ pub(crate) fn cached_features(
     ds: &Dataset,
     indices: &[usize],
     batch_size: usize,
+    extra_outputs: bool,
 ) -> Result<Features> {
     let m = ensure_model(registry, model)?;
     let cache = Cache::from_env();
@@ -51,7 +56,7 @@ pub(crate) fn cached_features(
     };
     let backbone = Backbone::from_manifest(m, &cache, &config)?;
     let items: Vec<Item> = indices.iter().map(|&i| ds.items[i].clone()).collect();
-    let out = embed_through_cache(&backbone, &items, true)?;
+    let out = embed_through_cache(&backbone, &items, true, extra_outputs)?;
     eprintln!(
         "features  {model}: {} cached, {} computed ({:.1}s)",
         out.hits,
@@ -60,6 +65,7 @@ pub(crate) fn cached_features(
     );
     Ok(Features {
         features: out.features,
+        extra: out.extra,
         fingerprint: backbone.fingerprint().to_string(),
     })
 }
@@ -146,7 +152,7 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
     config.check().map_err(|e| UsageError(e.to_string()))?;
     let ds = load_dataset(registry, &a.dataset, &a.table)?;
     let idx = selection(&ds, a.split.as_deref(), a.limit)?;
-    let f = cached_features(registry, &a.model, &ds, &idx, 32)?;
+    let f = cached_features(registry, &a.model, &ds, &idx, 32, false)?;
     let y: Vec<usize> = idx.iter().map(|&i| ds.labels[i]).collect();
     let config = if a.search {
         let g = tl_heads::grid_search(
@@ -241,7 +247,7 @@ pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
         }
         None => a.text.iter().cloned().map(Item::Text).collect(),
     };
-    let out = embed_through_cache(&backbone, &items, false)?;
+    let out = embed_through_cache(&backbone, &items, false, false)?;
     let proba = clf.predict_proba(out.features.view())?;
     let pred = clf.predict(out.features.view())?;
     println!("row,label,probability");
@@ -288,7 +294,7 @@ pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
         .collect();
     let truth = clf.encode_labels(&names)?;
     let items: Vec<Item> = idx.iter().map(|&i| ds.items[i].clone()).collect();
-    let out = embed_through_cache(&backbone, &items, false)?;
+    let out = embed_through_cache(&backbone, &items, false, false)?;
     let pred = clf.predict(out.features.view())?;
     let proba = clf.predict_proba(out.features.view())?;
     let m = tl_eval::metrics::evaluate(&truth, &pred, Some(proba.view()), &clf.label_names);

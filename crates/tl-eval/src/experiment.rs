@@ -655,57 +655,84 @@ fn build_systems(
         }
         Baseline::None | Baseline::Auto => {}
     }
-    let store = Store::from_cache(cache);
-    let items: Vec<Item> = used.iter().map(|&i| ds.items[i].clone()).collect();
     for name in &exp.backbones {
-        let m = registry
-            .get(name)
-            .map_err(|e| EvalError::Config(e.to_string()))?;
-        crate::data::ensure_fetched(m, cache)?;
-        let config = ExecutionConfig {
-            batch_size: exp.batch_size,
-            ..Default::default()
-        };
-        let t = Instant::now();
-        let backbone = Backbone::from_manifest(m, cache, &config)?;
-        let out = embed_cached(
-            &backbone,
-            &store,
-            &items,
-            &CacheOptions {
-                progress,
-                on_error: OnError::Fail,
-                ..Default::default()
-            },
+        let (info, x) = backbone_features(
+            name,
+            ds,
+            used,
+            registry,
+            cache,
+            exp.batch_size,
+            progress,
+            obs,
         )?;
-        let seconds = t.elapsed().as_secs_f64();
-        obs.note(&format!(
-            "features  {name}: {} cached, {} computed ({seconds:.1}s{})",
-            out.hits,
-            out.computed,
-            if out.computed == 0 {
-                ", all from the feature cache"
-            } else {
-                ""
-            }
-        ));
         systems.push(System {
-            info: SystemInfo {
-                name: name.clone(),
-                kind: "backbone".into(),
-                fingerprint: Some(backbone.fingerprint().to_string()),
-                dim: backbone.dim(),
-                cache_hits: out.hits,
-                computed: out.computed,
-                seconds,
-            },
+            info,
             source: Source::Fixed {
                 rows: rows.clone(),
-                x: out.features,
+                x,
             },
         });
     }
     Ok(systems)
+}
+
+/// Features of `used` rows of `ds` from backbone `name`, through the feature cache (computing
+/// and storing only what is missing), with a note saying how many came from the cache.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backbone_features(
+    name: &str,
+    ds: &Dataset,
+    used: &[usize],
+    registry: &Registry,
+    cache: &Cache,
+    batch_size: usize,
+    progress: bool,
+    obs: &dyn Observer,
+) -> Result<(SystemInfo, Array2<f32>), EvalError> {
+    let m = registry
+        .get(name)
+        .map_err(|e| EvalError::Config(e.to_string()))?;
+    crate::data::ensure_fetched(m, cache)?;
+    let config = ExecutionConfig {
+        batch_size,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let backbone = Backbone::from_manifest(m, cache, &config)?;
+    let items: Vec<Item> = used.iter().map(|&i| ds.items[i].clone()).collect();
+    let out = embed_cached(
+        &backbone,
+        &Store::from_cache(cache),
+        &items,
+        &CacheOptions {
+            progress,
+            on_error: OnError::Fail,
+            ..Default::default()
+        },
+    )?;
+    let seconds = t.elapsed().as_secs_f64();
+    obs.note(&format!(
+        "features  {name} on {}: {} cached, {} computed ({seconds:.1}s{})",
+        ds.name,
+        out.hits,
+        out.computed,
+        if out.computed == 0 {
+            ", all from the feature cache"
+        } else {
+            ""
+        }
+    ));
+    let info = SystemInfo {
+        name: name.to_string(),
+        kind: "backbone".into(),
+        fingerprint: Some(backbone.fingerprint().to_string()),
+        dim: backbone.dim(),
+        cache_hits: out.hits,
+        computed: out.computed,
+        seconds,
+    };
+    Ok((info, out.features))
 }
 
 /// Fits `spec` on `train` rows of `system` and predicts `test` rows.

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod adapt;
+mod adaptation;
 pub mod data;
 mod experiment;
 pub mod metrics;
@@ -30,6 +31,10 @@ pub mod transfer;
 
 use std::path::PathBuf;
 
+pub use adaptation::{
+    ADAPTATION_SCHEMA_VERSION, AdaptationExperiment, AdaptationReport, MethodGrid, MethodResult,
+    MethodSummary, Pair, PairResult, adaptation_markdown, run_adaptation, write_adaptation_report,
+};
 pub use experiment::{
     Baseline, Comparison, Experiment, FewShot, FewShotPoint, Observer, Protocol,
     REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, run,

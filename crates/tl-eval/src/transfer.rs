@@ -110,11 +110,12 @@ pub fn h_score(
     let cov_g = g.t().dot(&g) / (n as f64 - 1.0);
     let (vals, vecs) = tl_heads::linalg::eigh_desc(cov_f)?;
     let cutoff = vals[0].max(0.0) * 1e-10;
+    // tr(V diag(1/lambda) V^T cov_g) with one matrix product instead of d matrix-vector ones.
+    let w = cov_g.dot(&vecs);
     let mut score = 0.0;
     for (j, &lam) in vals.iter().enumerate() {
         if lam > cutoff {
-            let v = vecs.column(j);
-            score += v.dot(&cov_g.dot(&v)) / lam;
+            score += vecs.column(j).dot(&w.column(j)) / lam;
         }
     }
     Ok(score)
@@ -161,6 +162,65 @@ pub fn knn_loo_accuracy(features: ArrayView2<f32>, labels: &[usize], k: usize) -
         }
     }
     correct as f64 / n.max(1) as f64
+}
+
+/// LEEP (Nguyen, Hassner, Seeger & Archambeau, ICML 2020): the average log-likelihood of the
+/// "expected empirical predictor" that maps the source model's class distribution `softmax(logits)`
+/// to target labels through the empirical conditional `P(y | z)`. Needs the source head's
+/// logits (e.g. EfficientNet-Lite0's ImageNet `logits`) or its class probabilities, not
+/// features; higher is better, at most 0.
+pub fn leep(logits: ArrayView2<f32>, labels: &[usize], n_classes: usize) -> Result<f64, EvalError> {
+    let (n, z) = logits.dim();
+    if n == 0 || labels.len() != n || z == 0 {
+        return Err(EvalError::Config(format!(
+            "LEEP needs source logits and one label per row: {n} x {z} logits, {} labels",
+            labels.len()
+        )));
+    }
+    if let Some((i, _)) = labels.iter().enumerate().find(|(_, l)| **l >= n_classes) {
+        return Err(EvalError::Config(format!(
+            "LEEP: label row {i} is not below {n_classes}"
+        )));
+    }
+    if let Some((i, _)) = logits
+        .outer_iter()
+        .enumerate()
+        .find(|(_, r)| r.iter().any(|v| !v.is_finite()))
+    {
+        return Err(EvalError::Config(format!(
+            "LEEP: logits row {i} is not finite"
+        )));
+    }
+    let mut theta = logits.mapv(f64::from);
+    // Some graphs end in a softmax (open_nsfw's `outputs`): rows that already are
+    // distributions are used as they are.
+    let is_distribution = theta
+        .outer_iter()
+        .all(|r| r.iter().all(|&v| (0.0..=1.0).contains(&v)) && (r.sum() - 1.0).abs() < 1e-3);
+    for mut row in theta.outer_iter_mut() {
+        if is_distribution {
+            continue;
+        }
+        let max = row.fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum = row.sum();
+        row.mapv_inplace(|v| v / sum);
+    }
+    let mut joint = Array2::<f64>::zeros((n_classes, z));
+    for (row, &l) in theta.outer_iter().zip(labels) {
+        let mut j = joint.row_mut(l);
+        j += &row;
+    }
+    let marginal = joint.sum_axis(Axis(0));
+    for mut j in joint.outer_iter_mut() {
+        j.zip_mut_with(&marginal, |v, &m| *v = if m > 0.0 { *v / m } else { 0.0 });
+    }
+    let total: f64 = theta
+        .outer_iter()
+        .zip(labels)
+        .map(|(row, &l)| row.dot(&joint.row(l)).max(f64::MIN_POSITIVE).ln())
+        .sum();
+    Ok(total / n as f64)
 }
 
 /// All scores of one backbone on one dataset, with their times.

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use tl_assets::{Cache, Registry};
-use tl_eval::{Experiment, Protocol, run, write_report};
+use tl_eval::{AdaptationExperiment, Experiment, Protocol, run, write_report};
 
 fn parse(text: &str) -> Result<Experiment, String> {
     Experiment::from_toml(text, Path::new("exp.toml")).map_err(|e| e.to_string())
@@ -20,10 +20,78 @@ fn defaults_and_every_shipped_experiment_parse() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
-        Experiment::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&p).unwrap();
+        if AdaptationExperiment::is_adaptation(&text) {
+            let a = AdaptationExperiment::from_toml(&text, &p).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(a.methods.len(), 4, "{}", p.display());
+        } else {
+            Experiment::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        }
         n += 1;
     }
-    assert!(n >= 6);
+    assert!(n >= 8);
+}
+
+#[test]
+fn bad_adaptation_files_name_the_problem() {
+    let ok = "name = \"a\"\nbackbones = [\"m\"]\npairs = [{ source = \"s\", target = \"t\" }]\n";
+    let a = AdaptationExperiment::from_toml(ok, Path::new("a.toml")).unwrap();
+    assert_eq!(a.methods.len(), 4);
+    assert_eq!(a.bound_folds, 10);
+    let cases = [
+        (
+            format!("{ok}[[methods]]\nmethod = \"magic\"\n"),
+            &["line 5", "magic"][..],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"coral\"\neps_scale = [0]\n"),
+            &["methods[0]", "coral(eps_scale=0)"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"coral\"\neps_scale = []\n"),
+            &["methods[0]", "at least one value"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"subspace\"\ndims = [0]\n"),
+            &["subspace(dims=0)"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"importance\"\nc = [1]\nclip = 1\n"),
+            &["clip"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"coral\"\neps = [1]\n"),
+            &["unknown field `eps`"],
+        ),
+        (format!("{ok}bound_folds = 1\n"), &["bound_folds"]),
+        (
+            format!("{ok}validation_fraction = 1.5\n"),
+            &["validation_fraction"],
+        ),
+        (
+            format!("{ok}[head]\nkind = \"knn\"\n"),
+            &["importance weighting needs a head"],
+        ),
+        (
+            "name = \"a\"\nbackbones = [\"m\"]\npairs = [{ source = \"s\", target = \"s\" }]\n"
+                .to_string(),
+            &["pairs[0]", "both `s`"],
+        ),
+        (
+            "name = \"a\"\nbackbones = []\npairs = [{ source = \"s\", target = \"t\" }]\n"
+                .to_string(),
+            &["backbones"],
+        ),
+    ];
+    for (text, wanted) in cases {
+        let e = AdaptationExperiment::from_toml(&text, Path::new("a.toml"))
+            .expect_err(&text)
+            .to_string();
+        assert!(e.starts_with("a.toml"), "{e}");
+        for w in wanted {
+            assert!(e.contains(w), "{w:?} not in {e:?} for\n{text}");
+        }
+    }
 }
 
 #[test]

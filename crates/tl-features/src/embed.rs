@@ -25,6 +25,9 @@ pub struct CacheOptions {
     pub progress: bool,
     /// Fail on the first item that cannot be embedded, or skip it (NaN row, never cached).
     pub on_error: OnError,
+    /// Also return (and cache, each in its own store) the backbone's extra outputs, such as
+    /// EfficientNet-Lite0's ImageNet `logits`. Items cached without them are recomputed.
+    pub extra_outputs: bool,
 }
 
 impl Default for CacheOptions {
@@ -33,6 +36,7 @@ impl Default for CacheOptions {
             flush_every: 256,
             progress: false,
             on_error: OnError::Fail,
+            extra_outputs: false,
         }
     }
 }
@@ -42,6 +46,9 @@ impl Default for CacheOptions {
 pub struct CachedFeatures {
     /// One row per item, in input order (NaN rows for skipped failures).
     pub features: Array2<f32>,
+    /// Each extra output by name, rows as `features` (empty unless
+    /// [`CacheOptions::extra_outputs`]).
+    pub extra: Vec<(String, Array2<f32>)>,
     /// Items answered from the cache.
     pub hits: usize,
     /// Items computed by the backbone in this call.
@@ -120,6 +127,31 @@ pub fn manifest_for(backbone: &Backbone) -> StoreManifest {
     }
 }
 
+/// Fingerprint of the store holding one extra output of a backbone.
+pub fn output_fingerprint(fingerprint: &str, output: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"tl-features/output/1\0");
+    h.update(fingerprint.as_bytes());
+    h.update(b"\0");
+    h.update(output.as_bytes());
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// The store manifest of one extra output (`width` values per item) of a backbone.
+pub fn manifest_for_output(backbone: &Backbone, output: &str, width: usize) -> StoreManifest {
+    StoreManifest {
+        version: STORE_VERSION,
+        fingerprint: output_fingerprint(backbone.fingerprint(), output),
+        model: format!("{}:{output}", backbone.name()),
+        settings: serde_json::json!({
+            "output": output,
+            "backbone_fingerprint": backbone.fingerprint(),
+        }),
+        dim: width,
+        dtype: "float32".into(),
+    }
+}
+
 /// Embeds `items` with `backbone`, answering from `store` where it can and storing what it
 /// computes, one durable shard per `flush_every` items.
 pub fn embed_cached(
@@ -134,17 +166,43 @@ pub fn embed_cached(
             "flush_every must be at least 1".into(),
         ));
     }
-    let bstore = store.backbone(manifest_for(backbone))?;
-    bstore.touch()?;
+    // Store 0 holds the features; stores 1.. the extra outputs, when asked for.
+    let mut stores = vec![store.backbone(manifest_for(backbone))?];
+    let mut names = Vec::new();
+    if options.extra_outputs {
+        for (name, width) in backbone.extra_outputs() {
+            if width == 0 {
+                return Err(FeatureError::Options(format!(
+                    "{}: extra output `{name}` has a dynamic width and cannot be cached",
+                    backbone.name()
+                )));
+            }
+            stores.push(store.backbone(manifest_for_output(backbone, name, width))?);
+            names.push(name.to_string());
+        }
+    }
+    for s in &stores {
+        s.touch()?;
+    }
     let fp = backbone.fingerprint();
-    let dim = backbone.dim();
     let keys: Vec<Key> = items
         .iter()
         .map(|it| item_key(fp, it))
         .collect::<Result<_, _>>()?;
-    let mut features = Array2::<f32>::zeros((items.len(), dim));
-    let mut found = vec![false; items.len()];
-    let lookup = bstore.lookup(&keys, &mut features, &mut found)?;
+    let n = items.len();
+    let mut outs: Vec<Array2<f32>> = stores
+        .iter()
+        .map(|s| Array2::<f32>::zeros((n, s.manifest().dim)))
+        .collect();
+    let mut founds: Vec<Vec<bool>> = vec![vec![false; n]; stores.len()];
+    let mut lookup = LookupStats::default();
+    for (k, s) in stores.iter().enumerate() {
+        let l = s.lookup(&keys, &mut outs[k], &mut founds[k])?;
+        if k == 0 {
+            lookup = l;
+        }
+    }
+    let found: Vec<bool> = (0..n).map(|i| founds.iter().all(|f| f[i])).collect();
     let lookup_time = start.elapsed();
     let hits = found.iter().filter(|f| **f).count();
 
@@ -167,7 +225,7 @@ pub fn embed_cached(
     tracing::info!(
         "{}: {} items, {hits} cached, {} to compute ({} shards scanned, {} read)",
         backbone.name(),
-        items.len(),
+        n,
         misses.len(),
         lookup.shards_scanned,
         lookup.shards_read
@@ -193,14 +251,38 @@ pub fn embed_cached(
         let t = Instant::now();
         let (out, chunk_keys) = embed_chunk(backbone, items, chunk, options.on_error)?;
         compute_time += t.elapsed();
-        let mut ok_keys = Vec::with_capacity(chunk.len());
-        let mut ok_rows = Vec::with_capacity(chunk.len());
         let failed: std::collections::HashSet<usize> = out.errors.iter().map(|e| e.index).collect();
-        for (r, &i) in chunk.iter().enumerate() {
-            features.row_mut(i).assign(&out.features.row(r));
-            if !failed.contains(&r) {
-                ok_keys.push(chunk_keys[r]);
-                ok_rows.push(r);
+        for (k, s) in stores.iter().enumerate() {
+            let computed = if k == 0 {
+                &out.features
+            } else {
+                match out.extra.iter().find(|(name, _)| *name == names[k - 1]) {
+                    Some((_, x)) => x,
+                    None => {
+                        return Err(FeatureError::Options(format!(
+                            "{}: the backbone returned no extra output `{}`",
+                            backbone.name(),
+                            names[k - 1]
+                        )));
+                    }
+                }
+            };
+            // Rows already cached keep their stored values; only missing ones are written.
+            let mut new_keys = Vec::with_capacity(chunk.len());
+            let mut new_rows = Vec::with_capacity(chunk.len());
+            for (r, &i) in chunk.iter().enumerate() {
+                if founds[k][i] {
+                    continue;
+                }
+                outs[k].row_mut(i).assign(&computed.row(r));
+                if !failed.contains(&r) {
+                    new_keys.push(chunk_keys[r]);
+                    new_rows.push(r);
+                }
+            }
+            if !new_keys.is_empty() {
+                let rows = computed.select(Axis(0), &new_rows);
+                s.append(&new_keys, rows.view())?;
             }
         }
         for e in out.errors {
@@ -209,10 +291,6 @@ pub fn embed_cached(
                 ..e
             });
         }
-        if !ok_keys.is_empty() {
-            let rows = out.features.select(Axis(0), &ok_rows);
-            bstore.append(&ok_keys, rows.view())?;
-        }
         if let Some(bar) = &bar {
             bar.inc(chunk.len() as u64);
         }
@@ -220,16 +298,25 @@ pub fn embed_cached(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    for (i, j) in duplicates {
-        let row = features.row(j).to_owned();
-        features.row_mut(i).assign(&row);
+    for out in &mut outs {
+        for &(i, j) in &duplicates {
+            let row = out.row(j).to_owned();
+            out.row_mut(i).assign(&row);
+        }
     }
-    if !misses.is_empty() && bstore.shards()?.len() > COMPACT_AFTER {
-        let (before, after) = bstore.compact()?;
-        tracing::info!("compacted feature shards: {before} -> {after}");
+    if !misses.is_empty() {
+        for s in &stores {
+            if s.shards()?.len() > COMPACT_AFTER {
+                let (before, after) = s.compact()?;
+                tracing::info!("compacted feature shards: {before} -> {after}");
+            }
+        }
     }
+    let mut outs = outs.into_iter();
+    let features = outs.next().expect("the feature store comes first");
     Ok(CachedFeatures {
         features,
+        extra: names.into_iter().zip(outs).collect(),
         hits,
         computed: misses.len(),
         errors,

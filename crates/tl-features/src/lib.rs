@@ -50,8 +50,8 @@ mod store;
 use std::path::PathBuf;
 
 pub use embed::{
-    CacheOptions, CachedFeatures, embed_cached, encoded_key, item_key, manifest_for, pixels_key,
-    text_key,
+    CacheOptions, CachedFeatures, embed_cached, encoded_key, item_key, manifest_for,
+    manifest_for_output, output_fingerprint, pixels_key, text_key,
 };
 pub use export::export_features;
 pub use store::{

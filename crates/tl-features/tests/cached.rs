@@ -247,3 +247,97 @@ fn two_processes_fill_one_store() {
     let clean = embed_cached(&bb, &Store::new(fresh.path()), &items, &options(100)).unwrap();
     assert_eq!(bits(&cached.features), bits(&clean.features));
 }
+
+#[test]
+fn extra_outputs_are_cached_in_their_own_store() {
+    let r = Registry::builtin().unwrap();
+    let cache = Cache::from_env();
+    let config = ExecutionConfig {
+        intra_threads: Some(1),
+        ..Default::default()
+    };
+    let eff =
+        Backbone::from_manifest(r.get("efficientnet-lite0").unwrap(), &cache, &config).unwrap();
+    assert_eq!(eff.extra_outputs(), vec![("logits", 1000)]);
+    // Twelve small grey images, two of them the same.
+    let items: Vec<Item> = (0..12u8)
+        .map(|i| {
+            let v = if i == 11 { 0 } else { i };
+            Item::Pixels(tl_data::Pixels {
+                width: 8,
+                height: 8,
+                channels: 1,
+                data: (0..64).map(|p| (p as u8).wrapping_mul(v + 1)).collect(),
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    // Features only first: the logits store stays empty.
+    let plain = embed_cached(&eff, &store, &items[..6], &options(4)).unwrap();
+    assert!(plain.extra.is_empty());
+    let with = CacheOptions {
+        extra_outputs: true,
+        ..options(4)
+    };
+    // Six cached without logits are recomputed for them; six are new.
+    let first = embed_cached(&eff, &store, &items, &with).unwrap();
+    assert_eq!((first.hits, first.computed), (0, 11));
+    assert_eq!(first.extra.len(), 1);
+    let (name, logits) = &first.extra[0];
+    assert_eq!((name.as_str(), logits.dim()), ("logits", (12, 1000)));
+    // Cached feature rows keep their stored bits.
+    assert_eq!(
+        bits(&first.features.slice(ndarray::s![..6, ..]).to_owned()),
+        bits(&plain.features)
+    );
+    // Logits equal a direct run of the backbone.
+    let direct = eff
+        .embed_images(
+            &items
+                .iter()
+                .map(|it| match it {
+                    Item::Pixels(p) => tl_backbone::ImageInput::Pixels(tl_backbone::RawImage {
+                        width: p.width,
+                        height: p.height,
+                        channels: p.channels,
+                        data: p.data.clone(),
+                    }),
+                    _ => unreachable!(),
+                })
+                .collect::<Vec<_>>(),
+            OnError::Fail,
+        )
+        .unwrap();
+    let diff = (&direct.extra[0].1 - logits)
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        diff < 1e-3,
+        "cached logits differ from a direct run by {diff}"
+    );
+    assert_eq!(logits.row(11), logits.row(0));
+    // A second call answers everything from both stores, bit for bit.
+    let again = embed_cached(&eff, &store, &items, &with).unwrap();
+    assert_eq!((again.hits, again.computed), (12, 0));
+    assert_eq!(bits(&again.extra[0].1), bits(logits));
+    assert_eq!(bits(&again.features), bits(&first.features));
+    // The logits live in their own folder with their own manifest.
+    let info = store.info().unwrap();
+    let models: Vec<String> = info
+        .iter()
+        .filter_map(|s| {
+            s.manifest
+                .as_ref()
+                .map(|m| format!("{}:{}", m.model, m.dim))
+        })
+        .collect();
+    assert!(
+        models.contains(&"efficientnet-lite0:logits:1000".to_string()),
+        "{models:?}"
+    );
+    assert!(
+        models.contains(&"efficientnet-lite0:1280".to_string()),
+        "{models:?}"
+    );
+}

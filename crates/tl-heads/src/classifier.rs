@@ -195,8 +195,48 @@ impl HeadConfig {
         label_names: &[String],
         fingerprint: Option<&str>,
     ) -> Result<Classifier, HeadError> {
+        self.fit_weighted(x, y, None, label_names, fingerprint)
+    }
+
+    /// [`fit`](Self::fit) with a weight per training row (e.g. importance weights for domain
+    /// adaptation), multiplied into the class weights. Only the loss-based heads (logistic,
+    /// linear SVM, ridge) take row weights; preprocessing is fitted unweighted.
+    pub fn fit_weighted(
+        &self,
+        x: ArrayView2<f32>,
+        y: &[usize],
+        sample_weight: Option<&[f64]>,
+        label_names: &[String],
+        fingerprint: Option<&str>,
+    ) -> Result<Classifier, HeadError> {
         self.check()?;
         let (n, d) = x.dim();
+        if let Some(w) = sample_weight {
+            if w.len() != n {
+                return Err(HeadError::Data(format!(
+                    "{n} feature rows but {} sample weights",
+                    w.len()
+                )));
+            }
+            if let Some((i, v)) = w
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+            {
+                return Err(HeadError::Data(format!(
+                    "sample weight row {i}: {v}; weights must be finite and non-negative"
+                )));
+            }
+            if !w.iter().any(|&v| v > 0.0) {
+                return Err(HeadError::Data("all sample weights are zero".into()));
+            }
+            if matches!(self.head, HeadSpec::Knn(_) | HeadSpec::Centroid(_)) {
+                return Err(HeadError::Params(format!(
+                    "the {} head does not take sample weights; use logistic, svm or ridge",
+                    self.head.kind()
+                )));
+            }
+        }
         if n == 0 {
             return Err(HeadError::Data("no training rows".into()));
         }
@@ -249,7 +289,10 @@ impl HeadConfig {
             )));
         }
         let cw = class_weights(self, label_names, &classes, &local)?;
-        let sw: Array1<f64> = local.iter().map(|&c| cw[c]).collect();
+        let sw: Array1<f64> = match sample_weight {
+            Some(w) => local.iter().zip(w).map(|(&c, &w)| cw[c] * w).collect(),
+            None => local.iter().map(|&c| cw[c]).collect(),
+        };
 
         let x64 = x.mapv(f64::from);
         let (preprocess, xt) = FittedPreprocess::fit(&self.preprocess, x64.view())?;

@@ -437,3 +437,89 @@ fn grid_search_picks_the_best_and_is_reproducible() {
     .to_string();
     assert!(e.contains("no hyperparameter"), "{e}");
 }
+
+#[test]
+fn row_weights_act_like_dropping_or_repeating_rows() {
+    let (x, y) = blobs(30, 6, 1.2, 9);
+    let (xq, _) = blobs(10, 6, 1.2, 10);
+    let n = y.len();
+    let tight = LogisticParams {
+        tol: 1e-10,
+        max_iter: 10_000,
+        ..LogisticParams::default()
+    };
+    for spec in [
+        HeadSpec::Logistic(tight),
+        HeadSpec::Ridge(RidgeParams::default()),
+    ] {
+        let head = HeadConfig::new(spec.clone());
+        // Zero weight on every third row = fitting without those rows.
+        let w: Vec<f64> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 0).collect();
+        let xk = x.select(ndarray::Axis(0), &kept);
+        let yk: Vec<usize> = kept.iter().map(|&i| y[i]).collect();
+        let a = head
+            .fit_weighted(x.view(), &y, Some(&w), &names(3), None)
+            .unwrap()
+            .decision_function(xq.view())
+            .unwrap();
+        let b = head
+            .fit(xk.view(), &yk, &names(3), None)
+            .unwrap()
+            .decision_function(xq.view())
+            .unwrap();
+        let diff = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            diff < 1e-4,
+            "{}: zero weights vs dropped rows differ by {diff}",
+            spec.kind()
+        );
+        // Weight 2 on every row of class 0 = each of those rows twice.
+        let w: Vec<f64> = y.iter().map(|&c| if c == 0 { 2.0 } else { 1.0 }).collect();
+        let twice: Vec<usize> = (0..n).chain((0..n).filter(|&i| y[i] == 0)).collect();
+        let xd = x.select(ndarray::Axis(0), &twice);
+        let yd: Vec<usize> = twice.iter().map(|&i| y[i]).collect();
+        let a = head
+            .fit_weighted(x.view(), &y, Some(&w), &names(3), None)
+            .unwrap()
+            .decision_function(xq.view())
+            .unwrap();
+        let b = head
+            .fit(xd.view(), &yd, &names(3), None)
+            .unwrap()
+            .decision_function(xq.view())
+            .unwrap();
+        let diff = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        // scikit-learn's objective sums weighted losses, so weight 2 is a repeated row.
+        assert!(
+            diff < 1e-4,
+            "{}: weight 2 vs repeated rows differ by {diff}",
+            spec.kind()
+        );
+    }
+    // Bad weights name the row; heads without a loss refuse them.
+    let head = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
+    let mut w = vec![1.0; n];
+    w[4] = -1.0;
+    let e = err(head.fit_weighted(x.view(), &y, Some(&w), &names(3), None));
+    assert!(e.contains("sample weight row 4"), "{e}");
+    w[4] = f64::NAN;
+    assert!(err(head.fit_weighted(x.view(), &y, Some(&w), &names(3), None)).contains("row 4"));
+    let e = err(head.fit_weighted(x.view(), &y, Some(&[1.0; 3]), &names(3), None));
+    assert!(e.contains("3 sample weights"), "{e}");
+    let e = err(head.fit_weighted(x.view(), &y, Some(&vec![0.0; n]), &names(3), None));
+    assert!(e.contains("all sample weights are zero"), "{e}");
+    for spec in [
+        HeadSpec::Knn(KnnParams::default()),
+        HeadSpec::Centroid(CentroidParams::default()),
+    ] {
+        let e = err(HeadConfig::new(spec).fit_weighted(
+            x.view(),
+            &y,
+            Some(&vec![1.0; n]),
+            &names(3),
+            None,
+        ));
+        assert!(e.contains("does not take sample weights"), "{e}");
+    }
+}
