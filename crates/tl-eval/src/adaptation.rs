@@ -18,8 +18,11 @@ use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 use crate::EvalError;
 use crate::adapt::{Method, reverse_validation};
 use crate::data::{TableSettings, load_dataset};
-use crate::experiment::{Observer, backbone_features};
+use crate::experiment::{
+    Observer, backbone_features, check_name, default_batch, default_bootstrap, parse_experiment,
+};
 use crate::metrics::{Interval, accuracy_on, bootstrap, paired_accuracy_difference};
+use crate::report::{csv_field, write};
 
 /// Version of [`AdaptationReport`]'s JSON.
 pub const ADAPTATION_SCHEMA_VERSION: u32 = 1;
@@ -164,14 +167,6 @@ fn default_validation() -> f64 {
     0.2
 }
 
-fn default_bootstrap() -> usize {
-    1000
-}
-
-fn default_batch() -> usize {
-    32
-}
-
 impl AdaptationExperiment {
     /// An experiment with every default: all methods with their default grids, logistic
     /// regression, 10-fold bound, seed 0.
@@ -201,28 +196,12 @@ impl AdaptationExperiment {
 
     /// Parses an adaptation experiment; errors name the file, the line and the key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<AdaptationExperiment, EvalError> {
-        let err = |message: String| EvalError::Experiment {
-            path: origin.to_path_buf(),
-            message,
-        };
-        let exp: AdaptationExperiment = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-        exp.check().map_err(err)?;
-        Ok(exp)
+        parse_experiment(text, origin, AdaptationExperiment::check)
     }
 
     /// Validates values serde cannot.
     pub fn check(&self) -> Result<(), String> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(format!(
-                "name {:?}: use letters, digits, '-', '_' or '.'",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         if self.backbones.is_empty() {
             return Err("backbones: name at least one backbone".into());
         }
@@ -793,28 +772,28 @@ pub fn adaptation_markdown(r: &AdaptationReport) -> String {
 /// Writes `report.json`, `summary.md` and `results.csv` (one row per backbone, pair and
 /// method) into `dir`.
 pub fn write_adaptation_report(r: &AdaptationReport, dir: &Path) -> Result<(), EvalError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e| EvalError::Io { path, source: e }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let json = serde_json::to_string_pretty(r).expect("report serialises");
-    let p = dir.join("report.json");
-    std::fs::write(&p, json).map_err(io(&p))?;
-    let p = dir.join("summary.md");
-    std::fs::write(&p, adaptation_markdown(r)).map_err(io(&p))?;
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    write(
+        dir,
+        "report.json",
+        &serde_json::to_string_pretty(r).expect("report serialises"),
+    )?;
+    write(dir, "summary.md", &adaptation_markdown(r))?;
     let mut csv = String::from(
         "backbone,source,target,method,chosen,accuracy,accuracy_low,accuracy_high,difference_points,difference_low,difference_high,gap_recovered,bound,verdict\n",
     );
     for p in &r.pairs {
         for m in &p.methods {
             csv += &format!(
-                "{},{},{},{},\"{}\",{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{},{:.6},{}\n",
-                p.backbone,
-                p.source,
-                p.target,
+                "{},{},{},{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{},{:.6},{}\n",
+                csv_field(&p.backbone),
+                csv_field(&p.source),
+                csv_field(&p.target),
                 m.method,
-                m.chosen.label(),
+                csv_field(&m.chosen.label()),
                 m.accuracy.estimate,
                 m.accuracy.low,
                 m.accuracy.high,
@@ -827,7 +806,6 @@ pub fn write_adaptation_report(r: &AdaptationReport, dir: &Path) -> Result<(), E
             );
         }
     }
-    let p = dir.join("results.csv");
-    std::fs::write(&p, csv).map_err(io(&p))?;
+    write(dir, "results.csv", &csv)?;
     Ok(())
 }

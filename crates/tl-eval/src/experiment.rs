@@ -241,25 +241,47 @@ pub struct Experiment {
 fn default_heads() -> Vec<HeadSpec> {
     vec![HeadSpec::Logistic(LogisticParams::default())]
 }
-fn default_bootstrap() -> usize {
+pub(crate) fn default_bootstrap() -> usize {
     1000
 }
-fn default_batch() -> usize {
+pub(crate) fn default_batch() -> usize {
     32
+}
+
+/// Parses an experiment file's text and validates it with `check`; errors name the file and,
+/// from the TOML parser, the line and key. Shared by both kinds of experiment.
+pub(crate) fn parse_experiment<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, EvalError> {
+    let err = |message: String| EvalError::Experiment {
+        path: origin.to_path_buf(),
+        message,
+    };
+    let exp: T = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+    check(&exp).map_err(err)?;
+    Ok(exp)
+}
+
+/// An experiment name becomes a folder name: letters, digits, '-', '_' or '.'.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "name {name:?}: use letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
 }
 
 impl Experiment {
     /// Parses an experiment; errors name the file, the line and the key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Experiment, EvalError> {
-        let exp: Experiment = toml::from_str(text).map_err(|e| EvalError::Experiment {
-            path: origin.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        exp.check().map_err(|message| EvalError::Experiment {
-            path: origin.to_path_buf(),
-            message,
-        })?;
-        Ok(exp)
+        parse_experiment(text, origin, Experiment::check)
     }
 
     /// Reads and parses an experiment file.
@@ -273,17 +295,7 @@ impl Experiment {
 
     /// Validates values serde cannot.
     pub fn check(&self) -> Result<(), String> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(format!(
-                "name {:?}: use letters, digits, '-', '_' or '.'",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         if self.heads.is_empty() {
             return Err("heads: at least one head is needed".into());
         }

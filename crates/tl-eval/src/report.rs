@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::EvalError;
 use crate::experiment::RunReport;
 
-fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, EvalError> {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, EvalError> {
     write_bytes(dir, name, text.as_bytes())
 }
 
@@ -21,7 +21,7 @@ fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, EvalErro
     Ok(path)
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
