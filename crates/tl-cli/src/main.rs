@@ -37,9 +37,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run an experiment file: backbones vs a no-transfer baseline, with verdicts and a report.
+    /// Run an experiment file: backbones vs a no-transfer baseline, with verdicts and a report
+    /// (or, for a file with `pairs`, domain adaptation across datasets).
     #[command(
-        after_help = "Examples:\n  tl run                                  # experiments/sentiment.toml (built in)\n  tl run experiments/20newsgroups.toml\n  tl run experiments/mnist.toml --out runs/mnist"
+        after_help = "Examples:\n  tl run                                  # experiments/sentiment.toml (built in)\n  tl run experiments/20newsgroups.toml\n  tl run experiments/mnist.toml --out runs/mnist\n  tl run experiments/adapt-sentiment.toml # domain adaptation, six pairs"
     )]
     Run {
         /// Experiment TOML (default: the built-in sentiment experiment).
@@ -94,16 +95,17 @@ enum Cmd {
         after_help = "Examples:\n  tl eval --classifier amazon.json --dataset sentiment-yelp\n  tl eval --classifier 20ng.json --dataset 20newsgroups --split test"
     )]
     Eval(model::EvalArgs),
-    /// Rank backbones on labelled data by LogME, H-score and leave-one-out kNN, next to
-    /// cross-validated logistic-regression accuracy.
+    /// Rank backbones on labelled data by LogME, H-score, leave-one-out kNN and (with a
+    /// source head) LEEP, next to the accuracy of a logistic head tuned by cross-validation.
     #[command(
-        after_help = "Examples:\n  tl select --dataset sentiment-amazon --dataset sentiment-imdb --backbones all-minilm-l6-v2,paraphrase-minilm-l3-v2\n  tl select --dataset optdigits --backbones efficientnet-lite0,mobilenetv2"
+        after_help = "Examples:\n  tl select --dataset sentiment-amazon --dataset sentiment-imdb --backbones all-minilm-l6-v2,paraphrase-minilm-l3-v2\n  tl select --dataset mnist --dataset optdigits --limit 2000 --backbones efficientnet-lite0,mobilenetv2,open-nsfw"
     )]
     Select(select::SelectArgs),
     /// Carry a head from a labelled source dataset to a target one: source-only vs per-domain
-    /// standardisation vs CORAL vs a target-supervised bound.
+    /// standardisation, CORAL, subspace alignment and importance weighting (hyperparameters by
+    /// reverse validation) vs a target-supervised bound.
     #[command(
-        after_help = "Examples:\n  tl adapt --source sentiment-amazon --target sentiment-imdb\n  tl adapt --source sentiment-yelp --target sentiment-amazon --eps-scale 0.1"
+        after_help = "Examples:\n  tl adapt --source sentiment-amazon --target sentiment-imdb\n  tl adapt --source sentiment-yelp --target sentiment-amazon --methods coral,subspace --out yelp-amazon"
     )]
     Adapt(adapt::AdaptArgs),
     /// Feature cache: sizes, export, compaction, garbage collection.
