@@ -6,20 +6,11 @@ use serde_json::Value;
 use tl_eval::metrics::evaluate;
 use tl_eval::tfidf::{Tfidf, TfidfParams};
 
+mod common;
+use common::lcg;
+
 fn fixture() -> Value {
     serde_json::from_str(include_str!("fixtures/sklearn_eval.json")).unwrap()
-}
-
-fn lcg(seed: u64, n: usize) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
 }
 
 /// The same pseudo-random problem the script builds.

@@ -7,17 +7,8 @@ use tl_eval::adapt::{Method, importance_weights, reverse_validation, subspace_al
 use tl_eval::transfer::{h_score, kendall_tau, knn_loo_accuracy, leep, logme, spearman};
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
-fn lcg(seed: u64, n: usize) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
-}
+mod common;
+use common::lcg;
 
 fn data() -> (Array2<f32>, Vec<usize>) {
     let (n, d, k) = (300, 24, 3);
@@ -94,27 +85,9 @@ fn rank_correlations() {
 fn coral_matches_the_numpy_closed_form() {
     let want: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/numpy_transfer.json")).unwrap();
-    let (x, _) = data();
-    let d = x.ncols();
-    let source = x.slice(ndarray::s![..150, ..]).to_owned();
-    let target = Array2::from_shape_fn((150, d), |(i, j)| {
-        // float32 arithmetic as NumPy does it on the float32 array and float64 scales.
-        let scale = 0.5 + 1.5 * j as f64 / (d - 1) as f64;
-        (f64::from(x[[150 + i, j]]) * scale + 0.3) as f32
-    });
+    let (source, target) = domains();
     let out = tl_eval::adapt::coral(source.view(), target.view(), 0.1).unwrap();
-    let mut worst = 0.0f64;
-    for (i, row) in want["coral_first_rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        for (j, v) in row.as_array().unwrap().iter().enumerate() {
-            let w = v.as_f64().unwrap();
-            worst = worst.max((f64::from(out[[i, j]]) - w).abs() / w.abs().max(1.0));
-        }
-    }
+    let worst = worst_relative(&out, &want["coral_first_rows"]);
     assert!(worst < 1e-5, "CORAL differs from NumPy by {worst}");
     // Bad input: different dimensions, NaN, too few rows.
     let e = tl_eval::adapt::coral(source.view(), target.slice(ndarray::s![.., ..5]), 0.1)
@@ -139,6 +112,7 @@ fn domains() -> (Array2<f32>, Array2<f32>) {
     let d = x.ncols();
     let source = x.slice(ndarray::s![..150, ..]).to_owned();
     let target = Array2::from_shape_fn((150, d), |(i, j)| {
+        // float32 arithmetic as NumPy does it on the float32 array and float64 scales.
         let scale = 0.5 + 1.5 * j as f64 / (d - 1) as f64;
         (f64::from(x[[150 + i, j]]) * scale + 0.3) as f32
     });

@@ -453,44 +453,41 @@ fn row_weights_act_like_dropping_or_repeating_rows() {
         HeadSpec::Ridge(RidgeParams::default()),
     ] {
         let head = HeadConfig::new(spec.clone());
+        // Largest decision-function gap between a weighted fit on all rows and a plain fit on
+        // `rows` (indices into x, repeats allowed).
+        let gap = |w: &[f64], rows: &[usize]| {
+            let a = head
+                .fit_weighted(x.view(), &y, Some(w), &names(3), None)
+                .unwrap()
+                .decision_function(xq.view())
+                .unwrap();
+            let yr: Vec<usize> = rows.iter().map(|&i| y[i]).collect();
+            let b = head
+                .fit(
+                    x.select(ndarray::Axis(0), rows).view(),
+                    &yr,
+                    &names(3),
+                    None,
+                )
+                .unwrap()
+                .decision_function(xq.view())
+                .unwrap();
+            (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()))
+        };
         // Zero weight on every third row = fitting without those rows.
         let w: Vec<f64> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
         let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 0).collect();
-        let xk = x.select(ndarray::Axis(0), &kept);
-        let yk: Vec<usize> = kept.iter().map(|&i| y[i]).collect();
-        let a = head
-            .fit_weighted(x.view(), &y, Some(&w), &names(3), None)
-            .unwrap()
-            .decision_function(xq.view())
-            .unwrap();
-        let b = head
-            .fit(xk.view(), &yk, &names(3), None)
-            .unwrap()
-            .decision_function(xq.view())
-            .unwrap();
-        let diff = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = gap(&w, &kept);
         assert!(
             diff < 1e-4,
             "{}: zero weights vs dropped rows differ by {diff}",
             spec.kind()
         );
-        // Weight 2 on every row of class 0 = each of those rows twice.
+        // Weight 2 on every row of class 0 = each of those rows twice (scikit-learn's
+        // objective sums weighted losses).
         let w: Vec<f64> = y.iter().map(|&c| if c == 0 { 2.0 } else { 1.0 }).collect();
         let twice: Vec<usize> = (0..n).chain((0..n).filter(|&i| y[i] == 0)).collect();
-        let xd = x.select(ndarray::Axis(0), &twice);
-        let yd: Vec<usize> = twice.iter().map(|&i| y[i]).collect();
-        let a = head
-            .fit_weighted(x.view(), &y, Some(&w), &names(3), None)
-            .unwrap()
-            .decision_function(xq.view())
-            .unwrap();
-        let b = head
-            .fit(xd.view(), &yd, &names(3), None)
-            .unwrap()
-            .decision_function(xq.view())
-            .unwrap();
-        let diff = (&a - &b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        // scikit-learn's objective sums weighted losses, so weight 2 is a repeated row.
+        let diff = gap(&w, &twice);
         assert!(
             diff < 1e-4,
             "{}: weight 2 vs repeated rows differ by {diff}",
