@@ -22,7 +22,7 @@ struct Workload {
     unit: &'static str,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
@@ -47,7 +47,7 @@ fn vm_hwm_mb(pid: u32) -> Option<f64> {
 
 /// Runs `cmd`, sampling its peak RSS every 20 ms (the same way for both stacks); returns
 /// its stdout, wall seconds and peak RSS in MB.
-fn run_measured(mut cmd: Command) -> Result<(String, f64, f64)> {
+pub(crate) fn run_measured(mut cmd: Command) -> Result<(String, f64, f64)> {
     let start = std::time::Instant::now();
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
@@ -137,7 +137,10 @@ fn peak_gflops(threads: usize) -> (f64, String) {
     )
 }
 
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+    if let Some(w) = only.filter(|w| *w != "finetune") {
+        bail!("--only {w}: the only workload that runs alone is `finetune`");
+    }
     let registry = Registry::builtin()?;
     let cache = Cache::from_env();
     let fetcher = Fetcher::new(cache.clone());
@@ -172,10 +175,22 @@ pub fn bench(quick: bool) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
+    let rounds = 2;
+    if only == Some("finetune") {
+        let (md, json) = crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?;
+        println!("{md}");
+        std::fs::write(out_dir.join("finetune.md"), &md)?;
+        std::fs::write(
+            out_dir.join("finetune.json"),
+            serde_json::to_vec_pretty(&json)?,
+        )?;
+        eprintln!("written {}", out_dir.join("finetune.md").display());
+        return Ok(());
+    }
     let runner = root.join("target/release/embed-throughput");
     let script = root.join("tools/bench/bench_python.py");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (rounds, repeat) = (2, 1);
+    let repeat = 1;
     let (n_sentences, n_docs, n_images) = if quick {
         (1000, 100, 300)
     } else {
@@ -374,6 +389,10 @@ pub fn bench(quick: bool) -> Result<()> {
     md += &e2e_md;
     raw.push(json!({"workload": "logistic regression fit", "result": fit_json}));
     raw.push(json!({"workload": "end-to-end experiment", "result": e2e_json}));
+    let (ft_md, ft_json) =
+        crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?;
+    md += &ft_md;
+    raw.push(json!({"workload": "fine-tuning", "result": ft_json}));
     println!("{md}");
     let md_path: PathBuf = out_dir.join(if quick {
         "results-quick.md"

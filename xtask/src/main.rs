@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask fetch`, `cargo xtask test`, `cargo xtask assets`.
 
 mod bench;
+mod bench_finetune;
 
 use std::process::Command;
 use std::time::Instant;
@@ -43,6 +44,9 @@ enum Cmd {
         /// Fewer items and rounds (under 3 minutes on 2 cores).
         #[arg(long)]
         quick: bool,
+        /// Run one workload alone: `finetune` (tl-finetune vs PyTorch).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Fetch what the tests need, then run the whole test suite.
     Test {
@@ -68,7 +72,7 @@ fn main() -> Result<()> {
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { args } => test(&args)?,
-        Cmd::Bench { quick } => bench::bench(quick)?,
+        Cmd::Bench { quick, only } => bench::bench(quick, only.as_deref())?,
     }
     Ok(())
 }

@@ -142,14 +142,42 @@ impl Fetcher {
             .collect()
     }
 
-    /// Bring every file of `manifest` into the cache, verified. Idempotent; safe to run
-    /// from several processes at once (they serialise on a per-asset lock).
+    /// Bring every file of `manifest` into the cache, verified, except the optional ones
+    /// (see [`FileSpec::optional`](crate::manifest::FileSpec::optional)). Idempotent; safe
+    /// to run from several processes at once (they serialise on a per-asset lock).
     pub fn fetch(&self, manifest: &Manifest) -> Result<FetchReport, FetchError> {
+        let wanted: Vec<&str> = manifest
+            .files
+            .iter()
+            .filter(|f| !f.optional)
+            .map(|f| f.path.as_str())
+            .collect();
+        self.fetch_files(manifest, &wanted)
+    }
+
+    /// Like [`fetch`](Self::fetch), for the named files of `manifest` only (optional
+    /// ones included): e.g. the fp32 weights that fine-tuning needs.
+    pub fn fetch_files(
+        &self,
+        manifest: &Manifest,
+        paths: &[&str],
+    ) -> Result<FetchReport, FetchError> {
+        if let Some(p) = paths.iter().find(|p| manifest.file(p).is_none()) {
+            return Err(FetchError::Source {
+                asset: manifest.name.clone(),
+                file: p.to_string(),
+                message: "the manifest has no such file".into(),
+            });
+        }
         let dir = self.cache.asset_dir(manifest);
         create_dir_all(&dir)?;
         let _lock = self.lock(&format!("{}-{}", manifest.kind.dir_name(), manifest.name))?;
-        let mut files = Vec::with_capacity(manifest.files.len());
-        for spec in &manifest.files {
+        let mut files = Vec::with_capacity(paths.len());
+        for spec in manifest
+            .files
+            .iter()
+            .filter(|f| paths.contains(&f.path.as_str()))
+        {
             let dest = self.cache.file_path(manifest, &spec.path);
             let mut replaced_corrupt = false;
             match sha256_file(&dest) {
@@ -277,6 +305,9 @@ impl Fetcher {
                 extract_member(&path, *archive, member, out)
             }
             Source::Url { url, .. } => self.http_get(url, out),
+            Source::Local { produced_by } => Err(FetchError::Unreproducible {
+                produced_by: produced_by.clone(),
+            }),
             Source::Convert { tool, inputs, args } => {
                 let python = self.python_env()?;
                 let scripts = self.convert_scripts()?;
@@ -354,7 +385,9 @@ impl Fetcher {
                     self.http_get(url, &p)?;
                     p
                 }
-                Source::Convert { .. } => unreachable!("convert sources have no archive"),
+                Source::Convert { .. } | Source::Local { .. } => {
+                    unreachable!("convert and local sources have no archive")
+                }
             };
             check_file(&got, sha, &describe(source))?;
             sync_and_rename(&got, &path)
@@ -512,6 +545,7 @@ pub fn describe(source: &Source) -> String {
         } => format!("npm {package}@{version}"),
         Source::Url { url, .. } => format!("url {url}"),
         Source::Convert { tool, .. } => format!("convert {tool}"),
+        Source::Local { produced_by } => format!("local ({produced_by})"),
     }
 }
 

@@ -235,6 +235,15 @@ pub enum FetchError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A locally produced file is missing or changed; only the command that wrote it
+    /// can make it again.
+    #[error(
+        "written on this machine by `{produced_by}` and missing or changed since; run it again"
+    )]
+    Unreproducible {
+        /// The command that wrote it.
+        produced_by: String,
+    },
     /// The only source of a file failed.
     #[error("{asset}: {file}: {message}")]
     Source {
@@ -314,6 +323,11 @@ impl Cache {
             .join(&manifest.name)
     }
 
+    /// Folder of the manifests of locally produced assets (fine-tuned models).
+    pub fn local_manifests(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+
     /// Cache path of the asset file `path`.
     pub fn file_path(&self, manifest: &Manifest, path: &str) -> PathBuf {
         self.asset_dir(manifest).join(path)
@@ -355,6 +369,16 @@ impl Registry {
             })?;
             let origin = path.display().to_string();
             self.add(&origin, Manifest::parse(&origin, &text)?)?;
+        }
+        Ok(())
+    }
+
+    /// Add the manifests of models this machine produced (`tl finetune` writes them to
+    /// `<cache>/manifests/`); nothing happens when there are none.
+    pub fn add_local(&mut self, cache: &Cache) -> Result<(), ManifestError> {
+        let dir = cache.local_manifests();
+        if dir.is_dir() {
+            self.add_dir(&dir)?;
         }
         Ok(())
     }

@@ -67,6 +67,11 @@ pub struct FileSpec {
     pub sha256: String,
     /// Sources, tried in order until one gives bytes with the right checksum.
     pub sources: Vec<Source>,
+    /// Fetched only when asked for by name ([`Fetcher::fetch_files`](crate::Fetcher::fetch_files)),
+    /// not by a plain fetch: large files few runs need, such as fp32 weights for
+    /// fine-tuning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 /// Where a file's bytes come from.
@@ -114,6 +119,13 @@ pub enum Source {
         /// Path inside the archive; required unless `archive = "none"`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         member: Option<String>,
+    },
+    /// Produced on this machine by a command of the toolkit (a fine-tuned model written
+    /// by `tl finetune`): nothing can fetch it again; a missing or changed file means
+    /// running that command again.
+    Local {
+        /// The command that wrote the file, for the error message.
+        produced_by: String,
     },
     /// Produced by this repository's converter (`tools/convert/convert.py`) from other
     /// files of the same asset.
@@ -187,6 +199,27 @@ pub struct ModelSpec {
     /// Image settings; required when `modality = "image"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
+    /// Weights fine-tuning starts from; a model without them cannot be fine-tuned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<TrainableSpec>,
+}
+
+/// Trainable (fp32) weights of a model, for fine-tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainableSpec {
+    /// Network family: `bert` (BERT-style encoders: MiniLM, BERT, ...).
+    pub architecture: String,
+    /// Path of the weights among the asset's files.
+    pub weights: String,
+    /// Format of the weights file: `safetensors`.
+    pub format: String,
+    /// Path of the transformers `config.json` (layer count, widths) among the asset's files.
+    pub config: String,
+    /// Prefix of the encoder's tensor names in the file (e.g. `bert.`); empty for a bare
+    /// `BertModel` checkpoint.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// Text backbone settings.
@@ -436,6 +469,14 @@ impl Manifest {
                             }
                         }
                     }
+                    Source::Local { produced_by } => {
+                        if produced_by.trim().is_empty() {
+                            return err(
+                                &format!("{at}.produced_by"),
+                                "must name the command that wrote the file".into(),
+                            );
+                        }
+                    }
                     Source::Convert { tool, inputs, .. } => {
                         if !CONVERT_TOOLS.contains(&tool.as_str()) {
                             return err(
@@ -493,6 +534,34 @@ impl Manifest {
         }
         if m.dim == 0 {
             return err("model.dim", "must be positive".into());
+        }
+        if let Some(t) = &m.trainable {
+            if t.architecture != "bert" {
+                return err(
+                    "model.trainable.architecture",
+                    format!("{:?} is not supported (known: \"bert\")", t.architecture),
+                );
+            }
+            if t.format != "safetensors" {
+                return err(
+                    "model.trainable.format",
+                    format!("{:?} is not supported (known: \"safetensors\")", t.format),
+                );
+            }
+            for (field, path) in [("weights", &t.weights), ("config", &t.config)] {
+                if self.file(path).is_none() {
+                    return err(
+                        &format!("model.trainable.{field}"),
+                        format!("{path:?} is not among the asset's files"),
+                    );
+                }
+            }
+            if m.modality != Modality::Text {
+                return err(
+                    "model.trainable",
+                    "only text models can be fine-tuned so far".into(),
+                );
+            }
         }
         match (m.modality, &m.text, &m.image) {
             (Modality::Text, Some(t), None) => {

@@ -521,3 +521,62 @@ fn read_one_byte_at_a_time_server_still_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     fetcher(tmp.path()).fetch(&m).unwrap();
 }
+
+#[test]
+fn optional_files_are_fetched_only_when_named() {
+    let (a, w) = (payload(1000), payload(5000));
+    let server = serve(HashMap::from([
+        ("/a.bin", Reply::Body(a.clone())),
+        ("/w.bin", Reply::Body(w.clone())),
+    ]));
+    let mut m = manifest(&[
+        (
+            "a.bin",
+            &sha(&a),
+            &[url_source(&format!("{}/a.bin", server.base))],
+        ),
+        (
+            "w.bin",
+            &sha(&w),
+            &[url_source(&format!("{}/w.bin", server.base))],
+        ),
+    ]);
+    m.files[1].optional = true;
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fetcher(tmp.path());
+    let r = f.fetch(&m).unwrap();
+    assert_eq!(r.files.len(), 1, "a plain fetch skips the optional file");
+    assert!(!tmp.path().join("runtime/t/w.bin").exists());
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    let r = f.fetch_files(&m, &["w.bin"]).unwrap();
+    assert_eq!(r.files.len(), 1);
+    assert_eq!(
+        std::fs::read(tmp.path().join("runtime/t/w.bin")).unwrap(),
+        w
+    );
+    assert!(f.fetch_files(&m, &["w.bin", "a.bin"]).unwrap().was_noop());
+
+    let err = f.fetch_files(&m, &["nope.bin"]).unwrap_err().to_string();
+    assert!(
+        err.contains("nope.bin") && err.contains("no such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_local_file_that_went_missing_says_which_command_makes_it() {
+    let m = manifest(&[(
+        "model.onnx",
+        &sha(b"x"),
+        &["type = \"local\"\nproduced_by = \"tl finetune --name mine\"".to_string()],
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fetcher(tmp.path()).fetch(&m).unwrap_err().to_string();
+    assert!(
+        err.contains("model.onnx")
+            && err.contains("tl finetune --name mine")
+            && err.contains("run it again"),
+        "{err}"
+    );
+}

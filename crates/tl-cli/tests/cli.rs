@@ -313,3 +313,189 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
         "{err}"
     );
 }
+
+/// A cache of its own for `tl finetune` (it writes models and manifests), sharing the
+/// runtime and all-MiniLM-L6-v2 with the workspace cache so nothing is downloaded twice.
+fn finetune_home() -> tempfile::TempDir {
+    let shared = tl_assets::Cache::from_env();
+    for d in ["runtime", "models/all-minilm-l6-v2", "downloads"] {
+        std::fs::create_dir_all(shared.root().join(d)).unwrap();
+    }
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("models")).unwrap();
+    std::os::unix::fs::symlink(shared.root().join("runtime"), home.path().join("runtime")).unwrap();
+    std::os::unix::fs::symlink(
+        shared.root().join("models/all-minilm-l6-v2"),
+        home.path().join("models/all-minilm-l6-v2"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        shared.root().join("downloads"),
+        home.path().join("downloads"),
+    )
+    .unwrap();
+    home
+}
+
+fn tl_in(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+        .env("TL_HOME", home)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn finetune_exports_a_model_every_command_can_use() {
+    let home = finetune_home();
+    let h = home.path();
+    let data = h.join("reviews.csv");
+    let mut csv = String::from("text,label\n");
+    let good = [
+        "great phone",
+        "works well",
+        "love it",
+        "excellent value",
+        "very happy",
+        "superb sound",
+    ];
+    let bad = [
+        "broke in a week",
+        "awful battery",
+        "waste of money",
+        "stopped working",
+        "very poor",
+        "terrible screen",
+    ];
+    for i in 0..4 {
+        for (g, b) in good.iter().zip(&bad) {
+            csv += &format!("{g} {i},pos\n{b} {i},neg\n");
+        }
+    }
+    std::fs::write(&data, csv).unwrap();
+    let d = data.to_str().unwrap();
+    let (code, out, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--dataset",
+            d,
+            "--name",
+            "cli-tuned",
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-4",
+            "--test-fraction",
+            "0.25",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("data      reviews: 36 train / 12 test rows"),
+        "{out}"
+    );
+    assert!(
+        out.contains("before    all-minilm-l6-v2 frozen + logistic"),
+        "{out}"
+    );
+    assert!(
+        out.contains("verdict   fine-tuned cli-tuned features:") && out.contains("fine-tuning"),
+        "{out}"
+    );
+    assert!(out.contains("ONNX Runtime matches the engine"), "{out}");
+    for f in [
+        "models/cli-tuned/model.onnx",
+        "models/cli-tuned/tokenizer.json",
+        "manifests/cli-tuned.toml",
+    ] {
+        assert!(h.join(f).is_file(), "{f}");
+    }
+    let run = h.join("finetune/cli-tuned");
+    for f in [
+        "log.jsonl",
+        "checkpoint.safetensors",
+        "classifier.json",
+        "report.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+
+    // The tuned model by name, like any other: raw-text prediction with its head, and
+    // extraction through the feature cache.
+    let clf = run.join("classifier.json");
+    let (code, out, err) = tl_in(
+        h,
+        &[
+            "predict",
+            "--model",
+            "cli-tuned",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--text",
+            "love it, great value",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("row,label,probability\n0,"), "{out}");
+    let (code, _, err) = tl_in(h, &["embed", "--model", "cli-tuned", "--dataset", d]);
+    assert_eq!(code, 0, "{err}");
+
+    // The name is taken now; resuming a finished run trains nothing more.
+    let (code, _, err) = tl_in(h, &["finetune", "--dataset", d, "--name", "cli-tuned"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let (code, out, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--dataset",
+            d,
+            "--name",
+            "cli-tuned",
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-4",
+            "--test-fraction",
+            "0.25",
+            "--resume",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.matches("epoch ").count(),
+        2,
+        "the two logged epochs are reported again: {out}"
+    );
+}
+
+#[test]
+fn finetune_refuses_bad_settings() {
+    let home = finetune_home();
+    let h = home.path();
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--strategy", "top:x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("top:N"), "{err}");
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--lr", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("learning_rate"), "{err}");
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "all-minilm-l6-v2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("built-in"), "{err}");
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--shots", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--shots"), "{err}");
+}

@@ -773,15 +773,18 @@ fn fit_predict(
     Ok((model.predict(xte.view())?, model.predict_proba(xte.view())?))
 }
 
-fn verdict(system: &str, baseline: &str, d: &Interval) -> String {
+/// The verdict line of a paired comparison (`d` in points): `what` helps when the whole
+/// interval is above 0, hurts when below, else no clear difference. `what` is the
+/// technique compared: `transfer` (`tl run`), `fine-tuning` (`tl finetune`).
+pub fn verdict(system: &str, baseline: &str, d: &Interval, what: &str) -> String {
     if d.low > 0.0 {
         format!(
-            "{system} features: {:+.1} points [{:+.1}, {:+.1}] over {baseline}: transfer helps",
+            "{system} features: {:+.1} points [{:+.1}, {:+.1}] over {baseline}: {what} helps",
             d.estimate, d.low, d.high
         )
     } else if d.high < 0.0 {
         format!(
-            "{system} features: {:+.1} points [{:+.1}, {:+.1}] against {baseline}: transfer hurts here",
+            "{system} features: {:+.1} points [{:+.1}, {:+.1}] against {baseline}: {what} hurts here",
             d.estimate, d.low, d.high
         )
     } else {
@@ -911,7 +914,7 @@ pub fn run(
                     low: 100.0 * d.low,
                     high: 100.0 * d.high,
                 };
-                let v = verdict(&s.info.name, &base.info.name, &d);
+                let v = verdict(&s.info.name, &base.info.name, &d, "transfer");
                 obs.note(&format!("verdict   {v} ({})", spec.kind()));
                 comparisons.push(Comparison {
                     system: s.info.name.clone(),

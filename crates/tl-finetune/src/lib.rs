@@ -1,0 +1,155 @@
+//! Fine-tuning pretrained text encoders: a CPU training engine for BERT-family
+//! sentence encoders (all-MiniLM-L6-v2 and friends), with hand-written backward passes.
+//!
+//! The engine keeps every weight in one flat `f32` buffer, packs the sequences of a
+//! batch end to end (no padding: attention runs per sequence), and computes gradients
+//! with a backward pass written for each operation (linear, LayerNorm, GELU, softmax
+//! attention, dropout, cross-entropy), checked against finite differences. AdamW is
+//! fused over the buffer. Nothing here needs Python or libtorch.
+//!
+//! ```
+//! use tl_finetune::{Batch, BertClassifier, BertConfig, FinetuneParams, RunOptions, finetune};
+//!
+//! // A tiny encoder (vocabulary 20, width 16, 1 layer, 2 heads) learns which of two
+//! // tokens a sequence starts with.
+//! let model_config = BertConfig::tiny(20, 16, 1, 2);
+//! let mut model = BertClassifier::random(model_config, 2, 0);
+//! let seqs: Vec<Vec<u32>> = (0..64).map(|i| vec![1 + (i % 2) as u32, 5, 6, 7]).collect();
+//! let labels: Vec<usize> = (0..64).map(|i| i % 2).collect();
+//! let params = FinetuneParams { learning_rate: 1e-2, epochs: 5, batch_size: 8, threads: 1, ..Default::default() };
+//! let report = finetune(&mut model, &seqs, &labels, &params, &RunOptions::default())?;
+//! assert_eq!(report.epochs.len(), 5);
+//! let predicted = tl_finetune::predict(&model, &seqs, 16, tl_finetune::Threads(1));
+//! assert_eq!(predicted, labels);
+//! # Ok::<(), tl_finetune::FinetuneError>(())
+//! ```
+//!
+//! A real model, from its manifest to an exported model asset that tl-backbone, the
+//! feature cache and the `tl` command open by name:
+//!
+//! ```no_run
+//! use tl_assets::{Cache, Registry};
+//! use tl_finetune::{FinetuneParams, RunOptions, Strategy, export, finetune, load_pretrained, tokenize};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let (texts, labels) = (vec!["great".to_string(), "awful".to_string()], vec![1, 0]);
+//! let cache = Cache::from_env();
+//! let registry = Registry::builtin()?;
+//! let pre = load_pretrained(registry.get("all-minilm-l6-v2")?, &cache, 2)?; // fetches fp32 weights
+//! let tokenizer = tokenizers::Tokenizer::from_file(&pre.tokenizer)?;
+//! let params = FinetuneParams { strategy: Strategy::Top(2), ..Default::default() };
+//! let seqs = tokenize(&tokenizer, &texts, params.max_length)?;
+//! let mut model = pre.model.clone();
+//! let report = finetune(&mut model, &seqs, &labels, &params, &RunOptions::default())?;
+//! println!("{:.1} sentences/s", report.epochs[0].sentences_per_second);
+//! let exported = export(&model, &pre, &cache, "my-minilm", "tuned on my data", "my program")?;
+//! println!("manifest {}", exported.manifest_path.display());
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod bert;
+pub mod frozen;
+pub mod model;
+pub mod onnx;
+pub mod ops;
+pub mod optim;
+mod progress;
+pub mod train;
+pub mod weights;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub use bert::{Batch, BertClassifier, BertConfig, DropoutSpec, Objective, StepOutput};
+pub use model::{Exported, Pretrained, export, head_classifier, load_pretrained};
+pub use ops::Threads;
+pub use train::{
+    EpochLog, FinetuneParams, FinetuneReport, RunOptions, Strategy, class_scores, epoch_batches,
+    finetune, finetune_with, predict, sentence_vectors, tokenize,
+};
+
+/// Everything that can go wrong while fine-tuning.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A weights or checkpoint file is not what was expected.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor.
+        message: String,
+    },
+    /// A hyperparameter is out of range.
+    #[error("invalid fine-tuning setting: {0}")]
+    Params(String),
+    /// The training data cannot train a classifier.
+    #[error("training data: {0}")]
+    Data(String),
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The loss or a gradient became NaN or infinite.
+    #[error("the loss became non-finite at step {step} (epoch {epoch}); lower the learning rate{}", kept.as_ref().map(|p| format!("; the last good weights are in {}", p.display())).unwrap_or_default())]
+    NonFinite {
+        /// 1-based optimizer step.
+        step: u64,
+        /// 1-based epoch.
+        epoch: usize,
+        /// The checkpoint of the last completed epoch, if one was written.
+        kept: Option<PathBuf>,
+    },
+    /// The cache of frozen-layer outputs failed.
+    #[error("frozen-layer cache: {0}")]
+    Cache(String),
+    /// The model cannot be fine-tuned as declared.
+    #[error("model {model}: {message}")]
+    Model {
+        /// The model's name.
+        model: String,
+        /// What is missing.
+        message: String,
+    },
+}
+
+impl FinetuneError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> FinetuneError {
+        FinetuneError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary name, fsync and rename (then fsyncs the
+/// folder), so a killed process never leaves a half-written file under `path`.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FinetuneError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        FinetuneError::io(path, e)
+    })
+}

@@ -1,0 +1,299 @@
+//! From a model manifest to a trainable model, and from a tuned model back to a model
+//! asset (ONNX graph, tokenizer, weights, manifest) that every other part of the toolkit
+//! opens by name.
+
+use std::path::{Path, PathBuf};
+
+use tl_assets::manifest::{
+    AssetKind, FileSpec, Manifest, Modality, ModelSpec, OutputRef, Pooling, Source, TextSpec,
+    TrainableSpec,
+};
+use tl_assets::{Cache, Fetcher};
+
+use crate::FinetuneError;
+use crate::bert::{BertClassifier, BertConfig};
+use crate::weights::{encoder_tensors, from_tensors, read_safetensors, write_safetensors};
+
+/// A pretrained encoder ready to fine-tune, with the files it came from.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    /// The model (its classifier is zero, with the requested number of classes).
+    pub model: BertClassifier,
+    /// Its tokenizer file.
+    pub tokenizer: PathBuf,
+    /// The manifest it came from.
+    pub manifest: Manifest,
+}
+
+fn no_weights(name: &str) -> FinetuneError {
+    FinetuneError::Model {
+        model: name.to_string(),
+        message: "has no trainable weights: its manifest needs a [model.trainable] table \
+                  (architecture = \"bert\", weights = fp32 safetensors file, format = \
+                  \"safetensors\", config = transformers config.json) naming files of the asset"
+            .into(),
+    }
+}
+
+/// Reads a transformers `config.json` of a BERT model.
+pub fn read_bert_config(path: &Path) -> Result<BertConfig, FinetuneError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FinetuneError::io(path, e))?;
+    let bad = |m: String| FinetuneError::Weights {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if let Some(act) = v.get("hidden_act").and_then(|a| a.as_str())
+        && act != "gelu"
+    {
+        return Err(bad(format!(
+            "hidden_act {act:?}: only \"gelu\" (erf) is supported"
+        )));
+    }
+    if let Some(p) = v.get("position_embedding_type").and_then(|a| a.as_str())
+        && p != "absolute"
+    {
+        return Err(bad(format!(
+            "position_embedding_type {p:?}: only \"absolute\" is supported"
+        )));
+    }
+    let c: BertConfig =
+        serde_json::from_value(v).map_err(|e| bad(format!("not a BERT config: {e}")))?;
+    c.check().map_err(bad)?;
+    Ok(c)
+}
+
+/// Loads the trainable weights a model manifest declares (fetching them into `cache`
+/// first), with a fresh classifier of `classes` outputs.
+pub fn load_pretrained(
+    manifest: &Manifest,
+    cache: &Cache,
+    classes: usize,
+) -> Result<Pretrained, FinetuneError> {
+    let spec = manifest
+        .model
+        .as_ref()
+        .ok_or_else(|| FinetuneError::Model {
+            model: manifest.name.clone(),
+            message: format!("is a {:?} asset, not a model", manifest.kind),
+        })?;
+    let trainable = spec
+        .trainable
+        .as_ref()
+        .ok_or_else(|| no_weights(&manifest.name))?;
+    let text = spec.text.as_ref().ok_or_else(|| FinetuneError::Model {
+        model: manifest.name.clone(),
+        message: "only text models can be fine-tuned so far".into(),
+    })?;
+    if classes < 2 {
+        return Err(FinetuneError::Data(format!(
+            "a classifier needs at least 2 classes, got {classes}"
+        )));
+    }
+    let fetcher = Fetcher::new(cache.clone());
+    fetcher
+        .fetch_files(
+            manifest,
+            &[&trainable.weights, &trainable.config, &text.tokenizer],
+        )
+        .map_err(|e| FinetuneError::Model {
+            model: manifest.name.clone(),
+            message: format!("fetching its trainable weights: {e}"),
+        })?;
+    let config = read_bert_config(&cache.file_path(manifest, &trainable.config))?;
+    let weights = cache.file_path(manifest, &trainable.weights);
+    let tensors = read_safetensors(&weights)?;
+    let model = from_tensors(config, classes, &tensors, &trainable.prefix, &weights)?;
+    Ok(Pretrained {
+        model,
+        tokenizer: cache.file_path(manifest, &text.tokenizer),
+        manifest: manifest.clone(),
+    })
+}
+
+/// A tuned model written as a model asset.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// Its manifest (also written to `<cache>/manifests/<name>.toml`).
+    pub manifest: Manifest,
+    /// Where the manifest was written.
+    pub manifest_path: PathBuf,
+    /// The asset folder (`<cache>/models/<name>/`).
+    pub dir: PathBuf,
+}
+
+/// Writes the encoder of `model` as the model asset `name` in `cache`: `model.onnx`
+/// (fp32, read by ONNX Runtime through tl-backbone like any other model), the base
+/// model's `tokenizer.json`, `model.safetensors` + `config.json` (so the tuned model can
+/// be fine-tuned again), and a manifest pinning all four by sha256. Its features are
+/// the mean of the token states, not normalised: exactly what the jointly trained
+/// linear layer saw.
+pub fn export(
+    model: &BertClassifier,
+    base: &Pretrained,
+    cache: &Cache,
+    name: &str,
+    description: &str,
+    produced_by: &str,
+) -> Result<Exported, FinetuneError> {
+    let base_spec = base
+        .manifest
+        .model
+        .as_ref()
+        .ok_or_else(|| no_weights(&base.manifest.name))?;
+    let base_text = base_spec
+        .text
+        .as_ref()
+        .ok_or_else(|| no_weights(&base.manifest.name))?;
+    let dir = cache.root().join(AssetKind::Model.dir_name()).join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| FinetuneError::io(&dir, e))?;
+    crate::onnx::write_encoder_onnx(model, &dir.join("model.onnx"), description)?;
+    let tok = std::fs::read(&base.tokenizer).map_err(|e| FinetuneError::io(&base.tokenizer, e))?;
+    crate::atomic_write(&dir.join("tokenizer.json"), &tok)?;
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &encoder_tensors(model),
+        &Default::default(),
+    )?;
+    let mut config = serde_json::to_value(&model.config).expect("plain struct");
+    config["hidden_act"] = "gelu".into();
+    config["position_embedding_type"] = "absolute".into();
+    config["model_type"] = "bert".into();
+    crate::atomic_write(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)
+            .expect("plain value")
+            .as_bytes(),
+    )?;
+    let mut files = Vec::new();
+    for f in [
+        "model.onnx",
+        "tokenizer.json",
+        "model.safetensors",
+        "config.json",
+    ] {
+        let path = dir.join(f);
+        let sha = tl_assets::sha256_file(&path).map_err(|e| FinetuneError::io(&path, e))?;
+        files.push(FileSpec {
+            path: f.to_string(),
+            sha256: sha,
+            sources: vec![Source::Local {
+                produced_by: produced_by.to_string(),
+            }],
+            optional: false,
+        });
+    }
+    let manifest = Manifest {
+        name: name.to_string(),
+        kind: AssetKind::Model,
+        description: description.to_string(),
+        licence: base.manifest.licence.clone(),
+        attribution: format!(
+            "{}; fine-tuned with transfer-learning-rs",
+            base.manifest.attribution
+        ),
+        default: false,
+        files,
+        model: Some(ModelSpec {
+            modality: Modality::Text,
+            onnx: "model.onnx".into(),
+            inputs: vec![
+                "input_ids".into(),
+                "attention_mask".into(),
+                "token_type_ids".into(),
+            ],
+            output: OutputRef::Name("last_hidden_state".into()),
+            dim: model.config.hidden_size,
+            extra_outputs: Vec::new(),
+            text: Some(TextSpec {
+                tokenizer: "tokenizer.json".into(),
+                max_length: base_text
+                    .max_length
+                    .min(model.config.max_position_embeddings),
+                pooling: Pooling::Mean,
+                normalize: false,
+            }),
+            image: None,
+            trainable: Some(TrainableSpec {
+                architecture: "bert".into(),
+                weights: "model.safetensors".into(),
+                format: "safetensors".into(),
+                config: "config.json".into(),
+                prefix: String::new(),
+            }),
+        }),
+        dataset: None,
+    };
+    let text = toml::to_string(&manifest).map_err(|e| FinetuneError::Model {
+        model: name.to_string(),
+        message: format!("writing its manifest: {e}"),
+    })?;
+    // Parse it back: what is written must load.
+    Manifest::parse(name, &text).map_err(|e| FinetuneError::Model {
+        model: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let mdir = cache.local_manifests();
+    std::fs::create_dir_all(&mdir).map_err(|e| FinetuneError::io(&mdir, e))?;
+    let manifest_path = mdir.join(format!("{name}.toml"));
+    let header = format!("# Written by `{produced_by}`.\n");
+    crate::atomic_write(&manifest_path, format!("{header}{text}").as_bytes())?;
+    Ok(Exported {
+        manifest,
+        manifest_path,
+        dir,
+    })
+}
+
+/// The jointly trained linear layer of `model` as a tl-heads logistic classifier on the
+/// exported model's features (mean-pooled token states), bound to that model's
+/// `fingerprint`, so `tl predict` and `tl eval` use it on raw text. Its probabilities are
+/// the fine-tuned model's softmax.
+pub fn head_classifier(
+    model: &BertClassifier,
+    label_names: &[String],
+    fingerprint: &str,
+    train_rows: usize,
+) -> Result<tl_heads::Classifier, FinetuneError> {
+    let (h, c) = (model.config.hidden_size, model.classes);
+    if label_names.len() != c {
+        return Err(FinetuneError::Data(format!(
+            "{} label names for a classifier of {c} classes",
+            label_names.len()
+        )));
+    }
+    let w = &model.params[model.slots.cls_w.clone()];
+    let b = &model.params[model.slots.cls_b.clone()];
+    // tl-heads keeps one score column for two classes (sigmoid of the second class's
+    // margin): softmax over [z0, z1] is sigmoid(z1 - z0), so the column is the difference.
+    let linear = if c == 2 {
+        tl_heads::Linear {
+            w: ndarray::Array2::from_shape_fn((h, 1), |(j, _)| (w[h + j] - w[j]) as f64),
+            b: ndarray::Array1::from_elem(1, (b[1] - b[0]) as f64),
+        }
+    } else {
+        tl_heads::Linear {
+            w: ndarray::Array2::from_shape_fn((h, c), |(j, k)| w[k * h + j] as f64),
+            b: ndarray::Array1::from_shape_fn(c, |k| b[k] as f64),
+        }
+    };
+    Ok(tl_heads::Classifier {
+        format_version: tl_heads::FORMAT_VERSION,
+        config: tl_heads::HeadConfig::new(tl_heads::HeadSpec::Logistic(Default::default())),
+        label_names: label_names.to_vec(),
+        classes: (0..c).collect(),
+        features: tl_heads::FeatureMeta {
+            dim: h,
+            fingerprint: Some(fingerprint.to_string()),
+        },
+        train_rows,
+        preprocess: tl_heads::FittedPreprocess {
+            settings: Default::default(),
+            mean: None,
+            scale: None,
+            pca: None,
+        },
+        head: tl_heads::FittedHead::Logistic { linear },
+    })
+}

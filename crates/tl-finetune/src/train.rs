@@ -1,0 +1,931 @@
+//! The training loop: hyperparameters, batching, AdamW with warm-up and decay, early
+//! stopping on a validation part of the training rows, per-epoch log and checkpoints
+//! that a rerun resumes from.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tl_data::split::{Rng, stratified_split};
+
+use crate::FinetuneError;
+use crate::bert::{Batch, BertClassifier, DropoutSpec};
+use crate::ops::Threads;
+use crate::optim::{AdamW, StepConfig, grad_norm, linear_schedule};
+use crate::weights::write_safetensors;
+
+/// Which part of the encoder trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Every parameter: embeddings, all layers, classifier.
+    Full,
+    /// The top `n` transformer layers and the classifier; the rest stays frozen.
+    Top(usize),
+    /// SetFit-style: the whole encoder learns from pairs of training rows (same class:
+    /// cosine 1, different: 0); a classical head is then fitted on the tuned vectors.
+    Contrastive,
+}
+
+impl Strategy {
+    /// Parses `full` or `top:N`.
+    pub fn parse(s: &str) -> Result<Strategy, FinetuneError> {
+        if s == "full" {
+            return Ok(Strategy::Full);
+        }
+        if s == "contrastive" {
+            return Ok(Strategy::Contrastive);
+        }
+        if let Some(n) = s.strip_prefix("top:")
+            && let Ok(n) = n.parse::<usize>()
+        {
+            return Ok(Strategy::Top(n));
+        }
+        Err(FinetuneError::Params(format!(
+            "strategy `{s}`: expected `full`, `top:N` (N transformer layers to train) or `contrastive`"
+        )))
+    }
+
+    /// Depth of the lowest trainable slot (0 = embeddings) for a model of `layers`.
+    pub fn first_trainable(self, layers: usize) -> usize {
+        match self {
+            Strategy::Full | Strategy::Contrastive => 0,
+            Strategy::Top(n) => layers + 1 - n.min(layers),
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Full => write!(f, "full"),
+            Strategy::Top(n) => write!(f, "top:{n}"),
+            Strategy::Contrastive => write!(f, "contrastive"),
+        }
+    }
+}
+
+/// Fine-tuning hyperparameters. Defaults are the usual BERT recipe (and the PyTorch
+/// reference in the README): AdamW at 2e-5, batch 16, 3 epochs, 10% warm-up, weight
+/// decay 0.01, dropout 0.1, 128 tokens, gradient norm clipped at 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneParams {
+    /// What trains.
+    pub strategy: Strategy,
+    /// Peak learning rate (of the top layer and the classifier).
+    pub learning_rate: f32,
+    /// Layer-wise decay: each layer below the top gets this factor more (1 = off).
+    pub layer_decay: f32,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Passes over the training rows.
+    pub epochs: usize,
+    /// Share of the steps spent warming the learning rate up from 0.
+    pub warmup_fraction: f32,
+    /// Decoupled weight decay (none on biases and LayerNorm).
+    pub weight_decay: f32,
+    /// Dropout on hidden states and attention probabilities.
+    pub dropout: f32,
+    /// Tokens per sequence, special tokens included.
+    pub max_length: usize,
+    /// Gradients are rescaled to at most this L2 norm (0 = no clipping).
+    pub max_grad_norm: f32,
+    /// Share of the training rows held out (stratified) for validation and early
+    /// stopping (0 = none: the last epoch's weights are kept).
+    pub validation_fraction: f32,
+    /// Stop after this many epochs without a better validation accuracy (0 = never).
+    pub patience: usize,
+    /// `contrastive`: pairs drawn per training row, half of the same class.
+    pub pairs_per_item: usize,
+    /// Seed of the validation split, shuffling, pairs and dropout.
+    pub seed: u64,
+    /// Threads (results are bit-identical for the same thread count).
+    pub threads: usize,
+}
+
+impl Default for FinetuneParams {
+    fn default() -> Self {
+        FinetuneParams {
+            strategy: Strategy::Full,
+            learning_rate: 2e-5,
+            layer_decay: 1.0,
+            batch_size: 16,
+            epochs: 3,
+            warmup_fraction: 0.1,
+            weight_decay: 0.01,
+            dropout: 0.1,
+            max_length: 128,
+            max_grad_norm: 1.0,
+            validation_fraction: 0.0,
+            patience: 0,
+            pairs_per_item: 4,
+            seed: 0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+impl FinetuneParams {
+    /// Checks every field's range; the message names the field and the range.
+    pub fn check(&self) -> Result<(), FinetuneError> {
+        let err = |m: String| Err(FinetuneError::Params(m));
+        let ranges = [
+            (
+                "learning_rate",
+                self.learning_rate > 0.0 && self.learning_rate <= 1.0,
+                "(0, 1]",
+                self.learning_rate.to_string(),
+            ),
+            (
+                "layer_decay",
+                self.layer_decay > 0.0 && self.layer_decay <= 1.0,
+                "(0, 1]",
+                self.layer_decay.to_string(),
+            ),
+            (
+                "batch_size",
+                (1..=4096).contains(&self.batch_size),
+                "1..=4096",
+                self.batch_size.to_string(),
+            ),
+            (
+                "epochs",
+                (1..=1000).contains(&self.epochs),
+                "1..=1000",
+                self.epochs.to_string(),
+            ),
+            (
+                "warmup_fraction",
+                (0.0..1.0).contains(&self.warmup_fraction),
+                "[0, 1)",
+                self.warmup_fraction.to_string(),
+            ),
+            (
+                "weight_decay",
+                (0.0..=1.0).contains(&self.weight_decay),
+                "[0, 1]",
+                self.weight_decay.to_string(),
+            ),
+            (
+                "dropout",
+                (0.0..0.9).contains(&self.dropout),
+                "[0, 0.9)",
+                self.dropout.to_string(),
+            ),
+            (
+                "max_length",
+                (2..=512).contains(&self.max_length),
+                "2..=512",
+                self.max_length.to_string(),
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(),
+                "[0, infinity)",
+                self.max_grad_norm.to_string(),
+            ),
+            (
+                "validation_fraction",
+                (0.0..0.5).contains(&self.validation_fraction),
+                "[0, 0.5)",
+                self.validation_fraction.to_string(),
+            ),
+            (
+                "pairs_per_item",
+                (1..=100).contains(&self.pairs_per_item),
+                "1..=100",
+                self.pairs_per_item.to_string(),
+            ),
+            (
+                "threads",
+                (1..=256).contains(&self.threads),
+                "1..=256",
+                self.threads.to_string(),
+            ),
+        ];
+        if let Some((field, _, range, got)) = ranges.iter().find(|r| !r.1) {
+            return err(format!("{field} must be in {range}, got {got}"));
+        }
+        if self.patience > 0 && self.validation_fraction == 0.0 {
+            return err("patience needs a validation part: set validation_fraction > 0".into());
+        }
+        if let Strategy::Top(0) = self.strategy {
+            return err(
+                "strategy top:N needs N >= 1 (top:0 would train only the classifier)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where a run writes its log and checkpoints, and whether it resumes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Folder for `log.jsonl` and `checkpoint.safetensors` (none: nothing written).
+    pub dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `dir` when there is one.
+    pub resume: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Where `top:N` keeps the frozen layers' outputs between runs (none: computed once
+    /// per run, in memory).
+    pub frozen_store: Option<tl_features::Store>,
+}
+
+/// One line of the per-epoch log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Accuracy on the validation part, when there is one.
+    pub validation_accuracy: Option<f64>,
+    /// Learning rate at the end of the epoch.
+    pub learning_rate: f32,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+    /// Training sentences per second.
+    pub sentences_per_second: f64,
+    /// Seconds in forward passes, backward passes and optimizer steps.
+    pub forward_seconds: f64,
+    /// See `forward_seconds`.
+    pub backward_seconds: f64,
+    /// See `forward_seconds`.
+    pub optimizer_seconds: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct FinetuneReport {
+    /// One entry per epoch run (resumed epochs come from the log).
+    pub epochs: Vec<EpochLog>,
+    /// The epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Training rows used (after the validation part was carved off).
+    pub train_rows: usize,
+    /// Validation rows.
+    pub validation_rows: usize,
+    /// Epochs taken from a checkpoint instead of run.
+    pub resumed_epochs: usize,
+}
+
+/// Text turned into token ids (special tokens included, truncated).
+pub fn tokenize(
+    tokenizer: &tokenizers::Tokenizer,
+    texts: &[String],
+    max_length: usize,
+) -> Result<Vec<Vec<u32>>, FinetuneError> {
+    let mut tok = tokenizer.clone();
+    tok.with_padding(None);
+    tok.with_truncation(Some(tokenizers::TruncationParams {
+        max_length,
+        ..Default::default()
+    }))
+    .map_err(|e| FinetuneError::Tokenizer(e.to_string()))?;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let enc = tok
+                .encode(t.as_str(), true)
+                .map_err(|e| FinetuneError::Tokenizer(format!("text {i}: {e}")))?;
+            let ids = enc.get_ids().to_vec();
+            if ids.is_empty() {
+                return Err(FinetuneError::Tokenizer(format!("text {i} gave no tokens")));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// SetFit-style pairs: for each training row, `per_item` partners, alternately of the
+/// same class (target 1) and of another class (target 0), drawn with `seed`. A row whose
+/// class has no other member gets only different-class partners.
+pub fn make_pairs(
+    train: &[usize],
+    labels: &[usize],
+    per_item: usize,
+    seed: u64,
+) -> Vec<(usize, usize, f32)> {
+    let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &i in train {
+        by_class.entry(labels[i]).or_default().push(i);
+    }
+    let mut rng = Rng::new(seed ^ fnv("pairs"));
+    let mut out = Vec::with_capacity(train.len() * per_item);
+    for &i in train {
+        let same = &by_class[&labels[i]];
+        let others: usize = train.len() - same.len();
+        for j in 0..per_item {
+            if j % 2 == 0 && same.len() > 1 {
+                let mut k = same[rng.below(same.len() as u64 - 1) as usize];
+                if k == i {
+                    k = *same.last().expect("two or more members");
+                }
+                out.push((i, k, 1.0));
+            } else if others > 0 {
+                // The r-th row of another class, walking the classes in order.
+                let mut r = rng.below(others as u64) as usize;
+                for (c, members) in &by_class {
+                    if *c == labels[i] {
+                        continue;
+                    }
+                    if r < members.len() {
+                        out.push((i, members[r], 0.0));
+                        break;
+                    }
+                    r -= members.len();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Nearest class centroid (cosine) of the tuned vectors: how a contrastive run is
+/// validated, since it trains no classifier.
+fn centroid_predict(
+    model: &BertClassifier,
+    seqs: &[Vec<u32>],
+    labels: &[usize],
+    train: &[usize],
+    queries: &[Vec<u32>],
+    th: Threads,
+) -> Vec<usize> {
+    let h = model.config.hidden_size;
+    let unit = |v: &mut [f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|x| *x /= n);
+    };
+    let ts: Vec<Vec<u32>> = train.iter().map(|&i| seqs[i].clone()).collect();
+    let mut tv = sentence_vectors(model, &ts, 64, th);
+    tv.chunks_mut(h).for_each(unit);
+    let mut cent = vec![0.0f32; model.classes * h];
+    for (row, &i) in tv.chunks(h).zip(train) {
+        for (c, v) in cent[labels[i] * h..(labels[i] + 1) * h].iter_mut().zip(row) {
+            *c += v;
+        }
+    }
+    cent.chunks_mut(h).for_each(unit);
+    let mut qv = sentence_vectors(model, queries, 64, th);
+    qv.chunks_mut(h).for_each(unit);
+    qv.chunks(h)
+        .map(|q| {
+            (0..model.classes)
+                .map(|c| {
+                    (
+                        c,
+                        cent[c * h..(c + 1) * h]
+                            .iter()
+                            .zip(q)
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>(),
+                    )
+                })
+                .fold((0, f32::NEG_INFINITY), |best, (c, s)| {
+                    if s > best.1 { (c, s) } else { best }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// FNV-1a of a string: a stable 64-bit key for names.
+pub(crate) fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Predicted class of each sequence (batches of similar length, for speed).
+pub fn predict(
+    model: &BertClassifier,
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    th: Threads,
+) -> Vec<usize> {
+    let scores = class_scores(model, seqs, batch_size, th);
+    scores
+        .chunks_exact(model.classes)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv { (i, v) } else { (bi, bv) }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// Logits `[n, C]` of each sequence, in input order.
+pub fn class_scores(
+    model: &BertClassifier,
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    th: Threads,
+) -> Vec<f32> {
+    let c = model.classes;
+    let mut out = vec![0.0f32; seqs.len() * c];
+    for_each_sorted_batch(seqs, batch_size, |idx, batch| {
+        let logits = model.logits(batch, th);
+        for (k, &i) in idx.iter().enumerate() {
+            out[i * c..(i + 1) * c].copy_from_slice(&logits[k * c..(k + 1) * c]);
+        }
+    });
+    out
+}
+
+/// Mean-pooled vectors `[n, H]` of each sequence, in input order.
+pub fn sentence_vectors(
+    model: &BertClassifier,
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    th: Threads,
+) -> Vec<f32> {
+    let h = model.config.hidden_size;
+    let mut out = vec![0.0f32; seqs.len() * h];
+    for_each_sorted_batch(seqs, batch_size, |idx, batch| {
+        let v = model.sentence_vectors(batch, th);
+        for (k, &i) in idx.iter().enumerate() {
+            out[i * h..(i + 1) * h].copy_from_slice(&v[k * h..(k + 1) * h]);
+        }
+    });
+    out
+}
+
+fn for_each_sorted_batch(
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    mut f: impl FnMut(&[usize], &Batch),
+) {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    for idx in order.chunks(batch_size.max(1)) {
+        let batch = Batch::pack(idx.iter().map(|&i| seqs[i].as_slice()));
+        f(idx, &batch);
+    }
+}
+
+/// Checks labelled training data; errors name the row.
+fn check_data(
+    seqs: &[Vec<u32>],
+    labels: &[usize],
+    classes: usize,
+    max_positions: usize,
+) -> Result<(), FinetuneError> {
+    if seqs.is_empty() {
+        return Err(FinetuneError::Data("no training rows".into()));
+    }
+    if seqs.len() != labels.len() {
+        return Err(FinetuneError::Data(format!(
+            "{} texts but {} labels",
+            seqs.len(),
+            labels.len()
+        )));
+    }
+    if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y >= classes) {
+        return Err(FinetuneError::Data(format!(
+            "row {i}: label {y} but the model has {classes} classes"
+        )));
+    }
+    let mut seen = vec![false; classes];
+    for &y in labels {
+        seen[y] = true;
+    }
+    if seen.iter().filter(|s| **s).count() < 2 {
+        return Err(FinetuneError::Data(
+            "the training rows hold a single class: a classifier needs at least two".into(),
+        ));
+    }
+    if let Some((i, s)) = seqs
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.len() > max_positions)
+    {
+        return Err(FinetuneError::Data(format!(
+            "row {i}: {} tokens but the model has {max_positions} positions",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+struct Checkpoint {
+    epoch: usize,
+    best_epoch: usize,
+    best_accuracy: f64,
+    since_best: usize,
+}
+
+fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint.safetensors")
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    model: &BertClassifier,
+    best: Option<&[f32]>,
+    opt: &AdamW,
+    ck: &Checkpoint,
+    params: &FinetuneParams,
+) -> Result<(), FinetuneError> {
+    let n = model.params.len();
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
+        ("params".into(), vec![n], &model.params),
+        ("adam.m".into(), vec![n], &opt.m),
+        ("adam.v".into(), vec![n], &opt.v),
+    ];
+    if let Some(b) = best {
+        tensors.push(("best".into(), vec![n], b));
+    }
+    let meta = BTreeMap::from([
+        ("epoch".to_string(), ck.epoch.to_string()),
+        ("step".to_string(), opt.step.to_string()),
+        ("best_epoch".to_string(), ck.best_epoch.to_string()),
+        (
+            "best_accuracy".to_string(),
+            format!("{:e}", ck.best_accuracy),
+        ),
+        ("since_best".to_string(), ck.since_best.to_string()),
+        (
+            "params".to_string(),
+            serde_json::to_string(params).expect("plain struct"),
+        ),
+    ]);
+    write_safetensors(&checkpoint_path(dir), &tensors, &meta)
+}
+
+/// The batches of one epoch: `train` (row indices) shuffled with the run's seed and
+/// the epoch number, cut into `batch_size` pieces (the last may be shorter).
+pub fn epoch_batches(
+    train: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    let mut order = train.to_vec();
+    Rng::new(seed ^ fnv("shuffle") ^ epoch as u64).shuffle(&mut order);
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// Fine-tunes `model` (whose classifier has one output per class) on token sequences
+/// and labels. The weights kept are the last epoch's, or the best validation epoch's
+/// when `validation_fraction > 0`.
+pub fn finetune(
+    model: &mut BertClassifier,
+    seqs: &[Vec<u32>],
+    labels: &[usize],
+    params: &FinetuneParams,
+    run: &RunOptions,
+) -> Result<FinetuneReport, FinetuneError> {
+    finetune_with(model, seqs, labels, params, run, &mut |_, _| {})
+}
+
+/// [`finetune`], calling `on_epoch` after each epoch with its log line and the weights
+/// at that point (for evaluation on other rows, say).
+pub fn finetune_with(
+    model: &mut BertClassifier,
+    seqs: &[Vec<u32>],
+    labels: &[usize],
+    params: &FinetuneParams,
+    run: &RunOptions,
+    on_epoch: &mut (dyn FnMut(&EpochLog, &BertClassifier) + Send),
+) -> Result<FinetuneReport, FinetuneError> {
+    params.check()?;
+    check_data(
+        seqs,
+        labels,
+        model.classes,
+        model.config.max_position_embeddings,
+    )?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(params.threads)
+        .build()
+        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    pool.install(|| train_loop(model, seqs, labels, params, run, on_epoch))
+}
+
+fn train_loop(
+    model: &mut BertClassifier,
+    seqs: &[Vec<u32>],
+    labels: &[usize],
+    params: &FinetuneParams,
+    run: &RunOptions,
+    on_epoch: &mut (dyn FnMut(&EpochLog, &BertClassifier) + Send),
+) -> Result<FinetuneReport, FinetuneError> {
+    let th = Threads(params.threads);
+    let all: Vec<usize> = (0..seqs.len()).collect();
+    let (train, val) = if params.validation_fraction > 0.0 {
+        stratified_split(
+            labels,
+            &all,
+            params.validation_fraction as f64,
+            params.seed ^ 0x5EED,
+        )
+        .map_err(|e| FinetuneError::Data(e.to_string()))?
+    } else {
+        (all, Vec::new())
+    };
+    let first_trainable = params
+        .strategy
+        .first_trainable(model.config.num_hidden_layers);
+    // What one step's batch is made of: training rows, or (contrastive) pairs of rows.
+    let pairs = (params.strategy == Strategy::Contrastive)
+        .then(|| make_pairs(&train, labels, params.pairs_per_item, params.seed));
+    let units: Vec<usize> = match &pairs {
+        Some(p) => (0..p.len()).collect(),
+        None => train.clone(),
+    };
+    let steps_per_epoch = units.len().div_ceil(params.batch_size) as u64;
+    let total_steps = steps_per_epoch * params.epochs as u64;
+    let warmup = (total_steps as f64 * params.warmup_fraction as f64).ceil() as u64;
+    let mut opt = AdamW::new(model.params.len());
+    let mut grads = vec![0.0f32; model.params.len()];
+    let mut ck = Checkpoint {
+        epoch: 0,
+        best_epoch: 0,
+        best_accuracy: f64::NEG_INFINITY,
+        since_best: 0,
+    };
+    let mut best: Option<Vec<f32>> = None;
+    let mut logs = Vec::new();
+    if let Some(dir) = &run.dir {
+        std::fs::create_dir_all(dir).map_err(|e| FinetuneError::io(dir, e))?;
+        let path = checkpoint_path(dir);
+        if run.resume && path.exists() {
+            resume(&path, model, &mut opt, &mut best, &mut ck, params)?;
+            logs = read_log(&dir.join("log.jsonl"), ck.epoch)?;
+            tracing::info!("resumed from {} after epoch {}", path.display(), ck.epoch);
+        } else {
+            // A fresh run starts a fresh log.
+            crate::atomic_write(&dir.join("log.jsonl"), b"")?;
+        }
+    }
+    // top:N: the frozen part runs once per item, not once per epoch.
+    let frozen: Option<Vec<Vec<f32>>> = if first_trainable >= 1 {
+        let t = Instant::now();
+        let train_seqs: Vec<Vec<u32>> = train.iter().map(|&i| seqs[i].clone()).collect();
+        let (states, computed) = crate::frozen::frozen_states(
+            model,
+            &train_seqs,
+            first_trainable,
+            run.frozen_store.as_ref(),
+            th,
+        )?;
+        tracing::info!(
+            "frozen layers: {} of {} items computed, the rest cached ({:.1}s)",
+            computed,
+            train.len(),
+            t.elapsed().as_secs_f64()
+        );
+        let mut by_row = vec![Vec::new(); seqs.len()];
+        for (&i, s) in train.iter().zip(states) {
+            by_row[i] = s;
+        }
+        Some(by_row)
+    } else {
+        None
+    };
+    let resumed = ck.epoch;
+    let bar = crate::progress::bar(run.progress, total_steps, resumed as u64 * steps_per_epoch);
+    let drop_p = params.dropout;
+    while ck.epoch < params.epochs {
+        if params.patience > 0 && ck.since_best >= params.patience {
+            break;
+        }
+        let epoch = ck.epoch + 1;
+        let t0 = Instant::now();
+        let (mut loss_sum, mut fwd, mut bwd, mut optim_s) = (0.0f64, 0.0, 0.0, 0.0);
+        let mut lr = 0.0;
+        let mut sentences = 0usize;
+        for idx in epoch_batches(&units, params.batch_size, params.seed, epoch) {
+            let (batch, y, targets) = match &pairs {
+                None => (
+                    Batch::pack(idx.iter().map(|&i| seqs[i].as_slice())),
+                    idx.iter().map(|&i| labels[i]).collect::<Vec<usize>>(),
+                    Vec::new(),
+                ),
+                Some(p) => (
+                    Batch::pack(
+                        idx.iter()
+                            .flat_map(|&k| [seqs[p[k].0].as_slice(), seqs[p[k].1].as_slice()]),
+                    ),
+                    Vec::new(),
+                    idx.iter().map(|&k| p[k].2).collect::<Vec<f32>>(),
+                ),
+            };
+            let objective = if pairs.is_some() {
+                crate::bert::Objective::CosinePairs(&targets)
+            } else {
+                crate::bert::Objective::Classify(&y)
+            };
+            sentences += batch.len();
+            let drop = (drop_p > 0.0).then_some(DropoutSpec {
+                hidden: drop_p,
+                attention: drop_p,
+                key: params.seed ^ fnv("dropout") ^ (opt.step + 1).wrapping_mul(0x9E37_79B9),
+            });
+            let start = frozen
+                .as_ref()
+                .map(|f| idx.iter().flat_map(|&i| f[i].iter().copied()).collect());
+            let out = model.loss_and_grads_from(
+                &batch,
+                start,
+                objective,
+                drop,
+                first_trainable,
+                &mut grads,
+                th,
+            );
+            let loss = out.loss;
+            fwd += out.forward_seconds;
+            bwd += out.backward_seconds;
+            if !loss.is_finite() {
+                return Err(FinetuneError::NonFinite {
+                    step: opt.step + 1,
+                    epoch,
+                    kept: run.dir.as_ref().map(|d| checkpoint_path(d)),
+                });
+            }
+            loss_sum += loss as f64 * idx.len() as f64;
+            let t = Instant::now();
+            let norm = grad_norm(&model.slots, &grads, first_trainable);
+            if !norm.is_finite() {
+                return Err(FinetuneError::NonFinite {
+                    step: opt.step + 1,
+                    epoch,
+                    kept: run.dir.as_ref().map(|d| checkpoint_path(d)),
+                });
+            }
+            let grad_scale = if params.max_grad_norm > 0.0 && norm > params.max_grad_norm as f64 {
+                (params.max_grad_norm as f64 / (norm + 1e-6)) as f32
+            } else {
+                1.0
+            };
+            lr = linear_schedule(opt.step + 1, warmup, total_steps, params.learning_rate);
+            let cfg = StepConfig {
+                lr,
+                layer_decay: params.layer_decay,
+                weight_decay: params.weight_decay,
+                grad_scale,
+                first_trainable,
+            };
+            opt.step(&model.slots, &mut model.params, &mut grads, cfg);
+            optim_s += t.elapsed().as_secs_f64();
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {epoch}, loss {loss:.4}, {:.1} sentences/s",
+                sentences as f64 / t0.elapsed().as_secs_f64()
+            ));
+        }
+        let val_acc = (!val.is_empty()).then(|| {
+            let vs: Vec<Vec<u32>> = val.iter().map(|&i| seqs[i].clone()).collect();
+            let pred = if pairs.is_some() {
+                centroid_predict(model, seqs, labels, &train, &vs, th)
+            } else {
+                predict(model, &vs, 64, th)
+            };
+            pred.iter()
+                .zip(&val)
+                .filter(|(p, i)| **p == labels[**i])
+                .count() as f64
+                / val.len() as f64
+        });
+        ck.epoch = epoch;
+        match val_acc {
+            Some(a) if a > ck.best_accuracy => {
+                ck.best_accuracy = a;
+                ck.best_epoch = epoch;
+                ck.since_best = 0;
+                best = Some(model.params.clone());
+            }
+            Some(_) => ck.since_best += 1,
+            None => ck.best_epoch = epoch,
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let log = EpochLog {
+            epoch,
+            train_loss: loss_sum / units.len() as f64,
+            validation_accuracy: val_acc,
+            learning_rate: lr,
+            seconds: secs,
+            sentences_per_second: sentences as f64 / secs,
+            forward_seconds: fwd,
+            backward_seconds: bwd,
+            optimizer_seconds: optim_s,
+        };
+        tracing::info!(
+            "epoch {epoch}: loss {:.4}, validation {:?}, {:.1} sentences/s",
+            log.train_loss,
+            val_acc,
+            log.sentences_per_second
+        );
+        if let Some(dir) = &run.dir {
+            save_checkpoint(dir, model, best.as_deref(), &opt, &ck, params)?;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join("log.jsonl"))
+                .map_err(|e| FinetuneError::io(dir, e))?;
+            writeln!(f, "{}", serde_json::to_string(&log).expect("plain struct"))
+                .map_err(|e| FinetuneError::io(dir, e))?;
+        }
+        on_epoch(&log, model);
+        logs.push(log);
+    }
+    bar.finish_and_clear();
+    if let Some(b) = best {
+        model.params = b;
+    }
+    Ok(FinetuneReport {
+        epochs: logs,
+        best_epoch: ck.best_epoch,
+        train_rows: train.len(),
+        validation_rows: val.len(),
+        resumed_epochs: resumed,
+    })
+}
+
+fn resume(
+    path: &Path,
+    model: &mut BertClassifier,
+    opt: &mut AdamW,
+    best: &mut Option<Vec<f32>>,
+    ck: &mut Checkpoint,
+    params: &FinetuneParams,
+) -> Result<(), FinetuneError> {
+    let bad = |m: String| FinetuneError::Weights {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let (tensors, meta) = crate::weights::read_with_metadata(path)?;
+    let saved: FinetuneParams =
+        serde_json::from_str(meta.get("params").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("checkpoint has no readable hyperparameters: {e}")))?;
+    if &saved != params {
+        return Err(bad(
+            "the checkpoint was written with other hyperparameters; rerun without --resume or with the same settings".into(),
+        ));
+    }
+    let n = model.params.len();
+    let take = |name: &str| -> Result<Vec<f32>, FinetuneError> {
+        match tensors.get(name) {
+            Some(t) if t.data.len() == n => Ok(t.data.clone()),
+            Some(t) => Err(bad(format!(
+                "{name} holds {} values, the model has {n}",
+                t.data.len()
+            ))),
+            None => Err(bad(format!("no tensor {name}"))),
+        }
+    };
+    model.params = take("params")?;
+    opt.m = take("adam.m")?;
+    opt.v = take("adam.v")?;
+    *best = tensors
+        .contains_key("best")
+        .then(|| take("best"))
+        .transpose()?;
+    let num = |k: &str| -> Result<&str, FinetuneError> {
+        meta.get(k)
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("no metadata {k}")))
+    };
+    let parse_err = |k: &str| bad(format!("metadata {k} is not a number"));
+    opt.step = num("step")?.parse().map_err(|_| parse_err("step"))?;
+    ck.epoch = num("epoch")?.parse().map_err(|_| parse_err("epoch"))?;
+    ck.best_epoch = num("best_epoch")?
+        .parse()
+        .map_err(|_| parse_err("best_epoch"))?;
+    ck.best_accuracy = num("best_accuracy")?
+        .parse()
+        .map_err(|_| parse_err("best_accuracy"))?;
+    ck.since_best = num("since_best")?
+        .parse()
+        .map_err(|_| parse_err("since_best"))?;
+    Ok(())
+}
+
+fn read_log(path: &Path, epochs: usize) -> Result<Vec<EpochLog>, FinetuneError> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let logs: Vec<EpochLog> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &EpochLog| l.epoch <= epochs)
+        .collect();
+    // A kill between the checkpoint and the log line loses at most that line; rewrite
+    // the log so it holds exactly the checkpointed epochs.
+    let mut body = String::new();
+    for l in &logs {
+        body.push_str(&serde_json::to_string(l).expect("plain struct"));
+        body.push('\n');
+    }
+    crate::atomic_write(path, body.as_bytes())?;
+    Ok(logs)
+}
