@@ -212,14 +212,28 @@ pub struct TrainableSpec {
     pub architecture: String,
     /// Path of the weights among the asset's files.
     pub weights: String,
-    /// Format of the weights file: `safetensors`.
+    /// Format of the weights file: `safetensors`, or `onnx` (the graph's initializers).
     pub format: String,
-    /// Path of the transformers `config.json` (layer count, widths) among the asset's files.
-    pub config: String,
+    /// Path of the transformers `config.json` (layer count, widths) among the asset's
+    /// files. Without one, the shape is read off the tensors and `attention_heads` is
+    /// required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// Attention heads per layer, when there is no `config` (shapes do not show it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_heads: Option<usize>,
     /// Prefix of the encoder's tensor names in the file (e.g. `bert.`); empty for a bare
     /// `BertModel` checkpoint.
     #[serde(default)]
     pub prefix: String,
+    /// transformers tensor name -> name in the file, for tensors an exporter renamed
+    /// (ONNX exporters give MatMul weights generated names); the prefix does not apply.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<String, String>,
+    /// transformers names of tensors stored transposed (`[in, out]`, as ONNX MatMul
+    /// weights are) rather than PyTorch's `[out, in]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transposed: Vec<String>,
 }
 
 /// Text backbone settings.
@@ -542,13 +556,40 @@ impl Manifest {
                     format!("{:?} is not supported (known: \"bert\")", t.architecture),
                 );
             }
-            if t.format != "safetensors" {
+            if t.format != "safetensors" && t.format != "onnx" {
                 return err(
                     "model.trainable.format",
-                    format!("{:?} is not supported (known: \"safetensors\")", t.format),
+                    format!(
+                        "{:?} is not supported (known: \"safetensors\", \"onnx\")",
+                        t.format
+                    ),
                 );
             }
-            for (field, path) in [("weights", &t.weights), ("config", &t.config)] {
+            match (&t.config, t.attention_heads) {
+                (None, None) => {
+                    return err(
+                        "model.trainable",
+                        "needs `config` (a config.json among the files) or `attention_heads`"
+                            .into(),
+                    );
+                }
+                (Some(_), Some(_)) => {
+                    return err(
+                        "model.trainable.attention_heads",
+                        "give either `config` or `attention_heads`, not both".into(),
+                    );
+                }
+                (None, Some(0)) => {
+                    return err(
+                        "model.trainable.attention_heads",
+                        "must be at least 1".into(),
+                    );
+                }
+                _ => {}
+            }
+            let files = std::iter::once(("weights", &t.weights))
+                .chain(t.config.as_ref().map(|c| ("config", c)));
+            for (field, path) in files {
                 if self.file(path).is_none() {
                     return err(
                         &format!("model.trainable.{field}"),

@@ -12,7 +12,10 @@ use tl_assets::{Cache, Fetcher};
 
 use crate::FinetuneError;
 use crate::bert::{BertClassifier, BertConfig};
-use crate::weights::{encoder_tensors, from_tensors, read_safetensors, write_safetensors};
+use crate::weights::{
+    Naming, encoder_tensors, from_tensors_mapped, infer_config, read_onnx_initializers,
+    read_safetensors, write_safetensors,
+};
 
 /// A pretrained encoder ready to fine-tune, with the files it came from.
 #[derive(Debug, Clone)]
@@ -91,20 +94,30 @@ pub fn load_pretrained(
             "a classifier needs at least 2 classes, got {classes}"
         )));
     }
-    let fetcher = Fetcher::new(cache.clone());
-    fetcher
-        .fetch_files(
-            manifest,
-            &[&trainable.weights, &trainable.config, &text.tokenizer],
-        )
+    let mut files = vec![trainable.weights.as_str(), text.tokenizer.as_str()];
+    files.extend(trainable.config.as_deref());
+    Fetcher::new(cache.clone())
+        .fetch_files(manifest, &files)
         .map_err(|e| FinetuneError::Model {
             model: manifest.name.clone(),
             message: format!("fetching its trainable weights: {e}"),
         })?;
-    let config = read_bert_config(&cache.file_path(manifest, &trainable.config))?;
     let weights = cache.file_path(manifest, &trainable.weights);
-    let tensors = read_safetensors(&weights)?;
-    let model = from_tensors(config, classes, &tensors, &trainable.prefix, &weights)?;
+    let tensors = match trainable.format.as_str() {
+        "onnx" => read_onnx_initializers(&weights)?,
+        _ => read_safetensors(&weights)?,
+    };
+    let naming = Naming {
+        prefix: &trainable.prefix,
+        renamed: trainable.names.clone(),
+        transposed: trainable.transposed.clone(),
+    };
+    let config = match (&trainable.config, trainable.attention_heads) {
+        (Some(c), _) => read_bert_config(&cache.file_path(manifest, c))?,
+        (None, Some(heads)) => infer_config(&tensors, &naming, heads, &weights)?,
+        (None, None) => return Err(no_weights(&manifest.name)),
+    };
+    let model = from_tensors_mapped(config, classes, &tensors, &naming, &weights)?;
     Ok(Pretrained {
         model,
         tokenizer: cache.file_path(manifest, &text.tokenizer),
@@ -219,8 +232,11 @@ pub fn export(
                 architecture: "bert".into(),
                 weights: "model.safetensors".into(),
                 format: "safetensors".into(),
-                config: "config.json".into(),
+                config: Some("config.json".into()),
+                attention_heads: None,
                 prefix: String::new(),
+                names: Default::default(),
+                transposed: Vec::new(),
             }),
         }),
         dataset: None,

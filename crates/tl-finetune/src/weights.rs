@@ -169,6 +169,131 @@ pub fn write_safetensors(
     crate::atomic_write(path, &bytes)
 }
 
+/// Reads the float initializers of an ONNX graph (the trained weights of an exported
+/// model): `raw_data` or `float_data`, fp32 only. The protobuf is walked by hand (fields
+/// 7 graph -> 5 initializer -> TensorProto 1 dims, 2 data_type, 4 float_data, 8 name,
+/// 9 raw_data); everything else is skipped.
+pub fn read_onnx_initializers(path: &Path) -> Result<Tensors, FinetuneError> {
+    let bytes = std::fs::read(path).map_err(|e| FinetuneError::io(path, e))?;
+    let mut out = Tensors::new();
+    let graph = pb_fields(&bytes)
+        .map_err(|m| bad(path, m))?
+        .into_iter()
+        .find(|(f, _)| *f == 7)
+        .ok_or_else(|| bad(path, "no graph: not an ONNX model"))?
+        .1;
+    for (field, init) in pb_fields(graph.bytes()).map_err(|m| bad(path, m))? {
+        if field != 5 {
+            continue;
+        }
+        let (mut dims, mut dtype, mut name, mut raw, mut floats) =
+            (Vec::new(), 0u64, String::new(), None, Vec::new());
+        for (f, v) in pb_fields(init.bytes()).map_err(|m| bad(path, m))? {
+            match (f, v) {
+                (1, Pb::Varint(d)) => dims.push(d as usize),
+                (1, Pb::Bytes(b)) => {
+                    let mut at = 0;
+                    while at < b.len() {
+                        dims.push(varint(b, &mut at).map_err(|m| bad(path, m))? as usize);
+                    }
+                }
+                (2, Pb::Varint(t)) => dtype = t,
+                (4, Pb::Bytes(b)) => floats.extend(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                ),
+                (8, Pb::Bytes(b)) => name = String::from_utf8_lossy(b).into_owned(),
+                (9, Pb::Bytes(b)) => raw = Some(b),
+                _ => {}
+            }
+        }
+        if dtype != 1 {
+            continue; // not float32 (int64 constants and the like)
+        }
+        let data: Vec<f32> = match raw {
+            Some(b) => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            None => floats,
+        };
+        if data.len() != dims.iter().product::<usize>() {
+            return Err(bad(
+                path,
+                format!(
+                    "initializer {name}: {} values for shape {dims:?}",
+                    data.len()
+                ),
+            ));
+        }
+        out.insert(name, Tensor { shape: dims, data });
+    }
+    Ok(out)
+}
+
+/// A protobuf field value: varint, or length-delimited bytes (fixed-width fields are
+/// skipped by the reader).
+enum Pb<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+impl<'a> Pb<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        match self {
+            Pb::Bytes(b) => b,
+            _ => &[],
+        }
+    }
+}
+
+fn varint(b: &[u8], at: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at).ok_or("truncated varint")?;
+        *at += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+/// The top-level fields of one protobuf message.
+fn pb_fields(b: &[u8]) -> Result<Vec<(u64, Pb<'_>)>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let key = varint(b, &mut at)?;
+        let (field, wire) = (key >> 3, key & 7);
+        let v = match wire {
+            0 => Pb::Varint(varint(b, &mut at)?),
+            1 | 5 => {
+                at += if wire == 1 { 8 } else { 4 };
+                Pb::Fixed
+            }
+            2 => {
+                let n = varint(b, &mut at)? as usize;
+                let end = at
+                    .checked_add(n)
+                    .filter(|&e| e <= b.len())
+                    .ok_or("field runs past the end")?;
+                let v = Pb::Bytes(&b[at..end]);
+                at = end;
+                v
+            }
+            w => return Err(format!("unsupported protobuf wire type {w}")),
+        };
+        if at > b.len() {
+            return Err("field runs past the end".into());
+        }
+        out.push((field, v));
+    }
+    Ok(out)
+}
+
 /// The transformers tensors that make up one of our stacked or renamed slots.
 fn sources(name: &str) -> Vec<String> {
     if let Some(p) = name.strip_suffix("attention.self.qkv.weight") {
@@ -204,6 +329,93 @@ pub fn from_tensors(
     prefix: &str,
     origin: &Path,
 ) -> Result<BertClassifier, FinetuneError> {
+    from_tensors_mapped(
+        config,
+        classes,
+        tensors,
+        &Naming {
+            prefix,
+            ..Naming::default()
+        },
+        origin,
+    )
+}
+
+/// How the tensors of a file are named: a prefix, renamed tensors (transformers name ->
+/// file name) and tensors stored transposed (`[in, out]`).
+#[derive(Debug, Clone, Default)]
+pub struct Naming<'a> {
+    /// Prepended to transformers names not in `renamed`.
+    pub prefix: &'a str,
+    /// transformers name -> name in the file.
+    pub renamed: BTreeMap<String, String>,
+    /// transformers names of tensors stored `[in, out]`.
+    pub transposed: Vec<String>,
+}
+
+impl Naming<'_> {
+    fn file_names(&self, name: &str) -> Vec<String> {
+        match self.renamed.get(name) {
+            Some(n) => vec![n.clone()],
+            None => alternatives(&format!("{}{name}", self.prefix)).to_vec(),
+        }
+    }
+}
+
+/// Reads a BERT shape off the tensors of a file (word and position embeddings, layer
+/// count, feed-forward width) with the given number of attention heads.
+pub fn infer_config(
+    tensors: &Tensors,
+    naming: &Naming<'_>,
+    heads: usize,
+    origin: &Path,
+) -> Result<BertConfig, FinetuneError> {
+    let get = |name: &str| {
+        naming
+            .file_names(name)
+            .iter()
+            .find_map(|n| tensors.get(n))
+            .map(|t| t.shape.clone())
+    };
+    let need = |name: &str| get(name).ok_or_else(|| bad(origin, format!("no tensor for {name}")));
+    let word = need("embeddings.word_embeddings.weight")?;
+    let pos = need("embeddings.position_embeddings.weight")?;
+    let typ = need("embeddings.token_type_embeddings.weight")?;
+    let inter = need("encoder.layer.0.intermediate.dense.weight")?;
+    let layers = (0..)
+        .take_while(|l| get(&format!("encoder.layer.{l}.output.LayerNorm.weight")).is_some())
+        .count();
+    let (Some(&hidden), Some(&vocab), Some(&positions), Some(&types)) =
+        (word.get(1), word.first(), pos.first(), typ.first())
+    else {
+        return Err(bad(origin, "embedding tables are not matrices"));
+    };
+    let c = BertConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        intermediate_size: inter
+            .iter()
+            .copied()
+            .find(|&d| d != hidden)
+            .unwrap_or(hidden),
+        max_position_embeddings: positions,
+        type_vocab_size: types,
+        layer_norm_eps: 1e-12,
+    };
+    c.check().map_err(|m| bad(origin, m))?;
+    Ok(c)
+}
+
+/// [`from_tensors`] for files whose names follow `naming`.
+pub fn from_tensors_mapped(
+    config: BertConfig,
+    classes: usize,
+    tensors: &BTreeMap<String, Tensor>,
+    naming: &Naming<'_>,
+    origin: &Path,
+) -> Result<BertClassifier, FinetuneError> {
     config.check().map_err(|m| bad(origin, m))?;
     let slots = Slots::new(&config, classes);
     let mut params = vec![0.0f32; slots.len];
@@ -213,35 +425,44 @@ pub fn from_tensors(
         }
         let mut at = slot.range.start;
         for src in sources(&slot.name) {
-            let t = alternatives(&format!("{prefix}{src}"))
-                .iter()
-                .find_map(|n| tensors.get(n))
-                .ok_or_else(|| {
-                    bad(
-                        origin,
-                        format!(
-                            "no tensor {prefix}{src} (a BERT encoder of {} layers needs it)",
-                            config.num_hidden_layers
-                        ),
-                    )
-                })?;
-            let want: usize = if slot.shape.len() == 2 && sources(&slot.name).len() == 3 {
-                slot.shape[0] / 3 * slot.shape[1]
-            } else if sources(&slot.name).len() == 3 {
-                slot.shape[0] / 3
-            } else {
-                slot.shape.iter().product()
+            let names = naming.file_names(&src);
+            let t = names.iter().find_map(|n| tensors.get(n)).ok_or_else(|| {
+                bad(
+                    origin,
+                    format!(
+                        "no tensor {} (a BERT encoder of {} layers needs it)",
+                        names[0], config.num_hidden_layers
+                    ),
+                )
+            })?;
+            let parts = sources(&slot.name).len();
+            let shape: Vec<usize> = match slot.shape[..] {
+                [r, c] => vec![r / parts, c],
+                [n] => vec![n / parts],
+                _ => slot.shape.clone(),
             };
+            let want: usize = shape.iter().product();
             if t.data.len() != want {
                 return Err(bad(
                     origin,
                     format!(
-                        "tensor {prefix}{src} has shape {:?}, the config needs {want} values",
-                        t.shape
+                        "tensor {} has shape {:?}, the config needs {shape:?}",
+                        names[0], t.shape
                     ),
                 ));
             }
-            params[at..at + want].copy_from_slice(&t.data);
+            let dst = &mut params[at..at + want];
+            match shape[..] {
+                // Stored [in, out]: transpose to PyTorch's [out, in].
+                [r, c] if naming.transposed.contains(&src) => {
+                    for o in 0..r {
+                        for i in 0..c {
+                            dst[o * c + i] = t.data[i * r + o];
+                        }
+                    }
+                }
+                _ => dst.copy_from_slice(&t.data),
+            }
             at += want;
         }
     }

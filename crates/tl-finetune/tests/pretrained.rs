@@ -200,16 +200,40 @@ fn a_tuned_model_exports_as_a_model_asset_that_loads_back() {
     );
 }
 
+/// paraphrase-MiniLM-L3-v2 from its ONNX graph's initializers (renamed and transposed
+/// MatMul weights, shape read off the tensors): the engine reproduces the graph's own
+/// pooled output under ONNX Runtime.
+#[test]
+fn weights_from_onnx_initializers_reproduce_the_published_graph() {
+    let registry = Registry::builtin().unwrap();
+    let m = registry.get("paraphrase-minilm-l3-v2").unwrap();
+    let pre = load_pretrained(m, &Cache::from_env(), 2).unwrap();
+    assert_eq!(pre.model.config.num_hidden_layers, 3);
+    assert_eq!(pre.model.config.intermediate_size, 1536);
+    let tok = tokenizers::Tokenizer::from_file(&pre.tokenizer).unwrap();
+    let texts = sentences();
+    let ours = vectors(&pre.model, &tokenize(&tok, &texts, 128).unwrap());
+    let backbone =
+        Backbone::from_manifest(m, &Cache::from_env(), &ExecutionConfig::default()).unwrap();
+    let f = backbone
+        .embed_texts(&texts, OnError::Fail)
+        .unwrap()
+        .features;
+    for (i, v) in ours.iter().enumerate() {
+        // The manifest L2-normalises the graph's pooled output; compare directions.
+        let c = cos(v, f.row(i).as_slice().unwrap());
+        assert!(c > 0.99999, "sentence {i}: cosine {c}");
+    }
+}
+
 #[test]
 fn a_model_without_trainable_weights_is_a_clear_error() {
     let registry = Registry::builtin().unwrap();
-    let err = load_pretrained(
-        registry.get("paraphrase-minilm-l3-v2").unwrap(),
-        &Cache::from_env(),
-        2,
-    )
-    .unwrap_err()
-    .to_string();
+    let mut m = registry.get("paraphrase-minilm-l3-v2").unwrap().clone();
+    m.model.as_mut().unwrap().trainable = None;
+    let err = load_pretrained(&m, &Cache::from_env(), 2)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("paraphrase-minilm-l3-v2") && err.contains("[model.trainable]"),
         "{err}"
