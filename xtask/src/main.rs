@@ -41,7 +41,7 @@ enum Cmd {
     },
     /// Benchmark extraction against the Python stack, side by side (writes target/bench/).
     Bench {
-        /// Fewer items and rounds (under 3 minutes on 2 cores).
+        /// Fewer items (about 5 minutes on 2 cores after the release build).
         #[arg(long)]
         quick: bool,
         /// Run one workload alone: `finetune` (tl-finetune vs PyTorch).

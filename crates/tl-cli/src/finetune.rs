@@ -59,6 +59,10 @@ pub(crate) struct FinetuneArgs {
     /// Epochs without a better validation accuracy before stopping (0 = never).
     #[arg(long, default_value_t = 0)]
     patience: usize,
+    /// `contrastive`: the head fitted on the tuned vectors afterwards (logistic,
+    /// linear-svm, knn, centroid or ridge, default hyperparameters).
+    #[arg(long, default_value = "logistic")]
+    head: String,
     /// `contrastive`: pairs drawn per training row (half of the same class).
     #[arg(long, default_value_t = 4)]
     pairs_per_item: usize,
@@ -113,6 +117,13 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         ..FinetuneParams::default()
     };
     params.check().map_err(|e| UsageError(e.to_string()))?;
+    let head_spec = HeadSpec::from_kind(&a.head).map_err(|e| UsageError(e.to_string()))?;
+    if a.head != "logistic" && strategy != Strategy::Contrastive {
+        bail!(UsageError(format!(
+            "--head {} applies to --strategy contrastive; full and top:N train their own linear layer",
+            a.head
+        )));
+    }
     if !(a.test_fraction > 0.0 && a.test_fraction < 1.0) {
         bail!(UsageError(format!(
             "--test-fraction must be in (0, 1), got {}",
@@ -319,7 +330,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
             let xt = as_matrix(
                 pool.install(|| tl_finetune::sentence_vectors(&model, &train_seqs, 64, th)),
             );
-            HeadConfig::new(HeadSpec::Logistic(LogisticParams::default())).fit(
+            HeadConfig::new(head_spec.clone()).fit(
                 xt.view(),
                 &y_train,
                 &ds.label_names,

@@ -405,7 +405,10 @@ fn finetune_exports_a_model_every_command_can_use() {
         "{out}"
     );
     assert!(
-        out.contains("verdict   fine-tuned cli-tuned features:") && out.contains("fine-tuning"),
+        out.contains("verdict   fine-tuned cli-tuned features:")
+            && (out.contains("fine-tuning helps")
+                || out.contains("fine-tuning hurts")
+                || out.contains("no clear difference")),
         "{out}"
     );
     assert!(out.contains("ONNX Runtime matches the engine"), "{out}");
@@ -495,6 +498,11 @@ fn finetune_refuses_bad_settings() {
     let (code, _, err) = tl_in(h, &["finetune", "--name", "all-minilm-l6-v2"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("built-in"), "{err}");
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--head", "knn"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("contrastive"), "{err}");
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--head", "forest"]);
+    assert_eq!(code, 2, "{err}");
     let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--shots", "0"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--shots"), "{err}");

@@ -20,6 +20,10 @@ fn defaults_and_every_shipped_experiment_parse() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
+        // experiments/ also holds scripts (finetune-sentiment.sh); the experiment files are TOML.
+        if p.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
         let text = std::fs::read_to_string(&p).unwrap();
         if AdaptationExperiment::is_adaptation(&text) {
             let a = AdaptationExperiment::from_toml(&text, &p).unwrap_or_else(|e| panic!("{e}"));
