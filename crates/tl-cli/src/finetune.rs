@@ -26,7 +26,8 @@ pub(crate) struct FinetuneArgs {
     /// Name of the tuned model (then usable as `--model NAME` everywhere).
     #[arg(long)]
     name: String,
-    /// `full` (every layer) or `top:N` (the top N transformer layers).
+    /// `full` (every layer), `top:N` (the top N transformer layers) or `contrastive`
+    /// (SetFit-style pairs, then `--head` on the tuned vectors).
     #[arg(long, default_value = "full")]
     strategy: String,
     /// Passes over the training rows.
@@ -53,6 +54,9 @@ pub(crate) struct FinetuneArgs {
     /// Tokens per text (special tokens included).
     #[arg(long, default_value_t = 128)]
     max_length: usize,
+    /// Gradients are rescaled to at most this L2 norm (0 = no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
     /// Share of the training rows held out for early stopping (0 = none).
     #[arg(long, default_value_t = 0.0)]
     validation_fraction: f32,
@@ -107,6 +111,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         dropout: a.dropout,
         max_length: a.max_length,
+        max_grad_norm: a.max_grad_norm,
         validation_fraction: a.validation_fraction,
         patience: a.patience,
         pairs_per_item: a.pairs_per_item,
@@ -114,7 +119,6 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        ..FinetuneParams::default()
     };
     params.check().map_err(|e| UsageError(e.to_string()))?;
     let head_spec = HeadSpec::from_kind(&a.head).map_err(|e| UsageError(e.to_string()))?;

@@ -16,8 +16,10 @@ use crate::ops::Threads;
 use crate::optim::{AdamW, StepConfig, grad_norm, linear_schedule};
 use crate::weights::write_safetensors;
 
-/// Which part of the encoder trains.
+/// Which part of the encoder trains. Written as `full`, `top:N` or `contrastive` in
+/// files and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Strategy {
     /// Every parameter: embeddings, all layers, classifier.
     Full,
@@ -53,6 +55,19 @@ impl Strategy {
             Strategy::Full | Strategy::Contrastive => 0,
             Strategy::Top(n) => layers + 1 - n.min(layers),
         }
+    }
+}
+
+impl From<Strategy> for String {
+    fn from(s: Strategy) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Strategy {
+    type Error = FinetuneError;
+    fn try_from(s: String) -> Result<Strategy, FinetuneError> {
+        Strategy::parse(&s)
     }
 }
 

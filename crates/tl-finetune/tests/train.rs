@@ -538,3 +538,20 @@ fn contrastive_tuning_separates_the_classes() {
     eprintln!("held-out nearest-centroid accuracy {acc:.3}");
     assert!(acc > 0.9, "{acc}");
 }
+
+#[test]
+fn hyperparameters_round_trip_through_json_with_readable_strategies() {
+    for s in [Strategy::Full, Strategy::Top(2), Strategy::Contrastive] {
+        let p = FinetuneParams {
+            strategy: s,
+            ..params()
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains(&format!("\"strategy\":\"{s}\"")), "{text}");
+        assert_eq!(serde_json::from_str::<FinetuneParams>(&text).unwrap(), p);
+    }
+    let err = serde_json::from_str::<FinetuneParams>(r#"{"strategy":"top:x"}"#).unwrap_err();
+    assert!(err.to_string().contains("top:N"), "{err}");
+    let err = serde_json::from_str::<FinetuneParams>(r#"{"learning_rat":0.1}"#).unwrap_err();
+    assert!(err.to_string().contains("learning_rat"), "{err}");
+}
