@@ -412,7 +412,8 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         "shots": a.shots,
         "train_rows": train.len(),
         "test_rows": test.len(),
-        "params": params,
+        // Through text, so f32 settings read 0.1 rather than 0.10000000149011612.
+        "params": serde_json::from_str::<serde_json::Value>(&serde_json::to_string(&params)?)?,
         "epochs": report.epochs,
         "best_epoch": report.best_epoch,
         "frozen_accuracy": frozen_acc,
