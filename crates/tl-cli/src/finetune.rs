@@ -231,7 +231,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     // Each epoch is printed as it ends (a long run is never silent, terminal or not).
     let print_epoch = |e: &tl_finetune::EpochLog| {
         println!(
-            "epoch {:<3} loss {:.4}{}  {:.1} sentences/s  ({:.0}s: forward {:.0}, backward {:.0}, optimizer {:.0})",
+            "epoch {:<3} loss {:.4}{}  {:.1} sentences/s  ({:.1}s: forward {:.1}, backward {:.1}, optimizer {:.1})",
             e.epoch,
             e.train_loss,
             e.validation_accuracy

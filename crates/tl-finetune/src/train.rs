@@ -852,7 +852,8 @@ fn train_loop(
             writeln!(f, "{}", serde_json::to_string(&log).expect("plain struct"))
                 .map_err(|e| FinetuneError::io(dir, e))?;
         }
-        on_epoch(&log, model);
+        // The bar steps aside while the caller prints.
+        bar.suspend(|| on_epoch(&log, model));
         logs.push(log);
     }
     bar.finish_and_clear();
