@@ -56,7 +56,7 @@ pub use embed::{
 pub use export::export_features;
 pub use store::{
     BackboneStore, BackboneSummary, COMPACT_ROWS, KEY_COLUMN, LookupStats, STORE_VERSION, Store,
-    StoreManifest, VECTOR_COLUMN,
+    StoreManifest, VECTOR_COLUMN, write_atomic,
 };
 
 /// A cache key: BLAKE3 of (fingerprint, item kind, item content).

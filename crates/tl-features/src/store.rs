@@ -78,7 +78,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FeatureError + '_ {
 
 /// Writes `bytes` to `dir/name` so that a crash leaves either nothing or the whole file:
 /// a uniquely named temporary file in the same folder, fsync, rename, fsync of the folder.
-pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, FeatureError> {
+/// A failed write (a full disk, say) removes its temporary file. The one atomic write of
+/// the cache and of the fine-tuning runs (checkpoints, logs, exported models).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, FeatureError> {
     let tmp = dir.join(format!(
         ".tmp-{}-{}-{name}",
         std::process::id(),
@@ -87,12 +89,18 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathB
             .unwrap_or_default()
             .as_nanos()
     ));
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
     let dest = dir.join(name);
-    fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    let written = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &dest).map_err(io(&dest))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = fs::File::open(dir) {
         // Persist the rename itself; not every filesystem supports syncing a folder.
         let _ = d.sync_all();

@@ -58,7 +58,6 @@ mod progress;
 pub mod train;
 pub mod weights;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use bert::{Batch, BertClassifier, BertConfig, DropoutSpec, Objective, StepOutput};
@@ -129,8 +128,8 @@ impl FinetuneError {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary name, fsync and rename (then fsyncs the
-/// folder), so a killed process never leaves a half-written file under `path`.
+/// Writes `bytes` to `path` atomically (tl-features' write: temporary name, fsync,
+/// rename, folder fsync), so a killed process never leaves a half-written file there.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FinetuneError> {
     let dir = path
         .parent()
@@ -140,16 +139,7 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FinetuneErro
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        FinetuneError::io(path, e)
-    })
+    tl_features::write_atomic(dir, &name, bytes)
+        .map(|_| ())
+        .map_err(|e| FinetuneError::io(path, std::io::Error::other(e)))
 }

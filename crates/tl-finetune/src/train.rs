@@ -360,8 +360,8 @@ pub fn make_pairs(
     out
 }
 
-/// Nearest class centroid (cosine) of the tuned vectors: how a contrastive run is
-/// validated, since it trains no classifier.
+/// Nearest class centroid (cosine) of the tuned vectors, tl-heads' centroid head: how a
+/// contrastive run is validated, since it trains no classifier.
 fn centroid_predict(
     model: &BertClassifier,
     seqs: &[Vec<u32>],
@@ -369,43 +369,22 @@ fn centroid_predict(
     train: &[usize],
     queries: &[Vec<u32>],
     th: Threads,
-) -> Vec<usize> {
+) -> Result<Vec<usize>, FinetuneError> {
     let h = model.config.hidden_size;
-    let unit = |v: &mut [f32]| {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        v.iter_mut().for_each(|x| *x /= n);
+    let matrix = |v: Vec<f32>| {
+        ndarray::Array2::from_shape_vec((v.len() / h, h), v).expect("rows of width h")
     };
     let ts: Vec<Vec<u32>> = train.iter().map(|&i| seqs[i].clone()).collect();
-    let mut tv = sentence_vectors(model, &ts, 64, th);
-    tv.chunks_mut(h).for_each(unit);
-    let mut cent = vec![0.0f32; model.classes * h];
-    for (row, &i) in tv.chunks(h).zip(train) {
-        for (c, v) in cent[labels[i] * h..(labels[i] + 1) * h].iter_mut().zip(row) {
-            *c += v;
-        }
-    }
-    cent.chunks_mut(h).for_each(unit);
-    let mut qv = sentence_vectors(model, queries, 64, th);
-    qv.chunks_mut(h).for_each(unit);
-    qv.chunks(h)
-        .map(|q| {
-            (0..model.classes)
-                .map(|c| {
-                    (
-                        c,
-                        cent[c * h..(c + 1) * h]
-                            .iter()
-                            .zip(q)
-                            .map(|(a, b)| a * b)
-                            .sum::<f32>(),
-                    )
-                })
-                .fold((0, f32::NEG_INFINITY), |best, (c, s)| {
-                    if s > best.1 { (c, s) } else { best }
-                })
-                .0
-        })
-        .collect()
+    let x = matrix(sentence_vectors(model, &ts, 64, th));
+    let y: Vec<usize> = train.iter().map(|&i| labels[i]).collect();
+    let names: Vec<String> = (0..model.classes).map(|c| c.to_string()).collect();
+    let head = tl_heads::HeadConfig::new(tl_heads::HeadSpec::Centroid(tl_heads::CentroidParams {
+        metric: tl_heads::Metric::Cosine,
+    }))
+    .fit(x.view(), &y, &names, None)
+    .map_err(|e| FinetuneError::Data(format!("validating by nearest centroid: {e}")))?;
+    head.predict(matrix(sentence_vectors(model, queries, 64, th)).view())
+        .map_err(|e| FinetuneError::Data(format!("validating by nearest centroid: {e}")))
 }
 
 /// FNV-1a of a string: a stable 64-bit key for names.
@@ -800,19 +779,22 @@ fn train_loop(
                 sentences as f64 / t0.elapsed().as_secs_f64()
             ));
         }
-        let val_acc = (!val.is_empty()).then(|| {
+        let val_acc = if val.is_empty() {
+            None
+        } else {
             let vs: Vec<Vec<u32>> = val.iter().map(|&i| seqs[i].clone()).collect();
             let pred = if pairs.is_some() {
-                centroid_predict(model, seqs, labels, &train, &vs, th)
+                centroid_predict(model, seqs, labels, &train, &vs, th)?
             } else {
                 predict(model, &vs, 64, th)
             };
-            pred.iter()
+            let right = pred
+                .iter()
                 .zip(&val)
                 .filter(|(p, i)| **p == labels[**i])
-                .count() as f64
-                / val.len() as f64
-        });
+                .count();
+            Some(right as f64 / val.len() as f64)
+        };
         ck.epoch = epoch;
         match val_acc {
             Some(a) if a > ck.best_accuracy => {
