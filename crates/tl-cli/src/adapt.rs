@@ -61,7 +61,7 @@ pub(crate) fn adapt(registry: &Registry, a: &AdaptArgs) -> Result<()> {
     let report = tl_eval::run_adaptation(&exp, registry, &cache, true, &|line: &str| {
         eprintln!("{line}")
     })?;
-    print!("{}", tl_eval::adaptation_markdown(&report));
+    out_raw!("{}", tl_eval::adaptation_markdown(&report));
     if let Some(dir) = &a.out {
         tl_eval::write_adaptation_report(&report, dir)?;
         eprintln!("report    {}", dir.join("summary.md").display());

@@ -50,7 +50,7 @@ pub(crate) fn embed(
         };
         let out = embed_cached(&backbone, &store, &items, &options)?;
         print_header(&backbone, &ds, items.len());
-        println!(
+        out!(
             "features   {} from the cache in {:.2}s, {} computed in {:.2}s{}",
             out.hits,
             out.lookup_time.as_secs_f64(),
@@ -65,12 +65,12 @@ pub(crate) fn embed(
                 String::new()
             }
         );
-        println!(
+        out!(
             "cache      {}",
             store.root().join(backbone.fingerprint()).display()
         );
         for e in &out.errors {
-            println!("skipped    item {}: {} ({})", e.index, e.item, e.message);
+            out!("skipped    item {}: {} ({})", e.index, e.item, e.message);
         }
         let labels: Vec<usize> = indices.iter().map(|&i| ds.labels[i]).collect();
         print_separation(&out.features, &labels);
@@ -109,13 +109,13 @@ pub(crate) fn embed(
     let s = &out.stats;
     let secs = s.timings.total.as_secs_f64();
     print_header(&backbone, &ds, indices.len());
-    println!(
+    out!(
         "embedded   {} items in {secs:.2}s: {:.1} items/s (session load {:.2}s)",
         s.items - out.errors.len(),
         s.items as f64 / secs,
         load_time.as_secs_f64()
     );
-    println!(
+    out!(
         "time       prepare {:.2}s | run {:.2}s | pool {:.2}s | {} batches of up to {batch_size}",
         s.timings.prepare.as_secs_f64(),
         s.timings.run.as_secs_f64(),
@@ -123,7 +123,7 @@ pub(crate) fn embed(
         s.batches
     );
     if s.processed_tokens > 0 {
-        println!(
+        out!(
             "padding    {:.3} efficiency ({} real of {} processed tokens)",
             s.padding_efficiency(),
             s.real_tokens,
@@ -131,7 +131,7 @@ pub(crate) fn embed(
         );
     }
     for e in &out.errors {
-        println!("skipped    item {}: {} ({})", e.index, e.item, e.message);
+        out!("skipped    item {}: {} ({})", e.index, e.item, e.message);
     }
     let labels: Vec<usize> = indices.iter().map(|&i| ds.labels[i]).collect();
     print_separation(&out.features, &labels);
@@ -139,13 +139,13 @@ pub(crate) fn embed(
 }
 
 fn print_header(backbone: &Backbone, ds: &tl_data::Dataset, items: usize) {
-    println!(
+    out!(
         "model      {} ({}-d, fingerprint {})",
         backbone.name(),
         backbone.dim(),
         backbone.fingerprint()
     );
-    println!(
+    out!(
         "dataset    {} ({items} items, {} classes)",
         ds.name,
         ds.n_classes()
@@ -154,7 +154,7 @@ fn print_header(backbone: &Backbone, ds: &tl_data::Dataset, items: usize) {
 
 fn print_separation(features: &ndarray::Array2<f32>, labels: &[usize]) {
     let (within, between) = separation(features, labels);
-    println!(
+    out!(
         "separation mean cosine within classes {within:.4} vs between classes {between:.4} ({})",
         if within > between {
             "features separate the classes"

@@ -175,7 +175,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     };
     let y_train: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
     let y_test: Vec<usize> = test.iter().map(|&i| ds.labels[i]).collect();
-    println!(
+    out!(
         "data      {}: {} train{} / {} test rows, {} classes (stratified, split seed {}; run seed {})",
         ds.name,
         train.len(),
@@ -201,7 +201,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     let frozen_pred = frozen.predict(f_test.features.view())?;
     let frozen_acc =
         tl_eval::metrics::accuracy_on(&y_test, &frozen_pred, &(0..test.len()).collect::<Vec<_>>());
-    println!(
+    out!(
         "before    {} frozen + logistic: accuracy {:.1}% ({:.1}s)",
         a.model,
         100.0 * frozen_acc,
@@ -217,7 +217,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     let test_seqs: Vec<Vec<u32>> = test.iter().map(|&i| seqs[i].clone()).collect();
     let run_dir = cache.root().join("finetune").join(&a.name);
     let mut model = pre.model.clone();
-    println!(
+    out!(
         "finetune  {} ({} parameters) strategy {}, {} epochs, lr {}, batch {}, {} threads; log {}",
         a.model,
         model.params.len(),
@@ -230,7 +230,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     );
     // Each epoch is printed as it ends (a long run is never silent, terminal or not).
     let print_epoch = |e: &tl_finetune::EpochLog| {
-        println!(
+        out!(
             "epoch {:<3} loss {:.4}{}  {:.1} sentences/s  ({:.1}s: forward {:.1}, backward {:.1}, optimizer {:.1})",
             e.epoch,
             e.train_loss,
@@ -251,7 +251,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        println!(
+        out!(
             "resumed   from {} ({} epochs done)",
             checkpoint.display(),
             done.len()
@@ -382,7 +382,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
             &ci_tuned,
         ),
     ] {
-        println!(
+        out!(
             "result    {name:<34} accuracy {:.1}% [{:.1}, {:.1}]",
             pct(acc),
             pct(ci.low),
@@ -394,7 +394,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         low: pct(diff.low),
         high: pct(diff.high),
     };
-    println!(
+    out!(
         "verdict   {}",
         tl_eval::verdict(
             &format!("fine-tuned {}", a.name),
@@ -428,19 +428,19 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         serde_json::to_string_pretty(&summary)?,
     )
     .with_context(|| format!("writing {}", run_dir.join("report.json").display()))?;
-    println!(
+    out!(
         "model     {} -> {} (ONNX Runtime matches the engine to {worst:.1e}); manifest {}",
         a.name,
         exported.dir.display(),
         exported.manifest_path.display()
     );
-    println!(
+    out!(
         "head      {}  (tl predict --model {} --classifier {} --text \"...\")",
         head_path.display(),
         a.name,
         head_path.display()
     );
-    println!("done      in {:.1}s", start.elapsed().as_secs_f64());
+    out!("done      in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -4,6 +4,18 @@
 //! Exit codes: 0 success; 1 the work failed (data, model, I/O); 2 bad arguments or an invalid
 //! experiment file.
 
+/// `println!` for the command's output (stdout). A reader that went away (`tl ... | head`)
+/// ends the program quietly, as Unix tools do; any other failure to write (a stdout on a
+/// full disk, say) is reported and exits 1, never a panic.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for the command's output; see [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => { $crate::write_out(format_args!($($arg)*)) };
+}
+
 mod adapt;
 mod embed;
 mod finetune;
@@ -20,6 +32,18 @@ use tl_data::Dataset;
 use tl_eval::data::TableSettings;
 use tl_eval::{AdaptationExperiment, Experiment};
 use tl_features::Store;
+
+fn write_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// The default experiment, embedded so `tl run` works from any folder.
 const DEFAULT_EXPERIMENT: &str = include_str!("../../../experiments/sentiment.toml");
@@ -270,7 +294,7 @@ fn run(cli: Cli) -> Result<()> {
             command: DataCmd::Info { dataset, table },
         } => {
             let ds = load_dataset(&registry, &dataset, &table)?;
-            print!("{}", ds.summary());
+            out_raw!("{}", ds.summary());
             Ok(())
         }
     }
@@ -350,19 +374,17 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
     let exp = Experiment::from_toml(&text, &origin)?;
     tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
-    println!("experiment {}", exp.name);
-    let report = tl_eval::run(&exp, registry, &cache, true, &|line: &str| {
-        println!("{line}")
-    })?;
+    out!("experiment {}", exp.name);
+    let report = tl_eval::run(&exp, registry, &cache, true, &|line: &str| out!("{line}"))?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
     let files = tl_eval::write_report(&report, &dir)?;
     if let Some(best) = report.ranking.first()
         && report.ranking.len() > 1
     {
-        println!("ranking   {} (best: {best})", report.ranking.join(" > "));
+        out!("ranking   {} (best: {best})", report.ranking.join(" > "));
     }
-    println!(
+    out!(
         "report    {} ({} files, run took {:.1}s)",
         dir.join("summary.md").display(),
         files.len(),
@@ -377,14 +399,13 @@ fn run_adaptation_experiment(
     exp: &AdaptationExperiment,
     out: Option<PathBuf>,
 ) -> Result<()> {
-    println!("adaptation experiment {}", exp.name);
-    let report =
-        tl_eval::run_adaptation(exp, registry, cache, true, &|line: &str| println!("{line}"))?;
+    out!("adaptation experiment {}", exp.name);
+    let report = tl_eval::run_adaptation(exp, registry, cache, true, &|line: &str| out!("{line}"))?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
     tl_eval::write_adaptation_report(&report, &dir)?;
     for m in &report.summary {
-        println!(
+        out!(
             "summary   {:<18} {:<12} {:+5.2} points, gap recovered: mean {}, pooled {} ({} helps, {} hurts of {})",
             m.backbone,
             m.method,
@@ -398,7 +419,7 @@ fn run_adaptation_experiment(
             m.pairs
         );
     }
-    println!(
+    out!(
         "report    {} (run took {:.1}s)",
         dir.join("summary.md").display(),
         report.seconds
@@ -412,7 +433,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
         CacheCmd::Info => {
             let all = store.info()?;
             if all.is_empty() {
-                println!("feature cache {} is empty", store.root().display());
+                out!("feature cache {} is empty", store.root().display());
             }
             for s in all {
                 let (model, dim) = s
@@ -425,7 +446,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                     .map_or("never".into(), |d| {
                         format!("{:.1} days ago", d.as_secs_f64() / 86_400.0)
                     });
-                println!(
+                out!(
                     "{:<28} {:>8} vectors  {:>4}-d  {:>8.1} MB  {:>4} shards  used {used}  {}",
                     model,
                     s.rows,
@@ -456,7 +477,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                 .map(|&i| ds.label_names[ds.labels[i]].clone())
                 .collect();
             tl_features::export_features(&out, &ids, &labels, features.features.view())?;
-            println!(
+            out!(
                 "exported {} rows x {} features to {}",
                 indices.len(),
                 features.features.ncols(),
@@ -469,14 +490,21 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                 let Some(m) = s.manifest else { continue };
                 let name = m.model.clone();
                 let (before, after) = store.backbone(m)?.compact()?;
-                println!("{name}: {before} -> {after} shards");
+                out!("{name}: {before} -> {after} shards");
             }
             Ok(())
         }
         CacheCmd::Gc { days, dry_run } => {
-            let removed = store.gc(Duration::from_secs(days * 86_400), dry_run)?;
+            // More than about 10^14 days would overflow the seconds; nothing is that old.
+            let secs = days.checked_mul(86_400).ok_or_else(|| {
+                UsageError(format!(
+                    "--days {days} is too large (at most {})",
+                    u64::MAX / 86_400
+                ))
+            })?;
+            let removed = store.gc(Duration::from_secs(secs), dry_run)?;
             for s in &removed {
-                println!(
+                out!(
                     "{} {} ({:.1} MB)",
                     if dry_run { "would delete" } else { "deleted" },
                     s.dir.display(),
@@ -484,7 +512,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                 );
             }
             if removed.is_empty() {
-                println!("nothing unused for {days} days");
+                out!("nothing unused for {days} days");
             }
             Ok(())
         }

@@ -165,7 +165,7 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
             a.seed,
         )?;
         for row in &g.rows {
-            println!(
+            out!(
                 "cv        {} = {:<8} accuracy {:.2}% +- {:.2}",
                 g.param,
                 row.value,
@@ -173,14 +173,14 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
                 100.0 * row.std
             );
         }
-        println!("chosen    {} = {}", g.param, g.best_value);
+        out!("chosen    {} = {}", g.param, g.best_value);
         g.best
     } else {
         config
     };
     let model = config.fit(f.features.view(), &y, &ds.label_names, Some(&f.fingerprint))?;
     model.save(&a.out)?;
-    println!(
+    out!(
         "saved     {} ({} head on {} rows of {}, {} classes, {}-d {} features)",
         a.out.display(),
         config.head.kind(),
@@ -250,9 +250,9 @@ pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
     let out = embed_through_cache(&backbone, &items, false, false)?;
     let proba = clf.predict_proba(out.features.view())?;
     let pred = clf.predict(out.features.view())?;
-    println!("row,label,probability");
+    out!("row,label,probability");
     for (i, &p) in pred.iter().enumerate() {
-        println!("{i},{},{:.4}", clf.label_names[p], proba[[i, p]]);
+        out!("{i},{},{:.4}", clf.label_names[p], proba[[i, p]]);
     }
     Ok(())
 }
@@ -301,28 +301,32 @@ pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
     let acc = tl_eval::metrics::bootstrap(truth.len(), a.bootstrap, 0, |rows| {
         tl_eval::metrics::accuracy_on(&truth, &pred, rows)
     });
-    println!("rows      {} of {}", truth.len(), ds.name);
-    println!(
+    out!("rows      {} of {}", truth.len(), ds.name);
+    out!(
         "accuracy  {:.2}% [{:.2}, {:.2}]",
         100.0 * acc.estimate,
         100.0 * acc.low,
         100.0 * acc.high
     );
-    println!("macro-F1  {:.2}%", 100.0 * m.macro_f1);
-    println!("balanced  {:.2}%", 100.0 * m.balanced_accuracy);
+    out!("macro-F1  {:.2}%", 100.0 * m.macro_f1);
+    out!("balanced  {:.2}%", 100.0 * m.balanced_accuracy);
     if let Some(l) = m.log_loss {
-        println!("log loss  {l:.4}");
+        out!("log loss  {l:.4}");
     }
     if let Some(e) = m.ece {
-        println!("ECE       {e:.4}");
+        out!("ECE       {e:.4}");
     }
     if let Some(auc) = m.roc_auc {
-        println!("ROC-AUC   {auc:.4}");
+        out!("ROC-AUC   {auc:.4}");
     }
     for c in &m.per_class {
-        println!(
+        out!(
             "class     {:<24} precision {:.3} recall {:.3} F1 {:.3} (n = {})",
-            c.label, c.precision, c.recall, c.f1, c.support
+            c.label,
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
         );
     }
     Ok(())

@@ -97,13 +97,13 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
                 cv_s: t.elapsed().as_secs_f64(),
             });
         }
-        println!(
+        out!(
             "\n{} ({} rows, {} classes)",
             ds.name,
             idx.len(),
             ds.label_names.len()
         );
-        println!(
+        out!(
             "{:<26} {:>10} {:>10} {:>9} {:>9} {:>9}   {:>29} {:>8}",
             "backbone",
             "LogME",
@@ -120,7 +120,7 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
             } else {
                 format!("{:.4}", r.scores[3])
             };
-            println!(
+            out!(
                 "{:<26} {:>10.4} {:>10.3} {:>8.1}% {:>9} {:>8.1}%   {:>6.2} {:>6.2} {:>8.2} {:>6.2} {:>8.2}",
                 r.backbone,
                 r.scores[0],
@@ -156,13 +156,14 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
             if let Some(r) = spearman(&v, &cv) {
                 rhos[s].push(r);
             }
-            println!(
+            out!(
                 "  {name:<8} picks {:<26} (cross-validation picks {})",
-                have[best].backbone, have[best_cv].backbone
+                have[best].backbone,
+                have[best_cv].backbone
             );
         }
     }
-    println!("\nover {} dataset(s):", a.dataset.len());
+    out!("\nover {} dataset(s):", a.dataset.len());
     let mean = |v: &[f64]| {
         if v.is_empty() {
             "-".to_string()
@@ -172,10 +173,10 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
     };
     for (s, name) in NAMES.iter().enumerate() {
         if ranked[s] == 0 {
-            println!("  {name:<8} ranks no dataset (fewer than two backbones have it)");
+            out!("  {name:<8} ranks no dataset (fewer than two backbones have it)");
             continue;
         }
-        println!(
+        out!(
             "  {name:<8} top-1 agrees with CV on {}/{}; mean Kendall tau {}, mean Spearman {}; \
              {:.2}s in all = {:.1}% of the {cv_time:.1}s of {}-fold cross-validation over {} values of C",
             agree[s],

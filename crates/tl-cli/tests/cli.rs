@@ -507,3 +507,59 @@ fn finetune_refuses_bad_settings() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--shots"), "{err}");
 }
+
+#[test]
+fn cache_gc_refuses_a_number_of_days_that_overflows() {
+    let home = tempfile::tempdir().unwrap();
+    let (code, _, err) = tl_in(
+        home.path(),
+        &["cache", "gc", "--days", &u64::MAX.to_string(), "--dry-run"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--days") && err.contains("too large"), "{err}");
+    let (code, out, err) = tl_in(
+        home.path(),
+        &["cache", "gc", "--days", "100000000", "--dry-run"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing unused"), "{out}");
+}
+
+/// Output to a reader that went away ends quietly with 0 (as `tl ... | head -1`); a
+/// stdout that cannot be written (a full disk) is exit 1 with a message. Both panicked
+/// before. (A closed descriptor cannot be told apart: Rust's runtime reopens a closed
+/// stdout on /dev/null before `main`.)
+#[test]
+fn stdout_failures_follow_unix_conventions() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("reviews.csv");
+    std::fs::write(&p, "text,label\ngood,pos\nbad,neg\ngreat,pos\n").unwrap();
+    let args = ["data", "info", p.to_str().unwrap()];
+
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // the reader is gone before tl writes a byte
+    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+        .args(args)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing the output to stdout") && !err.contains("panicked"),
+        "{err}"
+    );
+}

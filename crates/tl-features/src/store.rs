@@ -258,7 +258,8 @@ fn last_used(dir: &Path) -> Option<SystemTime> {
         .trim()
         .parse()
         .ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+    // A damaged stamp (a number past the end of time) reads as no stamp, not a panic.
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 fn list_shards(dir: &Path) -> Result<Vec<PathBuf>, FeatureError> {

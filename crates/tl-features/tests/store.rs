@@ -274,6 +274,32 @@ fn gc_removes_only_stale_backbones() {
     assert!(fresh.dir().exists());
 }
 
+/// A damaged `last-used` stamp (a number past the end of time, or text) reads as no
+/// stamp: `info` and `gc` work for every store, the damaged one falls back to the
+/// folder's modification time. (It panicked with an overflow before.)
+#[test]
+fn a_damaged_last_used_stamp_never_breaks_info_or_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let a = store.backbone(manifest(4)).unwrap();
+    let mut m = manifest(4);
+    m.fingerprint = "other".into();
+    let b = store.backbone(m).unwrap();
+    fs::write(a.dir().join("last-used"), u64::MAX.to_string()).unwrap();
+    fs::write(b.dir().join("last-used"), "yesterday").unwrap();
+    let info = store.info().unwrap();
+    assert_eq!(info.len(), 2);
+    assert!(info.iter().all(|s| s.last_used.is_none()));
+    // Both folders were just made: nothing is 30 days old, and a huge age removes nothing.
+    assert!(
+        store
+            .gc(Duration::from_secs(30 * 86_400), true)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.gc(Duration::MAX, true).unwrap().is_empty());
+}
+
 #[test]
 fn export_reads_back_with_polars() {
     use polars::prelude::*;
