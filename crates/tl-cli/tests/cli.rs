@@ -563,3 +563,19 @@ fn stdout_failures_follow_unix_conventions() {
         "{err}"
     );
 }
+
+/// Unbounded numbers are refused up front with exit 2 (`--threads 2048` turned 0.4 s into
+/// minutes; `--limit 0` exited 0 having done nothing).
+#[test]
+fn embed_refuses_out_of_range_numbers() {
+    for (args, needle) in [
+        (&["embed", "--threads", "2048"][..], "--threads"),
+        (&["embed", "--threads", "0"], "--threads"),
+        (&["embed", "--batch-size", "0"], "--batch-size"),
+        (&["embed", "--limit", "0"], "--limit"),
+    ] {
+        let (code, _, err) = tl(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

@@ -19,7 +19,8 @@ use crate::EvalError;
 use crate::adapt::{Method, reverse_validation};
 use crate::data::{TableSettings, load_dataset};
 use crate::experiment::{
-    Observer, backbone_features, check_name, default_batch, default_bootstrap, parse_experiment,
+    Observer, backbone_features, check_limits, check_name, default_batch, default_bootstrap,
+    parse_experiment,
 };
 use crate::metrics::{Interval, accuracy_on, bootstrap, paired_accuracy_difference};
 use crate::report::{csv_field, write};
@@ -202,6 +203,7 @@ impl AdaptationExperiment {
     /// Validates values serde cannot.
     pub fn check(&self) -> Result<(), String> {
         check_name(&self.name)?;
+        check_limits(self.bootstrap, self.batch_size)?;
         if self.backbones.is_empty() {
             return Err("backbones: name at least one backbone".into());
         }
@@ -268,9 +270,6 @@ impl AdaptationExperiment {
         }
         if self.limit == Some(0) {
             return Err("limit: must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return Err("batch_size: must be at least 1".into());
         }
         Ok(())
     }

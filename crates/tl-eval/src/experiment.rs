@@ -244,6 +244,30 @@ fn default_heads() -> Vec<HeadSpec> {
 pub(crate) fn default_bootstrap() -> usize {
     1000
 }
+
+/// Most bootstrap resamples an experiment may ask for: 10^5 already pins a 95% interval
+/// to a small fraction of a point, and each resample costs a pass over the test rows.
+pub const MAX_BOOTSTRAP: usize = 100_000;
+/// Most few-shot draws per k.
+pub const MAX_REPEATS: usize = 1_000;
+/// Largest inference batch.
+pub const MAX_BATCH: usize = 4_096;
+
+/// Range checks of the settings both kinds of experiment share, before any work runs
+/// (a huge value used to abort after the results were printed, with no report).
+pub(crate) fn check_limits(bootstrap: usize, batch_size: usize) -> Result<(), String> {
+    if bootstrap > MAX_BOOTSTRAP {
+        return Err(format!(
+            "bootstrap: at most {MAX_BOOTSTRAP} resamples, got {bootstrap}"
+        ));
+    }
+    if batch_size == 0 || batch_size > MAX_BATCH {
+        return Err(format!(
+            "batch_size: must be in 1..={MAX_BATCH}, got {batch_size}"
+        ));
+    }
+    Ok(())
+}
 pub(crate) fn default_batch() -> usize {
     32
 }
@@ -322,6 +346,12 @@ impl Experiment {
             if f.shots.is_empty() || f.repeats == 0 {
                 return Err("few_shot: needs at least one shot value and one repeat".into());
             }
+            if f.repeats > MAX_REPEATS {
+                return Err(format!(
+                    "few_shot.repeats: at most {MAX_REPEATS}, got {}",
+                    f.repeats
+                ));
+            }
             if !(f.test_fraction > 0.0 && f.test_fraction < 1.0) {
                 return Err(format!(
                     "few_shot.test_fraction: must be in (0, 1), got {}",
@@ -332,10 +362,7 @@ impl Experiment {
         if self.backbones.is_empty() && self.baseline == Baseline::None {
             return Err("nothing to evaluate: no backbones and baseline = \"none\"".into());
         }
-        if self.batch_size == 0 {
-            return Err("batch_size: must be at least 1".into());
-        }
-        Ok(())
+        check_limits(self.bootstrap, self.batch_size)
     }
 }
 

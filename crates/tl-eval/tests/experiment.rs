@@ -48,6 +48,10 @@ fn bad_adaptation_files_name_the_problem() {
             &["line 5", "magic"][..],
         ),
         (
+            format!("bootstrap = 1000000000000\n{ok}"),
+            &["bootstrap", "at most 100000"],
+        ),
+        (
             format!("{ok}[[methods]]\nmethod = \"coral\"\neps_scale = [0]\n"),
             &["methods[0]", "coral(eps_scale=0)"],
         ),
@@ -136,6 +140,19 @@ fn bad_experiment_files_name_the_key_and_line() {
         (
             "name = \"x\"\ndataset = \"d\"\nbaseline = \"none\"\n[protocol]\nkind = \"cv\"\n",
             &["nothing to evaluate"],
+        ),
+        // Unbounded numbers are refused before any work (they aborted after the results).
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\nbootstrap = 1000000000000\n[protocol]\nkind = \"cv\"\n",
+            &["bootstrap", "at most 100000"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[few_shot]\nshots = [1]\nrepeats = 1000000000000\n",
+            &["few_shot.repeats", "at most 1000"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\nbatch_size = 100000\n[protocol]\nkind = \"cv\"\n",
+            &["batch_size", "1..=4096"],
         ),
         (
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"holdout\"\ntest_fraction = 1.5\n",
