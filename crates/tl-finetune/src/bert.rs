@@ -434,18 +434,6 @@ impl BertClassifier {
         }
     }
 
-    /// The same encoder with a fresh classifier of `classes` outputs.
-    pub fn with_classes(mut self, classes: usize) -> BertClassifier {
-        let slots = Slots::new(&self.config, classes);
-        let enc = self.slots.cls_w.start;
-        self.params.truncate(enc);
-        self.params.resize(slots.len, 0.0);
-        self.slots = slots;
-        self.classes = classes;
-        self.init_classifier();
-        self
-    }
-
     /// Draws the classifier's weights from N(0, 0.02²) with a fixed key and zeroes its
     /// bias, as transformers initialises a new head. (A zero head would pass no gradient
     /// to the encoder on the first step.)

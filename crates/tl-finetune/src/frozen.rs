@@ -35,11 +35,12 @@ pub fn frozen_fingerprint(model: &BertClassifier, first_trainable: usize) -> Str
     );
     h.update(&(first_trainable as u64).to_le_bytes());
     // Weights in layout order; the embeddings and the frozen layers come first.
-    let bytes: Vec<u8> = model.params[..end]
-        .par_chunks(1 << 16)
-        .flat_map_iter(|c| c.iter().flat_map(|v| v.to_le_bytes()))
-        .collect();
-    h.update(&bytes);
+    let mut bytes = Vec::with_capacity(4 << 16);
+    for chunk in model.params[..end].chunks(1 << 16) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        h.update(&bytes);
+    }
     h.finalize().to_hex().to_string()
 }
 

@@ -13,8 +13,8 @@ use tl_assets::{Cache, Fetcher};
 use crate::FinetuneError;
 use crate::bert::{BertClassifier, BertConfig};
 use crate::weights::{
-    Naming, encoder_tensors, from_tensors_mapped, infer_config, read_onnx_initializers,
-    read_safetensors, write_safetensors,
+    Naming, encoder_tensors, from_tensors, infer_config, read_onnx_initializers, read_safetensors,
+    write_safetensors,
 };
 
 /// A pretrained encoder ready to fine-tune, with the files it came from.
@@ -117,7 +117,7 @@ pub fn load_pretrained(
         (None, Some(heads)) => infer_config(&tensors, &naming, heads, &weights)?,
         (None, None) => return Err(no_weights(&manifest.name)),
     };
-    let model = from_tensors_mapped(config, classes, &tensors, &naming, &weights)?;
+    let model = from_tensors(config, classes, &tensors, &naming, &weights)?;
     Ok(Pretrained {
         model,
         tokenizer: cache.file_path(manifest, &text.tokenizer),

@@ -320,27 +320,6 @@ fn alternatives(name: &str) -> [String; 2] {
     ]
 }
 
-/// Builds a model from transformers `BertModel` tensors (names optionally under
-/// `prefix`, e.g. `bert.`). The classifier starts at zero with `classes` outputs.
-pub fn from_tensors(
-    config: BertConfig,
-    classes: usize,
-    tensors: &BTreeMap<String, Tensor>,
-    prefix: &str,
-    origin: &Path,
-) -> Result<BertClassifier, FinetuneError> {
-    from_tensors_mapped(
-        config,
-        classes,
-        tensors,
-        &Naming {
-            prefix,
-            ..Naming::default()
-        },
-        origin,
-    )
-}
-
 /// How the tensors of a file are named: a prefix, renamed tensors (transformers name ->
 /// file name) and tensors stored transposed (`[in, out]`).
 #[derive(Debug, Clone, Default)]
@@ -408,8 +387,10 @@ pub fn infer_config(
     Ok(c)
 }
 
-/// [`from_tensors`] for files whose names follow `naming`.
-pub fn from_tensors_mapped(
+/// Builds a model from transformers `BertModel` tensors, named in the file as `naming`
+/// says, with a new classifier of `classes` outputs (see
+/// [`BertClassifier::init_classifier`]).
+pub fn from_tensors(
     config: BertConfig,
     classes: usize,
     tensors: &BTreeMap<String, Tensor>,
