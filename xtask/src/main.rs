@@ -1,7 +1,9 @@
-//! Project automation: `cargo xtask fetch`, `cargo xtask test`, `cargo xtask assets`.
+//! Project automation: `cargo xtask fetch`, `cargo xtask test`, `cargo xtask assets`,
+//! `cargo xtask bench`, `cargo xtask fuzz`.
 
 mod bench;
 mod bench_finetune;
+mod fuzz;
 
 use std::process::Command;
 use std::time::Instant;
@@ -48,6 +50,27 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Fuzz every parser of outside data (tl-fuzz), each target in its own process under a
+    /// memory limit and a hang watchdog; findings go to target/fuzz/<target>/.
+    #[command(
+        after_help = "Examples:\n  cargo xtask fuzz                      # every target, 60 s each\n  cargo xtask fuzz --seconds 600 table-json classifier\n  cargo xtask fuzz --list"
+    )]
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// First seed (each target run uses its own stream from it).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Parallel worker processes (default: 1).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// List the targets and stop.
+        #[arg(long)]
+        list: bool,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Fetch what the tests need, then run the whole test suite.
     Test {
         /// Extra arguments passed to `cargo test`.
@@ -72,6 +95,13 @@ fn main() -> Result<()> {
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { args } => test(&args)?,
+        Cmd::Fuzz {
+            seconds,
+            seed,
+            jobs,
+            list,
+            targets,
+        } => fuzz::fuzz(seconds, seed, jobs, list, &targets)?,
         Cmd::Bench { quick, only } => bench::bench(quick, only.as_deref())?,
     }
     Ok(())

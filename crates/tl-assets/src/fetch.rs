@@ -169,6 +169,26 @@ impl Fetcher {
                 message: "the manifest has no such file".into(),
             });
         }
+        // Everything already there and verified: nothing to write, not even a lock, so a
+        // read-only cache (a shared or container mount) serves every command.
+        let present: Option<Vec<(PathBuf, FileOutcome)>> = manifest
+            .files
+            .iter()
+            .filter(|f| paths.contains(&f.path.as_str()))
+            .map(|spec| {
+                let dest = self.cache.file_path(manifest, &spec.path);
+                match sha256_file(&dest) {
+                    Ok(found) if found == spec.sha256 => Some((dest, FileOutcome::Present)),
+                    _ => None,
+                }
+            })
+            .collect();
+        if let Some(files) = present {
+            return Ok(FetchReport {
+                name: manifest.name.clone(),
+                files,
+            });
+        }
         let dir = self.cache.asset_dir(manifest);
         create_dir_all(&dir)?;
         let _lock = self.lock(&format!("{}-{}", manifest.kind.dir_name(), manifest.name))?;
@@ -655,8 +675,18 @@ fn run(mut cmd: Command, tool: &str, hint: &str) -> Result<(), FetchError> {
     let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
     let disk_full = stderr.contains("No space left on device");
     if disk_full {
+        // Name where the tool was writing (its output folder argument), not the tool.
+        let target = cmd
+            .get_args()
+            .map(Path::new)
+            .filter(|a| a.is_absolute() && a.is_dir())
+            .last()
+            .map_or_else(
+                || format!("the output of {tool}"),
+                |d| d.display().to_string(),
+            );
         return Err(FetchError::DiskFull {
-            path: PathBuf::from(program),
+            path: PathBuf::from(target),
         });
     }
     Err(FetchError::ToolFailed {

@@ -288,8 +288,10 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// `$TL_HOME` if set; else `.tl-cache/` in this workspace when running from a checkout
-    /// of it; else `$XDG_CACHE_HOME/transfer-learning-rs` (or `~/.cache/...`).
+    /// `$TL_HOME` if set; else `.tl-cache/` in this workspace when the running program is
+    /// one of its own builds (its executable lies inside the checkout, or cargo started it
+    /// there); else `$XDG_CACHE_HOME/transfer-learning-rs` (or `~/.cache/...`). A binary
+    /// copied elsewhere never writes into the folder it was built in.
     pub fn from_env() -> Cache {
         if let Some(home) = std::env::var_os("TL_HOME").filter(|h| !h.is_empty()) {
             return Cache::at(home);
@@ -297,7 +299,12 @@ impl Cache {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         if workspace.join("Cargo.toml").is_file() && workspace.join("models").is_dir() {
             let workspace = workspace.canonicalize().unwrap_or(workspace);
-            return Cache::at(workspace.join(".tl-cache"));
+            let inside = |p: PathBuf| p.canonicalize().unwrap_or(p).starts_with(&workspace);
+            let own_build = std::env::current_exe().is_ok_and(inside)
+                || std::env::var_os("CARGO_MANIFEST_DIR").is_some_and(|d| inside(d.into()));
+            if own_build {
+                return Cache::at(workspace.join(".tl-cache"));
+            }
         }
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)

@@ -543,12 +543,6 @@ impl Manifest {
                 format!("{:?} is not among the asset's files", m.onnx),
             );
         }
-        if m.inputs.is_empty() {
-            return err("model.inputs", "needs at least one input name".into());
-        }
-        if m.dim == 0 {
-            return err("model.dim", "must be positive".into());
-        }
         if let Some(t) = &m.trainable {
             if t.architecture != "bert" {
                 return err(
@@ -604,60 +598,15 @@ impl Manifest {
                 );
             }
         }
-        match (m.modality, &m.text, &m.image) {
-            (Modality::Text, Some(t), None) => {
-                if self.file(&t.tokenizer).is_none() {
-                    return err(
-                        "model.text.tokenizer",
-                        format!("{:?} is not among the asset's files", t.tokenizer),
-                    );
-                }
-                if t.max_length < 2 {
-                    return err("model.text.max_length", "must be at least 2".into());
-                }
-                if !m.inputs.iter().any(|i| i == "input_ids") {
-                    return err(
-                        "model.inputs",
-                        "a text model needs an \"input_ids\" input".into(),
-                    );
-                }
-                Ok(())
-            }
-            (Modality::Image, None, Some(im)) => {
-                if im.size == 0 {
-                    return err("model.image.size", "must be positive".into());
-                }
-                if let Resize::ShorterCrop { shorter } = im.resize
-                    && shorter < im.size
-                {
-                    return err(
-                        "model.image.resize.shorter",
-                        format!("{shorter} is smaller than the crop size {}", im.size),
-                    );
-                }
-                if !(im.pixel_max > 0.0 && im.pixel_max.is_finite()) {
-                    return err("model.image.pixel_max", "must be a positive number".into());
-                }
-                if im.std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
-                    return err("model.image.std", "every entry must be positive".into());
-                }
-                if m.inputs.len() != 1 {
-                    return err(
-                        "model.inputs",
-                        "an image model takes exactly one input".into(),
-                    );
-                }
-                Ok(())
-            }
-            (Modality::Text, _, _) => err(
-                "model.text",
-                "a text model needs [model.text] and no [model.image]".into(),
-            ),
-            (Modality::Image, _, _) => err(
-                "model.image",
-                "an image model needs [model.image] and no [model.text]".into(),
-            ),
+        if let Some(t) = &m.text
+            && self.file(&t.tokenizer).is_none()
+        {
+            return err(
+                "model.text.tokenizer",
+                format!("{:?} is not among the asset's files", t.tokenizer),
+            );
         }
+        m.check()
     }
 
     fn check_dataset(&self, d: &DatasetSpec) -> Result<(), (String, String)> {
@@ -687,6 +636,80 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+impl ModelSpec {
+    /// The rules a model spec must meet on its own (a manifest adds that its files exist);
+    /// returns (field path, what is wrong). `Backbone` checks every spec it opens.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        if self.inputs.is_empty() {
+            return err("model.inputs", "needs at least one input name".into());
+        }
+        if self.dim == 0 {
+            return err("model.dim", "must be positive".into());
+        }
+        match (self.modality, &self.text, &self.image) {
+            (Modality::Text, Some(t), None) => {
+                if t.max_length < 2 {
+                    return err("model.text.max_length", "must be at least 2".into());
+                }
+                if !self.inputs.iter().any(|i| i == "input_ids") {
+                    return err(
+                        "model.inputs",
+                        "a text model needs an \"input_ids\" input".into(),
+                    );
+                }
+                Ok(())
+            }
+            (Modality::Image, None, Some(im)) => {
+                if im.size == 0 || im.size > 8192 {
+                    return err("model.image.size", "must be in 1..=8192".into());
+                }
+                if let Resize::ShorterCrop { shorter } = im.resize {
+                    if shorter < im.size {
+                        return err(
+                            "model.image.resize.shorter",
+                            format!("{shorter} is smaller than the crop size {}", im.size),
+                        );
+                    }
+                    if shorter > 16384 {
+                        return err(
+                            "model.image.resize.shorter",
+                            format!("{shorter} is larger than 16384"),
+                        );
+                    }
+                }
+                if !(im.pixel_max > 0.0 && im.pixel_max.is_finite()) {
+                    return err("model.image.pixel_max", "must be a positive number".into());
+                }
+                if im.std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
+                    return err("model.image.std", "every entry must be positive".into());
+                }
+                if im.mean.iter().any(|m| !m.is_finite()) {
+                    return err(
+                        "model.image.mean",
+                        "every entry must be a finite number".into(),
+                    );
+                }
+                if self.inputs.len() != 1 {
+                    return err(
+                        "model.inputs",
+                        "an image model takes exactly one input".into(),
+                    );
+                }
+                Ok(())
+            }
+            (Modality::Text, _, _) => err(
+                "model.text",
+                "a text model needs [model.text] and no [model.image]".into(),
+            ),
+            (Modality::Image, _, _) => err(
+                "model.image",
+                "an image model needs [model.image] and no [model.text]".into(),
+            ),
+        }
     }
 }
 

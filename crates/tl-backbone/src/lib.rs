@@ -46,6 +46,36 @@ use tokenizers::Tokenizer;
 
 pub use image::{ImageInput, MAX_ALLOC, MAX_SIDE, RawImage};
 
+/// The fingerprint of `spec` with model (and tokenizer) files of these sha256 digests.
+fn fingerprint_of(spec: &ModelSpec, model_sha: &str, tok_sha: Option<&str>) -> String {
+    let fingerprint_input = FingerprintInput {
+        version: FINGERPRINT_VERSION,
+        model_sha256: model_sha,
+        tokenizer_sha256: tok_sha,
+        modality: spec.modality,
+        output: &spec.output,
+        dim: spec.dim,
+        text: spec.text.as_ref(),
+        image: spec.image.as_ref(),
+    };
+    let canonical = serde_json::to_vec(&fingerprint_input).expect("plain data serialises");
+    hex::encode(Sha256::digest(&canonical))[..32].to_string()
+}
+
+/// The fingerprint a [`Backbone`] opened from model manifest `m` has, computed from the
+/// manifest's pinned checksums without opening anything (a backbone re-hashes its files
+/// and refuses any that differ, so the two agree). None for a manifest without a model.
+/// Tells which model a saved classifier was trained on.
+pub fn manifest_fingerprint(m: &Manifest) -> Option<String> {
+    let spec = m.model.as_ref()?;
+    let model_sha = &m.file(&spec.onnx)?.sha256;
+    let tok_sha = match &spec.text {
+        Some(t) => Some(m.file(&t.tokenizer)?.sha256.as_str()),
+        None => None,
+    };
+    Some(fingerprint_of(spec, model_sha, tok_sha))
+}
+
 /// Decode and preprocess one image exactly as an image backbone with `spec` would:
 /// `size * size * 3` floats in the spec's layout and channel order. Errors describe
 /// why the image could not be read.
@@ -55,7 +85,7 @@ pub fn preprocess_image(input: &ImageInput, spec: &ImageSpec) -> Result<Vec<f32>
     image::preprocess_into(&img, spec, &mut out);
     Ok(out)
 }
-pub use runtime::{environment, init_from, runtime_library_path};
+pub use runtime::{check_elf, environment, init_from, runtime_library_path};
 
 /// Version of the fingerprint recipe; bump when preprocessing code changes output.
 pub const FINGERPRINT_VERSION: u32 = 1;
@@ -93,6 +123,14 @@ pub enum BackboneError {
         path: PathBuf,
         /// Missing or corrupt.
         problem: String,
+    },
+    /// A model spec breaks a rule (a spec built in code, not read from a manifest).
+    #[error("invalid model spec: `{field}`: {message}")]
+    Spec {
+        /// The offending field.
+        field: String,
+        /// What was expected.
+        message: String,
     },
     /// The settings break a rule.
     #[error("invalid setting `{field}`: {message}")]
@@ -137,13 +175,13 @@ pub enum BackboneError {
         message: String,
     },
     /// The called method does not fit the model's modality.
-    #[error("{model} is a {modality:?} model; use embed_{expected}")]
+    #[error("{model} is {} model: it embeds {expected}, and was given {}", if matches!(modality, Modality::Image) { "an image" } else { "a text" }, if *expected == "images" { "texts" } else { "images" })]
     WrongModality {
         /// Model name.
         model: String,
         /// The model's modality.
         modality: Modality,
-        /// The method to use instead.
+        /// What the model embeds (`texts` or `images`; `embed_texts` / `embed_images`).
         expected: &'static str,
     },
     /// A file could not be read.
@@ -393,6 +431,10 @@ impl Backbone {
         manifest: Option<&Manifest>,
     ) -> Result<Backbone, BackboneError> {
         config.check()?;
+        // A spec built in code has not been through a manifest's validation; its image
+        // arithmetic (sizes, crops, divisions by std) relies on these rules.
+        spec.check()
+            .map_err(|(field, message)| BackboneError::Spec { field, message })?;
         let onnx = dir.join(&spec.onnx);
         let sha = |rel: &str| -> Result<String, BackboneError> {
             let p = dir.join(rel);
@@ -437,18 +479,7 @@ impl Backbone {
                 });
             }
         };
-        let fingerprint_input = FingerprintInput {
-            version: FINGERPRINT_VERSION,
-            model_sha256: &model_sha,
-            tokenizer_sha256: tok_sha.as_deref(),
-            modality: spec.modality,
-            output: &spec.output,
-            dim: spec.dim,
-            text: spec.text.as_ref(),
-            image: spec.image.as_ref(),
-        };
-        let canonical = serde_json::to_vec(&fingerprint_input).expect("plain data serialises");
-        let fingerprint = hex::encode(Sha256::digest(&canonical))[..32].to_string();
+        let fingerprint = fingerprint_of(spec, &model_sha, tok_sha.as_deref());
 
         let session = open_session(name, &onnx, config)?;
         let graph_inputs: Vec<String> = session
@@ -608,7 +639,7 @@ impl Backbone {
         };
         let mut result = self.empty(texts.len());
         let t0 = Instant::now();
-        let tokens = text::tokenize(tokenizer, texts);
+        let tokens = text::tokenize(tokenizer, texts, spec.max_length);
         result.stats.timings.prepare = t0.elapsed();
         let mut lens = Vec::with_capacity(texts.len());
         for (i, t) in tokens.iter().enumerate() {
@@ -823,6 +854,22 @@ impl Backbone {
                 .try_extract_tensor::<f32>()
                 .map_err(|e| self.ort(e))?;
             let width = (shape.iter().skip(1).product::<i64>()).max(0) as usize;
+            // A graph may give an extra output another batch size or, from one batch to the
+            // next, another width: slicing it blindly would panic or mix rows.
+            let known = result.extra.get(k).map(|(_, x)| x.ncols());
+            if shape.first().copied() != Some(rows.len() as i64)
+                || data.len() != rows.len() * width
+                || known.is_some_and(|w| w != width)
+            {
+                return Err(BackboneError::Graph {
+                    model: self.name.clone(),
+                    message: format!(
+                        "extra output `{name}` has shape {shape:?}; expected {} rows{}",
+                        rows.len(),
+                        known.map_or(String::new(), |w| format!(" of width {w}"))
+                    ),
+                });
+            }
             if result.extra.len() <= k {
                 result.extra.push((
                     name.clone(),

@@ -35,15 +35,25 @@ pub(crate) fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer
     Ok(tok)
 }
 
-/// Tokenise every text in parallel; one failure does not stop the others.
+/// Bytes of text kept per token of `max_length` before tokenising: a token covers at least
+/// one character, and English averages about 4 bytes per BERT token, so 16 leaves a wide
+/// margin; a prefix that still yields too few tokens is retried longer, then whole.
+const BYTES_PER_TOKEN: usize = 16;
+
+/// Tokenise every text in parallel; one failure does not stop the others. A text far longer
+/// than `max_length` tokens is cut (at a whitespace) before tokenising: a 10 MB text used to
+/// take seconds and a gigabyte to produce 256 tokens. The result equals tokenising the whole
+/// text: the cut is taken only when the prefix itself overflows `max_length`, and the
+/// pre-tokenisers split at whitespace, so the words before the cut tokenise alike.
 pub(crate) fn tokenize<S: AsRef<str> + Sync>(
     tok: &Tokenizer,
     texts: &[S],
+    max_length: usize,
 ) -> Vec<Result<Tokens, String>> {
     texts
         .par_iter()
         .map(|t| {
-            let enc = tok.encode(t.as_ref(), true).map_err(|e| e.to_string())?;
+            let enc = encode_prefix(tok, t.as_ref(), max_length)?;
             if enc.get_ids().is_empty() {
                 return Err("tokenizer produced no tokens".into());
             }
@@ -53,6 +63,29 @@ pub(crate) fn tokenize<S: AsRef<str> + Sync>(
             })
         })
         .collect()
+}
+
+fn encode_prefix(
+    tok: &Tokenizer,
+    text: &str,
+    max_length: usize,
+) -> Result<tokenizers::Encoding, String> {
+    let mut budget = max_length.saturating_mul(BYTES_PER_TOKEN).max(1024);
+    while budget < text.len() {
+        let mut end = budget;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        if let Some(cut) = text[..end].rfind(char::is_whitespace) {
+            let enc = tok.encode(&text[..cut], true).map_err(|e| e.to_string())?;
+            // Overflowing parts exist only when the prefix alone was truncated.
+            if !enc.get_overflowing().is_empty() {
+                return Ok(enc);
+            }
+        }
+        budget = budget.saturating_mul(4);
+    }
+    tok.encode(text, true).map_err(|e| e.to_string())
 }
 
 /// Indices of `lens` ordered by length, cut into batches of at most `batch` items.

@@ -272,7 +272,42 @@ fn skipping_a_bad_image_never_shifts_the_other_rows() {
 fn a_text_call_on_an_image_model_is_refused() {
     let b = backbone("mobilenetv2", &ExecutionConfig::default());
     let e = b.embed_texts(&["hi"], OnError::Fail).unwrap_err();
-    assert!(e.to_string().contains("use embed_images"), "{e}");
+    // Said in the user's words (a CLI user never called `embed_images`).
+    assert_eq!(
+        e.to_string(),
+        "mobilenetv2 is an image model: it embeds images, and was given texts"
+    );
+}
+
+#[test]
+fn a_spec_built_in_code_is_checked_when_opened() {
+    // from_spec used to skip validation; a zero std or size then reached the preprocessing
+    // arithmetic (divisions by zero, an empty crop).
+    let m = manifest("mobilenetv2");
+    let dir = tl_assets::Cache::from_env().asset_dir(&m);
+    for (field, change) in [
+        (
+            "model.image.std",
+            Box::new(|s: &mut tl_assets::manifest::ImageSpec| s.std = [0.0, 1.0, 1.0])
+                as Box<dyn Fn(&mut _)>,
+        ),
+        (
+            "model.image.size",
+            Box::new(|s: &mut tl_assets::manifest::ImageSpec| s.size = 0),
+        ),
+        (
+            "model.image.pixel_max",
+            Box::new(|s: &mut tl_assets::manifest::ImageSpec| s.pixel_max = f32::NAN),
+        ),
+    ] {
+        let mut spec = m.model.clone().unwrap();
+        change(spec.image.as_mut().unwrap());
+        let e =
+            tl_backbone::Backbone::from_spec("custom", &spec, &dir, &ExecutionConfig::default())
+                .err()
+                .unwrap_or_else(|| panic!("{field}: opened"));
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
 }
 
 #[test]

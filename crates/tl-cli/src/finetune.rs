@@ -34,31 +34,31 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2e-5)]
     lr: f32,
     /// Sequences per step.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Layer-wise learning-rate decay (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     layer_decay: f32,
     /// Share of steps warming the learning rate up.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     warmup: f32,
     /// Decoupled weight decay (not on biases and LayerNorm).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
     weight_decay: f32,
     /// Dropout on hidden states and attention.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     dropout: f32,
     /// Tokens per text (special tokens included).
     #[arg(long, default_value_t = 128)]
     max_length: usize,
     /// Gradients are rescaled to at most this L2 norm (0 = no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     max_grad_norm: f32,
     /// Share of the training rows held out for early stopping (0 = none).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     validation_fraction: f32,
     /// Epochs without a better validation accuracy before stopping (0 = never).
     #[arg(long, default_value_t = 0)]
@@ -78,7 +78,7 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, default_value_t = 0)]
     split_seed: u64,
     /// Share of the rows held out as the test set (stratified; never trained on).
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.3)]
     test_fraction: f64,
     /// Seed of the few-shot draw, shuffling, pairs and dropout (the test split has its
     /// own, `--split-seed`).

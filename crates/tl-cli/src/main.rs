@@ -244,8 +244,18 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a redirected log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
+    // A panic inside a dependency that tl turns into an error (a damaged Parquet file) is
+    // reported by that error alone, not by the panic message as well.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !tl_data::inside_guard() {
+            default_hook(info);
+        }
+    }));
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         let usage = e.downcast_ref::<UsageError>().is_some()
@@ -317,12 +327,75 @@ fn ensure_model<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest>
 }
 
 fn load_dataset(registry: &Registry, name: &str, table: &TableArgs) -> Result<Dataset> {
-    Ok(tl_eval::data::load_dataset(
-        registry,
-        &Cache::from_env(),
-        name,
-        &table.settings(),
-    )?)
+    match tl_eval::data::load_dataset(registry, &Cache::from_env(), name, &table.settings()) {
+        // An unknown name or a missing path is a bad argument (exit 2); a file that cannot
+        // be read as data is a failed job (exit 1).
+        Err(tl_eval::EvalError::Config(message)) => bail!(UsageError(message)),
+        r => Ok(r?),
+    }
+}
+
+/// Checks, before any work, that a report folder can be written: not an existing file, and
+/// creatable and writable (a read-only folder used to fail only after the whole run).
+fn check_report_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(UsageError(format!(
+            "--out {}: exists and is not a folder; name a new or existing folder",
+            dir.display()
+        )));
+    }
+    check_writable_dir(dir).with_context(|| {
+        format!(
+            "--out {}: the report folder cannot be written",
+            dir.display()
+        )
+    })
+}
+
+/// Creates `dir` if needed and proves a file can be written in it.
+pub(crate) fn check_writable_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".tl-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// Checks, before any work, that an output file can be written: its folder exists and is
+/// writable, it is not a folder, and its extension is one of `extensions` (when given).
+pub(crate) fn check_output_file(path: &Path, flag: &str, extensions: &[&str]) -> Result<()> {
+    if !extensions.is_empty() {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !extensions.contains(&ext) {
+            bail!(UsageError(format!(
+                "{flag} {}: the format comes from the extension: use {}",
+                path.display(),
+                extensions
+                    .iter()
+                    .map(|e| format!(".{e}"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
+    }
+    if path.is_dir() {
+        bail!(UsageError(format!(
+            "{flag} {}: is a folder; name a file",
+            path.display()
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(UsageError(format!(
+            "{flag} {}: folder {} does not exist",
+            path.display(),
+            parent.display()
+        )));
+    }
+    check_writable_dir(parent)
+        .with_context(|| format!("{flag} {}: its folder cannot be written", path.display()))
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, for report folder names.
@@ -367,17 +440,22 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
     let cache = Cache::from_env();
     if AdaptationExperiment::is_adaptation(&text) {
         let exp = AdaptationExperiment::from_toml(&text, &origin)?;
+        let out = Some(out.unwrap_or_else(|| {
+            PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp()))
+        }));
+        check_report_dir(out.as_deref().expect("set"))?;
         tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
             .context("fetching the ONNX Runtime library")?;
         return run_adaptation_experiment(registry, &cache, &exp, out);
     }
     let exp = Experiment::from_toml(&text, &origin)?;
+    let dir =
+        out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
+    check_report_dir(&dir)?;
     tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
     out!("experiment {}", exp.name);
     let report = tl_eval::run(&exp, registry, &cache, true, &|line: &str| out!("{line}"))?;
-    let dir =
-        out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
     let files = tl_eval::write_report(&report, &dir)?;
     if let Some(best) = report.ranking.first()
         && report.ranking.len() > 1
@@ -465,6 +543,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
             out,
             table,
         } => {
+            check_output_file(&out, "--out", &["parquet", "csv"])?;
             let ds = load_dataset(registry, &dataset, &table)?;
             let indices: Vec<usize> = match &split {
                 Some(s) => ds.split(s)?.to_vec(),

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use tl_assets::{Cache, Registry};
 use tl_backbone::{Backbone, ExecutionConfig, OnError};
 use tl_data::{Dataset, Item};
 use tl_features::{CacheOptions, CachedFeatures, Store, embed_cached};
-use tl_heads::{ClassWeight, Classifier, FeatureMeta, HeadConfig, HeadSpec, Pca, Preprocess};
+use tl_heads::{ClassWeight, Classifier, HeadConfig, HeadSpec, Pca, Preprocess};
 
 use crate::{TableArgs, UsageError, ensure_model, load_dataset};
 
@@ -103,7 +103,7 @@ pub(crate) struct FitArgs {
     #[arg(long, default_value = "logistic")]
     head: String,
     /// The head's main hyperparameter: C (logistic, linear-svm), k (knn), alpha (ridge).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     param: Option<f64>,
     /// Choose the main hyperparameter by stratified 5-fold CV over the head's default grid.
     #[arg(long)]
@@ -150,6 +150,7 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
         seed: a.seed,
     };
     config.check().map_err(|e| UsageError(e.to_string()))?;
+    crate::check_output_file(&a.out, "--out", &["json"])?;
     let ds = load_dataset(registry, &a.dataset, &a.table)?;
     let idx = selection(&ds, a.split.as_deref(), a.limit)?;
     let f = cached_features(registry, &a.model, &ds, &idx, 32, false)?;
@@ -179,6 +180,9 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
         config
     };
     let model = config.fit(f.features.view(), &y, &ds.label_names, Some(&f.fingerprint))?;
+    for w in &model.warnings {
+        out!("warning   {w}");
+    }
     model.save(&a.out)?;
     out!(
         "saved     {} ({} head on {} rows of {}, {} classes, {}-d {} features)",
@@ -199,9 +203,9 @@ pub(crate) struct PredictArgs {
     /// A classifier saved by `tl fit`.
     #[arg(long)]
     classifier: PathBuf,
-    /// The backbone it was trained on.
-    #[arg(long, default_value = "all-minilm-l6-v2")]
-    model: String,
+    /// The backbone it was trained on (default: the one the classifier names).
+    #[arg(long)]
+    model: Option<String>,
     /// Texts to classify (repeatable).
     #[arg(long, conflicts_with = "dataset")]
     text: Vec<String>,
@@ -218,24 +222,65 @@ pub(crate) struct PredictArgs {
     table: TableArgs,
 }
 
+/// The model whose manifest gives `fingerprint`, among the built-in and local ones.
+fn model_named_by(registry: &Registry, fingerprint: &str) -> Option<String> {
+    registry
+        .iter()
+        .find(|m| tl_backbone::manifest_fingerprint(m).as_deref() == Some(fingerprint))
+        .map(|m| m.name.clone())
+}
+
+/// A saved classifier and the backbone it needs: `model` when given (checked against the
+/// classifier), else the model whose fingerprint the classifier records.
 fn load_classifier(
     registry: &Registry,
     path: &std::path::Path,
-    model: &str,
+    model: Option<&str>,
 ) -> Result<(Classifier, Backbone)> {
     let clf = Classifier::load(path)?;
-    let m = ensure_model(registry, model)?;
+    let trained_on = clf
+        .features
+        .fingerprint
+        .as_deref()
+        .map(|f| (f, model_named_by(registry, f)));
+    let model = match (model, &trained_on) {
+        (Some(m), _) => m.to_string(),
+        (None, Some((_, Some(name)))) => name.clone(),
+        (None, Some((f, None))) => bail!(UsageError(format!(
+            "{}: trained on features of fingerprint {f}, which no known model has; pass --model",
+            path.display()
+        ))),
+        (None, None) => bail!(UsageError(format!(
+            "{}: trained on features made without a backbone; tl predict needs one (--model)",
+            path.display()
+        ))),
+    };
+    let m = ensure_model(registry, &model)?;
     let backbone = Backbone::from_manifest(m, &Cache::from_env(), &ExecutionConfig::default())?;
-    clf.ensure_compatible(&FeatureMeta {
-        dim: backbone.dim(),
-        fingerprint: Some(backbone.fingerprint().to_string()),
-    })
-    .with_context(|| format!("{} was not trained on {model} features", path.display()))?;
+    if backbone.dim() != clf.features.dim
+        || Some(backbone.fingerprint()) != clf.features.fingerprint.as_deref()
+    {
+        let was = match &trained_on {
+            Some((_, Some(name))) => name.clone(),
+            Some((f, None)) => format!("an unknown model (fingerprint {f})"),
+            None => "features made without a backbone".into(),
+        };
+        bail!(UsageError(format!(
+            "{} was trained on {was} ({}-d), not on {model} ({}-d): predictions would be meaningless; pass --model {}",
+            path.display(),
+            clf.features.dim,
+            backbone.dim(),
+            match &trained_on {
+                Some((_, Some(name))) => name.as_str(),
+                _ => "<the model it was trained on>",
+            }
+        )));
+    }
     Ok((clf, backbone))
 }
 
 pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
-    let (clf, backbone) = load_classifier(registry, &a.classifier, &a.model)?;
+    let (clf, backbone) = load_classifier(registry, &a.classifier, a.model.as_deref())?;
     let items: Vec<Item> = match &a.dataset {
         Some(name) => {
             let ds = load_dataset(registry, name, &a.table)?;
@@ -263,9 +308,9 @@ pub(crate) struct EvalArgs {
     /// A classifier saved by `tl fit`.
     #[arg(long)]
     classifier: PathBuf,
-    /// The backbone it was trained on.
-    #[arg(long, default_value = "all-minilm-l6-v2")]
-    model: String,
+    /// The backbone it was trained on (default: the one the classifier names).
+    #[arg(long)]
+    model: Option<String>,
     /// Labelled dataset to score on.
     #[arg(long)]
     dataset: String,
@@ -283,7 +328,7 @@ pub(crate) struct EvalArgs {
 }
 
 pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
-    let (clf, backbone) = load_classifier(registry, &a.classifier, &a.model)?;
+    let (clf, backbone) = load_classifier(registry, &a.classifier, a.model.as_deref())?;
     let ds = load_dataset(registry, &a.dataset, &a.table)?;
     let idx = selection(&ds, a.split.as_deref(), a.limit)?;
     // Labels are matched by name, so a head trained on one dataset scores another with the

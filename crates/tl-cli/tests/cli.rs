@@ -45,7 +45,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     );
 
     let (code, _, err) = tl(&["data", "info", "no-such-dataset"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "an unknown dataset name is a bad argument");
     assert!(
         err.contains("neither a file nor a known dataset") && err.contains("20newsgroups"),
         "{err}"
@@ -194,10 +194,11 @@ fn fit_predict_eval_round_trip() {
         "--text",
         "x",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a wrong --model is a usage error");
     assert!(
-        err.contains("not trained on paraphrase-minilm-l3-v2") && err.contains("fingerprint"),
-        "{err}"
+        err.contains("was trained on all-minilm-l6-v2 (384-d), not on paraphrase-minilm-l3-v2")
+            && err.contains("--model all-minilm-l6-v2"),
+        "names, not hashes: {err}"
     );
 
     // A dataset whose labels the head never saw.
@@ -260,8 +261,11 @@ fn cache_info_and_export() {
         "--out",
         "x.xlsx",
     ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("`.parquet` or `.csv`"), "{err}");
+    assert_eq!(
+        code, 2,
+        "a bad --out is a usage error, found before any work"
+    );
+    assert!(err.contains("use .parquet or .csv"), "{err}");
 }
 
 #[test]
@@ -578,4 +582,191 @@ fn embed_refuses_out_of_range_numbers() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// Runs `tl` with `TL_HOME=cache` mounted read-only (a mount namespace of its own, so the
+/// real cache is untouched and root cannot write either). None where this machine cannot
+/// make a read-only mount (no `unshare`, no privilege): the test then says so.
+fn tl_read_only(cache: &std::path::Path, args: &[&str]) -> Option<(i32, String, String)> {
+    let script = r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" || exit 97
+touch "$0/.tl-probe" 2>/dev/null && { rm -f "$0/.tl-probe"; exit 98; }
+exec "$@""#;
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .arg(cache)
+        .arg(env!("CARGO_BIN_EXE_tl"))
+        .args(args)
+        .env("TL_HOME", cache)
+        .output()
+        .ok()?;
+    match out.status.code() {
+        Some(97) | Some(98) => None,
+        code => Some((
+            code.unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )),
+    }
+}
+
+#[test]
+fn a_read_only_cache_serves_every_reading_command() {
+    // Every command used to write a lock or a last-used stamp first, so a shared or
+    // container cache mounted read-only was unusable, even for `tl data info`.
+    let cache = tl_assets::Cache::from_env();
+    let d = tempfile::tempdir().unwrap();
+    let table = reviews(d.path());
+    // A sentence no run has seen, so the embed below computes (and cannot store) one row.
+    let nonce = format!(
+        "a review written at {} ns,pos\n",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let mut text = std::fs::read_to_string(&table).unwrap();
+    text.push_str(&nonce);
+    std::fs::write(&table, text).unwrap();
+    let t = table.to_str().unwrap();
+    let exp = d.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        format!("name = \"ro\"\ndataset = {t:?}\nbaseline = \"tfidf\"\nbootstrap = 50\n[protocol]\nkind = \"cv\"\nfolds = 3\n"),
+    )
+    .unwrap();
+    let out = d.path().join("report");
+    let runs: &[(&[&str], &str)] = &[
+        (
+            &["data", "info", "sentiment-amazon"],
+            "dataset sentiment-amazon",
+        ),
+        (
+            &["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()],
+            "summary.md",
+        ),
+        // New features are computed and returned, not stored.
+        (
+            &["embed", "--model", "all-minilm-l6-v2", "--dataset", t],
+            "1 computed",
+        ),
+        (&["cache", "info"], "vectors"),
+    ];
+    for (args, want) in runs {
+        let Some((code, stdout, err)) = tl_read_only(cache.root(), args) else {
+            eprintln!("skipped: this machine cannot mount a folder read-only (unshare -m)");
+            return;
+        };
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            stdout.contains(want) || err.contains(want),
+            "{args:?}: {stdout}\n{err}"
+        );
+        assert!(!err.contains(".tmp-"), "no temporary file is named: {err}");
+    }
+}
+
+#[test]
+fn outputs_are_checked_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let table = reviews(d.path());
+    let t = table.to_str().unwrap();
+    let exp = d.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        format!("name = \"o\"\ndataset = {t:?}\nbaseline = \"tfidf\"\n[protocol]\nkind = \"cv\"\n"),
+    )
+    .unwrap();
+    // --out naming an existing file: refused at once, before the run (exit 2).
+    let file = d.path().join("taken.txt");
+    std::fs::write(&file, "x").unwrap();
+    let (code, stdout, err) = tl(&[
+        "run",
+        exp.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exists and is not a folder"), "{err}");
+    assert!(!stdout.contains("result"), "nothing ran: {stdout}");
+    // An export with an unknown extension, before any features are computed.
+    let (code, _, err) = tl(&[
+        "cache",
+        "export",
+        "--dataset",
+        t,
+        "--out",
+        d.path().join("x.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("use .parquet or .csv") && !err.contains("features"),
+        "{err}"
+    );
+    // A classifier path in a folder that does not exist.
+    let (code, _, err) = tl(&[
+        "fit",
+        "--dataset",
+        t,
+        "--out",
+        d.path().join("no/such/h.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    // Negative numbers are values, not flags, and get the range error.
+    let (code, _, err) = tl(&[
+        "fit",
+        "--dataset",
+        t,
+        "--param",
+        "-1",
+        "--out",
+        d.path().join("h.json").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("c") && !err.contains("unexpected argument"),
+        "{err}"
+    );
+    // A path that does not exist, and a local folder named like a built-in.
+    let (code, _, err) = tl(&[
+        "data",
+        "info",
+        d.path().join("missing.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such file or folder"), "{err}");
+}
+
+#[test]
+fn a_local_folder_named_like_a_built_in_never_replaces_it() {
+    // `./optdigits` with two images used to be taken for the 1,797 digits.
+    let d = tempfile::tempdir().unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(d.path().join("optdigits").join(class)).unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tl-backbone/tests/fixtures/one-pixel.png"
+            ),
+            d.path().join("optdigits").join(class).join("x.png"),
+        )
+        .unwrap();
+    }
+    let run_in = |arg: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+            .current_dir(d.path())
+            .args(["data", "info", arg])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run_in("optdigits");
+    assert_eq!(code, 0);
+    assert!(out.contains("1797 items"), "the built-in: {out}");
+    let (code, out) = run_in("./optdigits");
+    assert_eq!(code, 0);
+    assert!(out.contains("2 items"), "the folder: {out}");
 }

@@ -43,6 +43,29 @@ pub fn load_builtin(manifest: &Manifest, cache: &Cache) -> Result<Dataset, DataE
     order.sort_by_key(|(name, _)| (name.as_str() != "train", name.as_str()));
     for (split, files) in order {
         let start = items.len();
+        // The manifest check accepts any file list; the formats need a fixed count.
+        let want = match spec.format {
+            DatasetFormat::Idx => Some(2),
+            DatasetFormat::LabelledImages => None,
+            _ => Some(1),
+        };
+        if want.is_some_and(|n| files.len() != n) || files.is_empty() {
+            return Err(DataError::format(
+                cache.asset_dir(manifest),
+                None,
+                Some(&format!("dataset.splits.{split}")),
+                format!(
+                    "{} files listed; a {:?} split needs {}",
+                    files.len(),
+                    spec.format,
+                    match want {
+                        Some(2) => "two (images, then labels)".to_string(),
+                        Some(n) => n.to_string(),
+                        None => "at least one".to_string(),
+                    }
+                ),
+            ));
+        }
         match spec.format {
             DatasetFormat::OrangeTab | DatasetFormat::JsonArray => {
                 let path = file(&files[0])?;

@@ -208,7 +208,17 @@ fn read_idx(path: &Path, want_magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataE
             u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().expect("4 bytes")) as usize
         })
         .collect();
-    let need: usize = dims.iter().product();
+    let need = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            DataError::format(
+                path,
+                Some("byte 4".into()),
+                Some("dimensions"),
+                format!("dimensions {dims:?} overflow; not an IDX file"),
+            )
+        })?;
     let have = bytes.len() - header;
     if have != need {
         return Err(DataError::format(
@@ -241,6 +251,14 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<(Vec<Item>, Vec<usize>),
         ));
     }
     let (h, w) = (dims[1], dims[2]);
+    if h == 0 || w == 0 || h > u32::MAX as usize || w > u32::MAX as usize {
+        return Err(DataError::format(
+            images,
+            Some("byte 8".into()),
+            Some("dimensions"),
+            format!("images of {h} x {w} pixels; expected both sides at least 1"),
+        ));
+    }
     let items = pixels
         .chunks_exact(h * w)
         .map(|px| {

@@ -24,6 +24,7 @@
 //! ```
 
 mod builtin;
+mod guard;
 mod images;
 pub mod split;
 mod summary;
@@ -33,6 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub use builtin::load_builtin;
+pub use guard::{guard_panics, inside_guard};
 pub use images::{load_digits_csv_gz, load_idx, load_image_folder, load_image_table};
 pub use summary::Summary;
 pub use table::{TableFormat, TableOptions, load_table};

@@ -72,7 +72,7 @@ impl Default for TableOptions {
 /// naming the row and field.
 pub fn load_table(path: &Path, opts: &TableOptions) -> Result<Dataset, DataError> {
     let format = opts.format.or_else(|| TableFormat::from_path(path)).ok_or_else(|| {
-        DataError::format(path, None, None, "unknown table format: use a .csv, .tsv, .json, .jsonl or .parquet file, or name the format")
+        DataError::format(path, None, None, "unknown table format: the file name must end in .csv, .tsv, .tab, .json, .jsonl, .ndjson or .parquet")
     })?;
     let df = read_frame(path, format, 0)?;
     let columns = read_columns(path, &df, opts, "text")?;
@@ -118,6 +118,26 @@ pub(crate) fn read_columns(
             role,
             found: names.clone(),
         })?;
+        // Lists and structs cast to strings like `{"pos"}` or `[1, 2]`: a class or a text
+        // nobody wrote. Refuse them instead of inventing values.
+        if matches!(
+            c.dtype(),
+            DataType::List(_) | DataType::Struct(_) | DataType::Binary
+        ) {
+            return Err(DataError::format(
+                path,
+                None,
+                Some(col),
+                format!(
+                    "holds {} values; expected text or numbers",
+                    match c.dtype() {
+                        DataType::List(_) => "list (array)",
+                        DataType::Struct(_) => "object (struct)",
+                        _ => "binary",
+                    }
+                ),
+            ));
+        }
         let c = c.cast(&DataType::String).map_err(|e| {
             DataError::format(path, None, Some(col), format!("cannot read as text: {e}"))
         })?;
@@ -167,6 +187,7 @@ pub(crate) fn assemble(
     let mut domains = c.domain.as_ref().map(|_| Vec::new());
     let mut split_of = Vec::new();
     let mut blank = 0;
+    let mut normalised = 0;
     for row in 0..c.text.len() {
         let text = c.text[row].as_deref();
         let label = c.label[row]
@@ -193,8 +214,24 @@ pub(crate) fn assemble(
                 "missing value",
             ));
         };
+        if label.eq_ignore_ascii_case("nan") {
+            return Err(DataError::format(
+                path,
+                Some(loc(row)),
+                Some(&opts.label_column),
+                format!(
+                    "label {label:?} is not a class (a missing value?); give the row a label or remove it"
+                ),
+            ));
+        }
         texts.push(text.to_string());
-        raw_labels.push(label.to_string());
+        match integral_label(label) {
+            Some(int) => {
+                normalised += 1;
+                raw_labels.push(int);
+            }
+            None => raw_labels.push(label.to_string()),
+        }
         if let (Some(d), Some(col)) = (domains.as_mut(), c.domain.as_ref()) {
             d.push(col[row].clone().unwrap_or_default());
         }
@@ -218,6 +255,13 @@ pub(crate) fn assemble(
         tracing::info!(
             "{}: dropped {blank} blank rows (no text and no label)",
             path.display()
+        );
+    }
+    if normalised > 0 {
+        tracing::warn!(
+            "{}: field `{}`: {normalised} labels written as decimals (e.g. 1.0) read as the integers they equal, so `1` and `1.0` are one class",
+            path.display(),
+            opts.label_column
         );
     }
     if texts.is_empty() {
@@ -263,6 +307,114 @@ pub(crate) fn assemble(
     Ok((texts, labels, names, domains, splits))
 }
 
+/// `"1.0"`, `"2.00"` or `"1e1"` as the integer they equal (JSON and Parquet floats, or a
+/// spreadsheet's export): otherwise `1` and `1.0` would be two classes.
+fn integral_label(label: &str) -> Option<String> {
+    if !label.contains(['.', 'e', 'E']) {
+        return None;
+    }
+    let v: f64 = label.parse().ok()?;
+    (v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15).then(|| format!("{}", v as i64))
+}
+
+/// Deepest nesting a table file may have: a JSON table is an array of flat objects (depth 2;
+/// a value that is itself an array or object is refused later, with its column named).
+/// Bounding it before polars parses keeps a 3 KB file of nested brackets from taking
+/// gigabytes or the stack.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// Largest table file read (polars holds the whole file and its columns in memory).
+pub const MAX_TABLE_BYTES: u64 = 8 << 30;
+
+/// Where a JSON table is deeper than [`MAX_JSON_DEPTH`], or (`.json`) is not an array:
+/// (location, message). JSON Lines are counted per line, JSON per top-level element.
+fn check_json_shape(bytes: &[u8], format: TableFormat) -> Result<(), (String, String)> {
+    let lines = format == TableFormat::JsonLines;
+    let first = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    if !lines && first.is_some_and(|i| bytes[i] != b'[') {
+        return Err((
+            "byte 1".into(),
+            "expected a JSON array of row objects ([{...}, ...]); for one object per line use a .jsonl file".into(),
+        ));
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut line, mut row) = (1usize, 0usize);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                b'\n' => line += 1,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth == 2 && !lines {
+                    row += 1;
+                }
+                if depth > MAX_JSON_DEPTH {
+                    let at = if lines {
+                        format!("line {line}")
+                    } else {
+                        format!("row {row} (line {line})")
+                    };
+                    return Err((
+                        at,
+                        format!(
+                            "nested more than {MAX_JSON_DEPTH} levels deep; a table row is a flat object of texts and numbers"
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Orange's `.tab` header: a line of names, a line of types, a line of flags.
+fn is_orange_header(bytes: &[u8]) -> bool {
+    let mut lines = bytes
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let (Some(_), Some(types), Some(flags)) = (lines.next(), lines.next(), lines.next()) else {
+        return false;
+    };
+    let words = |l: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(l)
+            .split('\t')
+            .map(|w| w.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let type_ok = |w: &String| {
+        [
+            "d",
+            "c",
+            "s",
+            "t",
+            "discrete",
+            "continuous",
+            "string",
+            "time",
+            "",
+        ]
+        .contains(&w.as_str())
+            || w.contains(' ')
+    };
+    let flag_ok = |w: &String| {
+        ["class", "meta", "ignore", "weight", "i", "m", "c", "w", ""].contains(&w.as_str())
+    };
+    let (types, flags) = (words(types), words(flags));
+    types.iter().all(type_ok) && flags.iter().all(flag_ok) && types.iter().any(|w| !w.is_empty())
+}
+
 /// Read a table as all-string columns, after checking the bytes are UTF-8 (so the error
 /// can name the line). `skip_after_header` skips type lines (Orange's `.tab`).
 pub(crate) fn read_frame(
@@ -270,6 +422,19 @@ pub(crate) fn read_frame(
     format: TableFormat,
     skip_after_header: usize,
 ) -> Result<DataFrame, DataError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    if size > MAX_TABLE_BYTES {
+        return Err(DataError::format(
+            path,
+            None,
+            None,
+            format!(
+                "{size} bytes; tables are read whole, up to {MAX_TABLE_BYTES} bytes: split the file or use Parquet shards"
+            ),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DataError::format(path, None, None, "empty file"));
@@ -294,7 +459,23 @@ pub(crate) fn read_frame(
             } else {
                 b'\t'
             };
-            let quote = (skip_after_header == 0).then_some(b'"');
+            // TSV has no quoting convention: a `"` in a text is just a character.
+            let quote = (format == TableFormat::Csv).then_some(b'"');
+            let skip_after_header = if skip_after_header == 0
+                && format == TableFormat::Tsv
+                && path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("tab"))
+                && is_orange_header(&bytes)
+            {
+                tracing::info!(
+                    "{}: Orange .tab header (types and flags lines skipped)",
+                    path.display()
+                );
+                2
+            } else {
+                skip_after_header
+            };
             if let Some((line, found, want)) = ragged_line(&bytes, sep, quote) {
                 return Err(DataError::format(
                     path,
@@ -319,21 +500,30 @@ pub(crate) fn read_frame(
                 .map_err(polars_err)
         }
         TableFormat::Json | TableFormat::JsonLines => {
+            check_json_shape(&bytes, format)
+                .map_err(|(at, message)| DataError::format(path, Some(at), None, message))?;
             let file = File::open(path).map_err(|e| DataError::io(path, e))?;
             let fmt = if format == TableFormat::Json {
                 JsonFormat::Json
             } else {
                 JsonFormat::JsonLines
             };
-            JsonReader::new(file)
-                .with_json_format(fmt)
-                .infer_schema_len(None)
-                .finish()
-                .map_err(polars_err)
+            crate::guard_panics(|| {
+                JsonReader::new(file)
+                    .with_json_format(fmt)
+                    .infer_schema_len(None)
+                    .finish()
+            })
+            .map_err(|m| DataError::format(path, None, None, format!("unreadable JSON ({m})")))?
+            .map_err(polars_err)
         }
         TableFormat::Parquet => {
             let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-            ParquetReader::new(file).finish().map_err(polars_err)
+            crate::guard_panics(|| ParquetReader::new(file).finish())
+                .map_err(|m| {
+                    DataError::format(path, None, None, format!("damaged Parquet file ({m})"))
+                })?
+                .map_err(polars_err)
         }
     }
 }
@@ -380,7 +570,56 @@ fn ragged_line(bytes: &[u8], sep: u8, quote: Option<u8>) -> Option<(usize, usize
 
 #[cfg(test)]
 mod tests {
-    use super::ragged_line;
+    use super::{TableFormat, check_json_shape, integral_label, is_orange_header, ragged_line};
+
+    #[test]
+    fn json_depth_is_bounded_before_parsing() {
+        let deep = format!(
+            "[{{\"text\": {}1{}, \"label\": 1}}]",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let (at, msg) = check_json_shape(deep.as_bytes(), TableFormat::Json).unwrap_err();
+        assert_eq!(at, "row 1 (line 1)");
+        assert!(msg.contains("nested more than"), "{msg}");
+        let lines = "{\"text\": \"a\", \"label\": 1}\n{\"text\": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]], \"label\": 1}\n";
+        assert_eq!(
+            check_json_shape(lines.as_bytes(), TableFormat::JsonLines)
+                .unwrap_err()
+                .0,
+            "line 2"
+        );
+        // Brackets inside strings are text.
+        let ok = format!(
+            "[{{\"text\": \"{}\\\"{}\", \"label\": 1}}]",
+            "[".repeat(50),
+            "{".repeat(50)
+        );
+        assert!(check_json_shape(ok.as_bytes(), TableFormat::Json).is_ok());
+        assert!(check_json_shape(b"{\"text\": \"a\", \"label\": 1}", TableFormat::Json).is_err());
+    }
+
+    #[test]
+    fn decimal_labels_equal_to_integers_are_integers() {
+        assert_eq!(integral_label("1.0").as_deref(), Some("1"));
+        assert_eq!(integral_label("-2.00").as_deref(), Some("-2"));
+        assert_eq!(integral_label("1e1").as_deref(), Some("10"));
+        assert_eq!(integral_label("1.5"), None);
+        assert_eq!(integral_label("1"), None);
+        assert_eq!(integral_label("pos"), None);
+        assert_eq!(integral_label("e.coli"), None);
+    }
+
+    #[test]
+    fn orange_headers_are_recognised() {
+        assert!(is_orange_header(
+            b"text\tlabel\nstring\tdiscrete\nmeta\tclass\nhi\tpos\n"
+        ));
+        assert!(is_orange_header(b"text\tlabel\ns\td\n\tc\nhi\tpos\n"));
+        assert!(!is_orange_header(
+            b"text\tlabel\nhello there\tpos\nbye\tneg\n"
+        ));
+    }
 
     #[test]
     fn ragged_lines_are_found_outside_quotes() {

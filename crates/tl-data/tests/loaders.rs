@@ -305,6 +305,17 @@ fn idx_files_and_their_problems() {
     assert!(e.contains("1 labels for 2 images"), "{e}");
     let tiny = write(d.path(), "t", b"\0\0");
     assert!(err(load_idx(&tiny, &labels)).contains("IDX header"));
+    // A zero side used to reach `chunks_exact(0)` (a panic).
+    let flat = write(d.path(), "z", &idx(0x803, &[2, 0, 3], &[]));
+    let e = err(load_idx(&flat, &labels));
+    assert!(e.contains("images of 0 x 3 pixels"), "{e}");
+    // Dimensions whose product overflows.
+    let huge = write(
+        d.path(),
+        "h",
+        &idx(0x803, &[u32::MAX, u32::MAX, u32::MAX], &[]),
+    );
+    assert!(err(load_idx(&huge, &labels)).contains("overflow"));
 }
 
 #[test]
@@ -363,4 +374,145 @@ fn concat_keeps_domains_and_refuses_mismatched_labels() {
     )
     .unwrap();
     assert!(tl_data::Dataset::concat("x", &[a, other]).is_err());
+}
+
+/// Bad tables as data: (file name, contents, fragments the error must contain).
+const BAD_TABLES: &[(&str, &str, &[&str])] = &[
+    (
+        "nan.csv",
+        "text,label\ngood,pos\nbad,NaN\n",
+        &["nan.csv:line 3", "field `label`", "\"NaN\" is not a class"],
+    ),
+    (
+        "nan.json",
+        r#"[{"text":"a","label":1.0},{"text":"b","label":"nan"}]"#,
+        &["nan.json:row 2", "is not a class"],
+    ),
+    (
+        "object-label.json",
+        r#"[{"text":"a","label":{"x":"pos"}},{"text":"b","label":{"x":"neg"}}]"#,
+        &[
+            "object-label.json",
+            "field `label`",
+            "object (struct) values",
+        ],
+    ),
+    (
+        "list-text.jsonl",
+        "{\"text\":[1,2],\"label\":\"pos\"}\n{\"text\":[3],\"label\":\"neg\"}\n",
+        &["list-text.jsonl", "field `text`", "list (array) values"],
+    ),
+    (
+        "one-object.json",
+        r#"{"text":"a","label":"pos"}"#,
+        &["one-object.json:byte 1", "JSON array of row objects"],
+    ),
+    (
+        "deep.jsonl",
+        "{\"text\":\"a\",\"label\":\"pos\"}\n{\"text\":[[[[[[[[[[[[[[[[[[[[\"x\"]]]]]]]]]]]]]]]]]]]],\"label\":\"neg\"}\n",
+        &["deep.jsonl:line 2", "nested more than 16 levels"],
+    ),
+    (
+        "weird.txt",
+        "text,label\na,b\n",
+        &["weird.txt", "must end in .csv, .tsv, .tab"],
+    ),
+];
+
+#[test]
+fn bad_tables_are_refused_with_file_row_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    for (name, body, want) in BAD_TABLES {
+        let p = write(d.path(), name, body.as_bytes());
+        let e = err(load_table(&p, &TableOptions::default()));
+        for w in *want {
+            assert!(e.contains(w), "{name}: {e:?} lacks {w:?}");
+        }
+    }
+}
+
+#[test]
+fn a_json_table_nested_a_hundred_thousand_deep_is_refused_without_parsing() {
+    let d = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[{{\"text\": {}\"x\"{}, \"label\": \"a\"}}]",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let p = write(d.path(), "deep.json", body.as_bytes());
+    let e = err(load_table(&p, &TableOptions::default()));
+    assert!(e.contains("deep.json:row 1") && e.contains("nested"), "{e}");
+}
+
+#[test]
+fn labels_written_as_decimals_are_the_integers_they_equal() {
+    let d = tempfile::tempdir().unwrap();
+    // JSON numbers: 1 and 1.0 are one class.
+    let p = write(
+        d.path(),
+        "mixed.json",
+        br#"[{"text":"a","label":1},{"text":"b","label":1.0},{"text":"c","label":2.0}]"#,
+    );
+    let ds = load_table(&p, &TableOptions::default()).unwrap();
+    assert_eq!(ds.label_names, ["1", "2"]);
+    assert_eq!(ds.labels, [0, 0, 1]);
+    let p = write(d.path(), "mixed.csv", b"text,label\na,1\nb,1.0\nc,2.5\n");
+    let ds = load_table(&p, &TableOptions::default()).unwrap();
+    assert_eq!(ds.labels, [0, 0, 1]);
+    assert_eq!(ds.label_names, ["1", "2.5"]);
+}
+
+#[test]
+fn tsv_quotes_are_ordinary_characters() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "q.tsv",
+        b"text\tlabel\nshe said \"great\" twice\tpos\n\"quoted start\tneg\n5\" screen, \"meh\tneg\n",
+    );
+    let ds = load_table(&p, &TableOptions::default()).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.items[0], Item::Text("she said \"great\" twice".into()));
+    assert_eq!(ds.items[1], Item::Text("\"quoted start".into()));
+    assert_eq!(ds.labels, [1, 0, 0]);
+}
+
+#[test]
+fn orange_tab_files_skip_their_type_and_flag_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "o.tab",
+        b"text\tlabel\nstring\tdiscrete\nmeta\tclass\ngood film\tpos\nbad film\tneg\n",
+    );
+    let ds = load_table(&p, &TableOptions::default()).unwrap();
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.label_names, ["neg", "pos"]);
+    // A plain .tab (no Orange header) is a TSV.
+    let p = write(d.path(), "plain.tab", b"text\tlabel\ngood\tpos\nbad\tneg\n");
+    assert_eq!(load_table(&p, &TableOptions::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn parquet_struct_labels_are_refused() {
+    use polars::prelude::*;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("s.parquet");
+    let labels = df!("x" => ["pos", "neg"])
+        .unwrap()
+        .into_struct("label".into())
+        .into_series();
+    let mut df = DataFrame::new(
+        2,
+        vec![Series::new("text".into(), ["a", "b"]).into(), labels.into()],
+    )
+    .unwrap();
+    ParquetWriter::new(std::fs::File::create(&p).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let e = err(load_table(&p, &TableOptions::default()));
+    assert!(
+        e.contains("field `label`") && e.contains("object (struct)"),
+        "{e}"
+    );
 }

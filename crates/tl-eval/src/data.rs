@@ -41,27 +41,86 @@ pub fn ensure_fetched(m: &Manifest, cache: &Cache) -> Result<(), EvalError> {
     Ok(())
 }
 
-/// Loads a dataset by name or path (see the module doc).
+/// What a dataset argument names, by [`dataset_source`]'s rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetSource<'a> {
+    /// A file or folder.
+    Path(&'a Path),
+    /// A built-in dataset (or `sentiment`).
+    Builtin(&'a str),
+}
+
+/// The rule that tells a path from a built-in name, so a local `./optdigits` of two images
+/// never silently replaces the 1,797 digits: an argument is a path when it contains a path
+/// separator, has an extension or starts with `.` or `~`; `builtin:NAME` is always the
+/// built-in; any other word is a built-in name (a local file of that name is then refused
+/// with a hint to write `./NAME`).
+pub fn dataset_source(name: &str) -> DatasetSource<'_> {
+    if let Some(rest) = name.strip_prefix("builtin:") {
+        return DatasetSource::Builtin(rest);
+    }
+    let path = Path::new(name);
+    let looks_like_path = name.contains('/')
+        || name.contains(std::path::MAIN_SEPARATOR)
+        || name.starts_with('.')
+        || name.starts_with('~')
+        || path.extension().is_some();
+    if looks_like_path {
+        DatasetSource::Path(path)
+    } else {
+        DatasetSource::Builtin(name)
+    }
+}
+
+/// Loads a dataset by name or path (the rule: [`dataset_source`]).
 pub fn load_dataset(
     registry: &Registry,
     cache: &Cache,
     name: &str,
     table: &TableSettings,
 ) -> Result<Dataset, EvalError> {
-    let path = Path::new(name);
-    if path.exists() {
-        return Ok(if path.is_dir() {
-            tl_data::load_image_folder(path)?
-        } else {
-            let opts = TableOptions {
-                text_column: table.text_column.clone(),
-                label_column: table.label_column.clone(),
-                split_column: table.split_column.clone(),
-                ..TableOptions::default()
-            };
-            tl_data::load_table(path, &opts)?
-        });
+    let name = match dataset_source(name) {
+        DatasetSource::Builtin(n) => n,
+        DatasetSource::Path(path) => return load_path(path, table),
+    };
+    load_builtin_named(registry, cache, name)
+}
+
+fn load_path(path: &Path, table: &TableSettings) -> Result<Dataset, EvalError> {
+    if !path.exists() {
+        return Err(EvalError::Config(format!(
+            "dataset {}: no such file or folder",
+            path.display()
+        )));
     }
+    Ok(if path.is_dir() {
+        tl_data::load_image_folder(path)?
+    } else {
+        let opts = TableOptions {
+            text_column: table.text_column.clone(),
+            label_column: table.label_column.clone(),
+            split_column: table.split_column.clone(),
+            ..TableOptions::default()
+        };
+        tl_data::load_table(path, &opts)?
+    })
+}
+
+/// Which of the two a dataset argument named, for the line a run prints ("built-in" or
+/// "file ./x.csv" / "folder ./imgs").
+pub fn describe_source(name: &str) -> String {
+    match dataset_source(name) {
+        DatasetSource::Builtin(_) => "built-in".into(),
+        DatasetSource::Path(p) if p.is_dir() => format!("folder {}", p.display()),
+        DatasetSource::Path(p) => format!("file {}", p.display()),
+    }
+}
+
+fn load_builtin_named(
+    registry: &Registry,
+    cache: &Cache,
+    name: &str,
+) -> Result<Dataset, EvalError> {
     let names: Vec<String> = if name == "sentiment" {
         ["amazon", "imdb", "yelp"]
             .iter()
@@ -78,8 +137,13 @@ pub fn load_dataset(
                 .filter(|m| m.dataset.is_some())
                 .map(|m| m.name.as_str())
                 .collect();
+            let local = if Path::new(name).exists() {
+                format!(" (a local {name:?} exists: write ./{name} to use it)")
+            } else {
+                String::new()
+            };
             EvalError::Config(format!(
-                "dataset {name:?} is neither a file nor a known dataset; known: sentiment, {}",
+                "dataset {name:?} is neither a file nor a known dataset{local}; known: sentiment, {}; a path needs a '/' or an extension",
                 known.join(", ")
             ))
         })?;
@@ -88,6 +152,11 @@ pub fn load_dataset(
                 "{n} is a {:?} asset, not a dataset",
                 m.kind
             )));
+        }
+        if Path::new(n).exists() {
+            tracing::warn!(
+                "dataset {n}: the built-in dataset (a local {n:?} exists: write ./{n} to use it)"
+            );
         }
         ensure_fetched(m, cache)?;
         parts.push(tl_data::load_builtin(m, cache)?);

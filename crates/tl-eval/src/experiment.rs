@@ -359,6 +359,30 @@ impl Experiment {
                 ));
             }
         }
+        for (i, b) in self.backbones.iter().enumerate() {
+            if self.backbones[..i].contains(b) {
+                return Err(format!(
+                    "backbones: {b:?} is listed twice (it would be ranked against itself)"
+                ));
+            }
+        }
+        if self.tfidf.max_features == Some(0) {
+            return Err("tfidf.max_features: 0 keeps no term; leave it out for all terms".into());
+        }
+        if let Some(sub) = &self.subsample {
+            for (key, v) in [("train", sub.train), ("test", sub.test)] {
+                if v == Some(0) {
+                    return Err(format!(
+                        "subsample.{key}: 0 rows keeps nothing; leave it out to keep all rows"
+                    ));
+                }
+            }
+            if sub.test.is_some() && !matches!(self.protocol, Protocol::Split { .. }) {
+                return Err(
+                    "subsample.test applies to protocol kind = \"split\"; with cv or holdout, subsample.train caps all rows".into(),
+                );
+            }
+        }
         if self.backbones.is_empty() && self.baseline == Baseline::None {
             return Err("nothing to evaluate: no backbones and baseline = \"none\"".into());
         }
@@ -403,12 +427,16 @@ pub struct SystemInfo {
 }
 
 impl System {
+    /// Train and test matrices. `few_shot`: a TF-IDF vocabulary may be empty (a handful of
+    /// documents share no term often enough), and the baseline can then only guess; on a
+    /// protocol's training part an empty vocabulary is a setting error, not a baseline.
     fn matrices(
         &self,
         ds: &Dataset,
         train: &[usize],
         test: &[usize],
-    ) -> (Array2<f32>, Array2<f32>) {
+        few_shot: bool,
+    ) -> Result<(Array2<f32>, Array2<f32>), EvalError> {
         match &self.source {
             Source::Fixed { rows, x } => {
                 let pick = |idx: &[usize]| {
@@ -418,7 +446,7 @@ impl System {
                         .collect();
                     x.select(Axis(0), &r)
                 };
-                (pick(train), pick(test))
+                Ok((pick(train), pick(test)))
             }
             Source::Tfidf(params) => {
                 let texts = |idx: &[usize]| -> Vec<&str> {
@@ -432,14 +460,21 @@ impl System {
                 let tr = texts(train);
                 let v = Tfidf::fit(&tr, params);
                 if v.dim() == 0 {
+                    if !few_shot {
+                        return Err(EvalError::Config(format!(
+                            "tfidf: no term is in at least min_df = {} of the {} training documents, so the baseline would be a constant; lower tfidf.min_df",
+                            params.min_df,
+                            train.len()
+                        )));
+                    }
                     // No term reaches min_df in so few documents: the baseline can only guess,
                     // which a constant feature expresses (the head falls back to the prior).
-                    return (
+                    return Ok((
                         Array2::zeros((train.len(), 1)),
                         Array2::zeros((test.len(), 1)),
-                    );
+                    ));
                 }
-                (v.transform(&tr), v.transform(&texts(test)))
+                Ok((v.transform(&tr), v.transform(&texts(test))))
             }
         }
     }
@@ -462,6 +497,9 @@ pub struct RunResult {
     pub macro_f1: Interval,
     /// Seconds fitting and predicting (all folds).
     pub fit_seconds: f64,
+    /// Fits that finished with a problem (a solver at its iteration limit), per fold.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Predicted label per test row, in `RunReport::test_rows` order.
     #[serde(skip)]
     pub predictions: Vec<usize>,
@@ -530,8 +568,10 @@ pub struct RunReport {
 
 /// Training and test rows of one fold.
 type TrainTest = (Vec<usize>, Vec<usize>);
-/// A fold's test rows, predictions and probabilities.
-type FoldOutput = (Vec<usize>, Vec<usize>, Array2<f64>);
+/// Predictions, probabilities and fit warnings of one fit.
+type Fitted = (Vec<usize>, Array2<f64>, Vec<String>);
+/// A fold's test rows, predictions, probabilities and fit warnings.
+type FoldOutput = (Vec<usize>, Vec<usize>, Array2<f64>, Vec<String>);
 
 /// Version of [`RunReport`]'s JSON.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -589,7 +629,9 @@ fn raw_pixels(ds: &Dataset, used: &[usize]) -> Result<Array2<f32>, EvalError> {
     let spec = tl_assets::manifest::ImageSpec {
         size: 32,
         resize: tl_assets::manifest::Resize::Stretch,
-        pixel_max: 255.0,
+        // [0, 1], as documented and as the same-size path above: 0..255 made a dark-vs-bright
+        // folder score chance (the head's regulariser) and slowed every fit.
+        pixel_max: 1.0,
         mean: [0.0; 3],
         std: [1.0; 3],
         layout: tl_assets::manifest::Layout::Nchw,
@@ -782,8 +824,9 @@ fn fit_predict(
     exp: &Experiment,
     train: &[usize],
     test: &[usize],
-) -> Result<(Vec<usize>, Array2<f64>), EvalError> {
-    let (xtr, xte) = system.matrices(ds, train, test);
+    few_shot: bool,
+) -> Result<Fitted, EvalError> {
+    let (xtr, xte) = system.matrices(ds, train, test, few_shot)?;
     let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
     let config = HeadConfig {
         head: spec.clone(),
@@ -797,7 +840,11 @@ fn fit_predict(
         &ds.label_names,
         system.info.fingerprint.as_deref(),
     )?;
-    Ok((model.predict(xte.view())?, model.predict_proba(xte.view())?))
+    Ok((
+        model.predict(xte.view())?,
+        model.predict_proba(xte.view())?,
+        model.warnings,
+    ))
 }
 
 /// The verdict line of a paired comparison (`d` in points): `what` helps when the whole
@@ -833,14 +880,17 @@ pub fn run(
     obs: &dyn Observer,
 ) -> Result<RunReport, EvalError> {
     let start = Instant::now();
+    // A struct built in code has not been through `from_toml`.
+    exp.check().map_err(EvalError::Config)?;
     let ds = load_dataset(registry, cache, &exp.dataset, &exp.table)?;
     let (train_pool, test_split) = rows_of(&ds, exp)?;
     let mut used: Vec<usize> = train_pool.iter().chain(&test_split).copied().collect();
     used.sort_unstable();
     used.dedup();
     obs.note(&format!(
-        "dataset   {}: {} rows used, {} classes",
+        "dataset   {} ({}): {} rows used, {} classes",
         ds.name,
+        crate::data::describe_source(&exp.dataset),
         used.len(),
         ds.n_classes()
     ));
@@ -875,14 +925,21 @@ pub fn run(
             let outs: Vec<Result<FoldOutput, EvalError>> = folds
                 .par_iter()
                 .map(|(tr, te)| {
-                    let (p, pr) = fit_predict(system, &ds, spec, exp, tr, te)?;
-                    Ok((te.clone(), p, pr))
+                    let (p, pr, w) = fit_predict(system, &ds, spec, exp, tr, te, false)?;
+                    Ok((te.clone(), p, pr, w))
                 })
                 .collect();
             let mut pred = vec![0usize; test_rows.len()];
             let mut proba = Array2::<f64>::zeros((test_rows.len(), k));
-            for out in outs {
-                let (te, p, pr) = out?;
+            let mut warnings = Vec::new();
+            for (fold, out) in outs.into_iter().enumerate() {
+                let (te, p, pr, w) = out?;
+                let part = if folds.len() > 1 {
+                    format!("fold {}: ", fold + 1)
+                } else {
+                    String::new()
+                };
+                warnings.extend(w.into_iter().map(|w| format!("{part}{w}")));
                 for (r, &i) in te.iter().enumerate() {
                     pred[pos[&i]] = p[r];
                     proba.row_mut(pos[&i]).assign(&pr.row(r));
@@ -905,6 +962,15 @@ pub fn run(
                 100.0 * accuracy.high,
                 100.0 * macro_f1.estimate
             ));
+            if let Some(first) = warnings.first() {
+                obs.note(&format!(
+                    "warning   {} {}: {} of {} fits: {first}",
+                    system.info.name,
+                    spec.kind(),
+                    warnings.len(),
+                    folds.len()
+                ));
+            }
             results.push(RunResult {
                 system: system.info.name.clone(),
                 head: spec.kind().to_string(),
@@ -913,6 +979,7 @@ pub fn run(
                 accuracy,
                 macro_f1,
                 fit_seconds,
+                warnings,
                 predictions: pred,
             });
         }
@@ -1003,6 +1070,20 @@ fn few_shot_curve(
     let truth: Vec<usize> = test.iter().map(|&i| ds.labels[i]).collect();
     let all: Vec<usize> = (0..test.len()).collect();
     let spec = &exp.heads[0];
+    let counts = ds.class_counts(&pool);
+    let largest = counts.iter().copied().max().unwrap_or(0);
+    let smallest = counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0);
+    if let Some(&k) = f.shots.iter().find(|&&k| k >= largest && k > 0) {
+        // Every seed would draw the whole pool: the point would be "all", labelled k.
+        return Err(EvalError::Config(format!(
+            "few_shot.shots: k = {k} is not below any class's training rows (the largest class has {largest}); use 0 for all rows, or smaller k"
+        )));
+    }
+    if let Some(&k) = f.shots.iter().find(|&&k| k > smallest) {
+        obs.note(&format!(
+            "few-shot  note: from k = {k} on, classes with fewer than k training rows (the smallest has {smallest}) use all their rows"
+        ));
+    }
     let mut points = Vec::new();
     for system in systems {
         for &k in &f.shots {
@@ -1017,7 +1098,7 @@ fn few_shot_curve(
                     } else {
                         per_class_subsample(&ds.labels, &pool, k, exp.seed.wrapping_add(r))?
                     };
-                    let (pred, _) = fit_predict(system, ds, spec, exp, &train, &test)?;
+                    let (pred, _, _) = fit_predict(system, ds, spec, exp, &train, &test, true)?;
                     Ok(accuracy_on(&truth, &pred, &all))
                 })
                 .collect();
@@ -1046,4 +1127,46 @@ fn few_shot_curve(
         }
     }
     Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_pixels_are_in_zero_one_on_every_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("white.png");
+        image::RgbImage::from_pixel(5, 7, image::Rgb([255, 255, 255]))
+            .save(&path)
+            .unwrap();
+        let px = |w: u32, v: u8| {
+            Item::Pixels(tl_data::Pixels {
+                width: w,
+                height: 3,
+                channels: 1,
+                data: vec![v; (w * 3) as usize],
+            })
+        };
+        let ds = |items: Vec<Item>| Dataset {
+            name: "d".into(),
+            labels: vec![0; items.len()],
+            items,
+            label_names: vec!["a".into()],
+            domains: None,
+            splits: Default::default(),
+            skipped: Vec::new(),
+        };
+        // Files (resized to 32 x 32), pixels of mixed sizes (resized), pixels of one size.
+        for d in [
+            ds(vec![Item::ImageFile(path.clone()), px(4, 255)]),
+            ds(vec![px(4, 255), px(6, 0)]),
+            ds(vec![px(4, 255), px(4, 128)]),
+        ] {
+            let x = raw_pixels(&d, &[0, 1]).unwrap();
+            let max = x.iter().copied().fold(f32::MIN, f32::max);
+            assert!((max - 1.0).abs() < 1e-6, "max {max}");
+            assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+    }
 }

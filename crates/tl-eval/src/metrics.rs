@@ -56,8 +56,14 @@ pub fn accuracy_on(truth: &[usize], pred: &[usize], rows: &[usize]) -> f64 {
     )
 }
 
-/// Macro-F1 over the rows in `rows`.
+/// Macro-F1 over the rows in `rows`. A label index at or above `k` counts as a class of its
+/// own (never a panic).
 pub fn macro_f1_on(truth: &[usize], pred: &[usize], rows: &[usize], k: usize) -> f64 {
+    let k = rows
+        .iter()
+        .map(|&i| truth[i].max(pred[i]) + 1)
+        .max()
+        .map_or(k, |m| m.max(k));
     let mut tp = vec![0usize; k];
     let mut fp = vec![0usize; k];
     let mut fneg = vec![0usize; k];
@@ -89,8 +95,23 @@ pub fn evaluate(
     proba: Option<ArrayView2<f64>>,
     label_names: &[String],
 ) -> Metrics {
-    let k = label_names.len();
-    let n = truth.len();
+    // An index without a name (a caller's bug, never a panic) shows up as `label N`.
+    let k = truth
+        .iter()
+        .chain(pred)
+        .map(|&l| l + 1)
+        .max()
+        .map_or(label_names.len(), |m| m.max(label_names.len()));
+    let label_names: Vec<String> = (0..k)
+        .map(|c| {
+            label_names
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("label {c}"))
+        })
+        .collect();
+    let n = truth.len().min(pred.len());
+    let (truth, pred) = (&truth[..n], &pred[..n]);
     let mut confusion = vec![vec![0usize; k]; k];
     for (&t, &p) in truth.iter().zip(pred) {
         confusion[t][p] += 1;
@@ -115,7 +136,8 @@ pub fn evaluate(
     let balanced_accuracy = safe_div(present.iter().map(|c| c.recall).sum(), present.len() as f64);
     let all: Vec<usize> = (0..n).collect();
     let (mut log_loss, mut ece, mut roc_auc, mut average_precision) = (None, None, None, None);
-    if let Some(p) = proba {
+    // Probabilities of another shape than (rows, labels) are a caller's bug: no log loss.
+    if let Some(p) = proba.filter(|p| p.dim() == (n, k)) {
         let ll: f64 = truth
             .iter()
             .enumerate()

@@ -146,7 +146,11 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
 /// The Markdown summary: verdicts first, then the table, ranking and curve.
 pub fn markdown(report: &RunReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# {} on {}\n", report.experiment.name, report.dataset);
+    if report.experiment.name == report.dataset {
+        let _ = writeln!(s, "# {}\n", report.experiment.name);
+    } else {
+        let _ = writeln!(s, "# {} on {}\n", report.experiment.name, report.dataset);
+    }
     let proto = match &report.experiment.protocol {
         crate::Protocol::Split { train, test } => format!("given split ({train} / {test})"),
         crate::Protocol::Cv { folds } => format!("stratified {folds}-fold cross-validation"),
@@ -187,6 +191,24 @@ pub fn markdown(report: &RunReport) -> String {
             m.ece.map_or("-".into(), |v| format!("{v:.3}")),
             r.fit_seconds
         );
+    }
+    let warned: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| !r.warnings.is_empty())
+        .collect();
+    if !warned.is_empty() {
+        s.push_str("\n**Warnings** (the figures above are of these fits as they stopped):\n\n");
+        for r in warned {
+            let _ = writeln!(
+                s,
+                "- {} / {}: {} fits: {}",
+                r.system,
+                r.head,
+                r.warnings.len(),
+                r.warnings.join("; ")
+            );
+        }
     }
     if report.ranking.len() > 1 {
         let _ = writeln!(

@@ -8,6 +8,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::EvalError;
 
+/// One label per row, each below `n_classes` (`what` names the score in the error).
+fn check_labels(
+    what: &str,
+    rows: usize,
+    labels: &[usize],
+    n_classes: usize,
+) -> Result<(), EvalError> {
+    if labels.len() != rows {
+        return Err(EvalError::Config(format!(
+            "{what} needs one label per row: {rows} rows, {} labels",
+            labels.len()
+        )));
+    }
+    if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l >= n_classes) {
+        return Err(EvalError::Config(format!(
+            "{what}: row {i} has label {l}, not below the {n_classes} classes"
+        )));
+    }
+    Ok(())
+}
+
 /// LogME (You, Liu, Wang & Long, ICML 2021): the log marginal evidence of a Bayesian linear
 /// model from the features to each one-vs-all target, per sample, averaged over classes.
 /// The fixed-point iteration of the authors' reference code (`thuml/LogME`), in f64.
@@ -24,6 +45,7 @@ pub fn logme(
             labels.len()
         )));
     }
+    check_labels("LogME", n, labels, n_classes)?;
     let gram = f.t().dot(&f);
     let (s, v) = tl_heads::linalg::eigh_desc(gram)?;
     let s = s.mapv(|x| x.max(0.0));
@@ -88,6 +110,7 @@ pub fn h_score(
             labels.len()
         )));
     }
+    check_labels("H-score", n, labels, n_classes)?;
     let mean = f.mean_axis(Axis(0)).expect("rows");
     let centred = &f - &mean;
     let cov_f = centred.t().dot(&centred) / (n as f64 - 1.0);
@@ -123,7 +146,13 @@ pub fn h_score(
 
 /// Leave-one-out k-nearest-neighbour accuracy with cosine similarity (k = 5, majority vote,
 /// ties to the nearest neighbour's class).
-pub fn knn_loo_accuracy(features: ArrayView2<f32>, labels: &[usize], k: usize) -> f64 {
+pub fn knn_loo_accuracy(
+    features: ArrayView2<f32>,
+    labels: &[usize],
+    k: usize,
+) -> Result<f64, EvalError> {
+    let n_classes = labels.iter().max().map_or(0, |m| m + 1);
+    check_labels("kNN-LOO", features.nrows(), labels, n_classes)?;
     let mut z = features.mapv(f64::from);
     for mut row in z.outer_iter_mut() {
         let norm = row.dot(&row).sqrt();
@@ -132,7 +161,6 @@ pub fn knn_loo_accuracy(features: ArrayView2<f32>, labels: &[usize], k: usize) -
         }
     }
     let n = z.nrows();
-    let n_classes = labels.iter().max().map_or(0, |m| m + 1);
     let mut correct = 0usize;
     for start in (0..n).step_by(512) {
         let end = (start + 512).min(n);
@@ -161,7 +189,7 @@ pub fn knn_loo_accuracy(features: ArrayView2<f32>, labels: &[usize], k: usize) -
             correct += usize::from(pred == labels[i]);
         }
     }
-    correct as f64 / n.max(1) as f64
+    Ok(correct as f64 / n.max(1) as f64)
 }
 
 /// LEEP (Nguyen, Hassner, Seeger & Archambeau, ICML 2020): the average log-likelihood of the
@@ -253,7 +281,7 @@ pub fn transfer_scores(
     let h = h_score(features, labels, n_classes)?;
     let h_score_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let knn = knn_loo_accuracy(features, labels, 5);
+    let knn = knn_loo_accuracy(features, labels, 5)?;
     Ok(TransferScores {
         logme,
         h_score: h,

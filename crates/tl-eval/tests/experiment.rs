@@ -280,3 +280,147 @@ fn bad_settings_for_the_data_are_clear_errors() {
         .to_string();
     assert!(e.contains("neither a file nor a known dataset"), "{e}");
 }
+
+/// A folder of dark and bright images of several sizes (the raw-pixels baseline's resize path).
+fn dark_and_bright(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("shades");
+    let mut state = 7u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (state >> 56) as u8
+    };
+    for (class, base) in [("dark", 10u8), ("bright", 180u8)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..20u32 {
+            let (w, h) = (20 + i % 7, 24 + i % 5);
+            let img = image::RgbImage::from_fn(w, h, |_, _| {
+                let v = base + next() % 60;
+                image::Rgb([v, v.saturating_sub(5), v])
+            });
+            img.save(root.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn the_raw_pixels_baseline_tells_dark_from_bright_images() {
+    // The raw-pixels baseline on image files used to feed 0..255 (documented as [0, 1]): on
+    // this folder it scored chance.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dark_and_bright(dir.path());
+    let exp = parse(&format!(
+        "name = \"shades\"\ndataset = {:?}\nbaseline = \"raw-pixels\"\nbootstrap = 100\n[protocol]\nkind = \"cv\"\nfolds = 4\n",
+        root.to_str().unwrap()
+    ))
+    .unwrap();
+    let report = run(
+        &exp,
+        &Registry::builtin().unwrap(),
+        &Cache::at(dir.path().join("cache")),
+        false,
+        &|_: &str| {},
+    )
+    .unwrap();
+    assert_eq!(report.results[0].system, "raw-pixels");
+    assert_eq!(report.systems[0].dim, 32 * 32 * 3);
+    assert!(
+        report.results[0].accuracy.estimate >= 0.95,
+        "{}",
+        report.results[0].accuracy.estimate
+    );
+    // The summary does not say "shades on shades".
+    let out = dir.path().join("report");
+    write_report(&report, &out).unwrap();
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.starts_with("# shades\n"), "{}", &md[..40]);
+}
+
+#[test]
+fn a_path_must_look_like_one_and_a_bare_word_is_a_built_in() {
+    use tl_eval::data::{DatasetSource, dataset_source};
+    let p = |s: &'static str| DatasetSource::Path(Path::new(s));
+    assert_eq!(
+        dataset_source("optdigits"),
+        DatasetSource::Builtin("optdigits")
+    );
+    assert_eq!(
+        dataset_source("sentiment-imdb"),
+        DatasetSource::Builtin("sentiment-imdb")
+    );
+    assert_eq!(dataset_source("./optdigits"), p("./optdigits"));
+    assert_eq!(dataset_source("data/optdigits"), p("data/optdigits"));
+    assert_eq!(dataset_source("reviews.csv"), p("reviews.csv"));
+    assert_eq!(dataset_source(".hidden"), p(".hidden"));
+    assert_eq!(
+        dataset_source("builtin:mnist"),
+        DatasetSource::Builtin("mnist")
+    );
+    // A path that does not exist is not looked up as a built-in (and the reverse).
+    let registry = Registry::builtin().unwrap();
+    let cache = Cache::at(tempfile::tempdir().unwrap().path().join("c"));
+    let table = tl_eval::data::TableSettings::default();
+    let e = tl_eval::data::load_dataset(&registry, &cache, "./optdigits", &table)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("./optdigits: no such file or folder"), "{e}");
+    let e = tl_eval::data::load_dataset(&registry, &cache, "reviewz", &table)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a path needs a '/' or an extension"), "{e}");
+}
+
+#[test]
+fn degenerate_settings_are_refused_before_or_instead_of_a_meaningless_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = write_table(dir.path());
+    let head = format!(
+        "name = \"t\"\ndataset = {:?}\nbaseline = \"tfidf\"\n",
+        table.to_str().unwrap()
+    );
+    let cases: &[(&str, &str)] = &[
+        (
+            "backbones = [\"a\", \"b\", \"a\"]\n[protocol]\nkind = \"cv\"\n",
+            "\"a\" is listed twice",
+        ),
+        (
+            "[tfidf]\nmax_features = 0\n[protocol]\nkind = \"cv\"\n",
+            "tfidf.max_features: 0",
+        ),
+        (
+            "[subsample]\ntrain = 0\n[protocol]\nkind = \"cv\"\n",
+            "subsample.train: 0 rows",
+        ),
+        (
+            "[subsample]\ntest = 5\n[protocol]\nkind = \"cv\"\n",
+            "subsample.test applies to",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = parse(&format!("{head}{body}")).unwrap_err();
+        assert!(e.contains(want), "{body}: {e}");
+    }
+    let registry = Registry::builtin().unwrap();
+    let cache = Cache::at(dir.path().join("cache"));
+    let run_err = |body: &str| {
+        let exp = parse(&format!("{head}bootstrap = 50\n{body}")).unwrap();
+        run(&exp, &registry, &cache, false, &|_: &str| {})
+            .unwrap_err()
+            .to_string()
+    };
+    // No term in min_df documents: the baseline would be a constant.
+    let e = run_err("[tfidf]\nmin_df = 1000\n[protocol]\nkind = \"cv\"\nfolds = 3\n");
+    assert!(e.contains("no term is in at least min_df = 1000"), "{e}");
+    // k above every class: every draw is the whole pool.
+    let e = run_err(
+        "[protocol]\nkind = \"cv\"\nfolds = 3\n[few_shot]\nshots = [2, 500]\nrepeats = 2\n",
+    );
+    assert!(e.contains("k = 500 is not below any class"), "{e}");
+    // A struct built in code goes through the same checks.
+    let mut exp = parse(&format!("{head}[protocol]\nkind = \"cv\"\n")).unwrap();
+    exp.heads.clear();
+    let e = run(&exp, &registry, &cache, false, &|_: &str| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least one head"), "{e}");
+}

@@ -57,8 +57,8 @@ fn scores_order_informative_over_noise_features() {
     assert!(logme(x.view(), &y, 3).unwrap() > logme(noise.view(), &y, 3).unwrap());
     assert!(h_score(x.view(), &y, 3).unwrap() > h_score(noise.view(), &y, 3).unwrap());
     let (a, b) = (
-        knn_loo_accuracy(x.view(), &y, 5),
-        knn_loo_accuracy(noise.view(), &y, 5),
+        knn_loo_accuracy(x.view(), &y, 5).unwrap(),
+        knn_loo_accuracy(noise.view(), &y, 5).unwrap(),
     );
     assert!(a > 0.8 && b < 0.5, "{a} {b}");
     assert!(logme(x.view(), &y[..10], 3).is_err());
@@ -272,4 +272,22 @@ fn reverse_validation_prefers_the_method_that_aligns_the_domains() {
         Method::Coral { eps_scale: 1.0 }.label(),
         "coral(eps_scale=1)"
     );
+}
+
+#[test]
+fn scores_refuse_labels_outside_the_classes_instead_of_panicking() {
+    let x = ndarray::Array2::<f32>::from_shape_fn((6, 3), |(i, j)| (i * 3 + j) as f32 * 0.1);
+    let y = [0, 1, 0, 1, 2, 5];
+    for e in [
+        logme(x.view(), &y, 2).unwrap_err(),
+        h_score(x.view(), &y, 3).unwrap_err(),
+        leep(x.view(), &y, 3).unwrap_err(),
+        knn_loo_accuracy(x.view(), &y[..4], 5).unwrap_err(),
+    ] {
+        let e = e.to_string();
+        assert!(
+            e.contains("label") && (e.contains("row") || e.contains("rows")),
+            "{e}"
+        );
+    }
 }

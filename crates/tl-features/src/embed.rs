@@ -152,6 +152,9 @@ pub fn manifest_for_output(backbone: &Backbone, output: &str, width: usize) -> S
     }
 }
 
+/// How often extraction prints a progress line when stderr is not a terminal.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 /// Embeds `items` with `backbone`, answering from `store` where it can and storing what it
 /// computes, one durable shard per `flush_every` items.
 pub fn embed_cached(
@@ -182,8 +185,9 @@ pub fn embed_cached(
         }
     }
     for s in &stores {
-        s.touch()?;
+        s.touch();
     }
+    let mut storing = stores.iter().all(|s| s.is_writable());
     let fp = backbone.fingerprint();
     let keys: Vec<Key> = items
         .iter()
@@ -231,7 +235,12 @@ pub fn embed_cached(
         lookup.shards_read
     );
 
-    let bar = if options.progress && !misses.is_empty() {
+    // Without a terminal (a CI log, `nohup`), a bar draws nothing: a line every
+    // PROGRESS_EVERY instead, so ten minutes of extraction are not ten silent minutes.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = Instant::now();
+    let mut done = 0usize;
+    let bar = if options.progress && terminal && !misses.is_empty() {
         let bar = ProgressBar::new(misses.len() as u64);
         bar.set_style(
             ProgressStyle::with_template(
@@ -275,14 +284,26 @@ pub fn embed_cached(
                     continue;
                 }
                 outs[k].row_mut(i).assign(&computed.row(r));
-                if !failed.contains(&r) {
+                // A non-finite vector is never cached (the store refuses it): it is recomputed
+                // next time and the caller sees it now.
+                if !failed.contains(&r) && computed.row(r).iter().all(|v| v.is_finite()) {
                     new_keys.push(chunk_keys[r]);
                     new_rows.push(r);
                 }
             }
-            if !new_keys.is_empty() {
+            if !new_keys.is_empty() && storing {
                 let rows = computed.select(Axis(0), &new_rows);
-                s.append(&new_keys, rows.view())?;
+                match s.append(&new_keys, rows.view()) {
+                    Ok(_) => {}
+                    Err(FeatureError::Io { source, .. }) if crate::store::is_read_only(&source) => {
+                        tracing::warn!(
+                            "feature cache {} cannot be written ({source}): the features are computed but not stored",
+                            s.dir().display()
+                        );
+                        storing = false;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         for e in out.errors {
@@ -291,8 +312,19 @@ pub fn embed_cached(
                 ..e
             });
         }
+        done += chunk.len();
         if let Some(bar) = &bar {
             bar.inc(chunk.len() as u64);
+        } else if options.progress && !terminal && last_line.elapsed() >= PROGRESS_EVERY {
+            last_line = Instant::now();
+            let rate = done as f64 / compute_time.as_secs_f64().max(1e-9);
+            eprintln!(
+                "progress  {}: {done}/{} computed ({:.0}%), {rate:.1} items/s, about {:.0} s left",
+                backbone.name(),
+                misses.len(),
+                100.0 * done as f64 / misses.len() as f64,
+                (misses.len() - done) as f64 / rate.max(1e-9)
+            );
         }
     }
     if let Some(bar) = bar {

@@ -50,6 +50,50 @@ pub struct Store {
 pub struct BackboneStore {
     dir: PathBuf,
     manifest: StoreManifest,
+    writable: bool,
+}
+
+/// Temporary files older than this are leftovers of a killed or failed writer (a writer in
+/// flight finishes a shard in seconds) and are removed when a store is opened or compacted.
+pub const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// True for the errors of a read-only cache (a shared or container mount, no write rights):
+/// reads go on, writes are skipped with a warning.
+pub fn is_read_only(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
+/// Removes `.tmp-*` files in `dir` older than [`STALE_TEMP`]; best-effort.
+fn sweep_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| now.duration_since(t).unwrap_or_default() >= STALE_TEMP)
+            .unwrap_or(false);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "{}: removed {removed} temporary files left by an interrupted write",
+            dir.display()
+        );
+    }
+    removed
 }
 
 /// Summary of one backbone folder, for `tl cache info` and garbage collection.
@@ -90,10 +134,11 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, Fea
             .as_nanos()
     ));
     let dest = dir.join(name);
+    // Errors name the file being written, not the temporary name it passes through.
     let written = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        let mut f = fs::File::create(&tmp).map_err(io(&dest))?;
+        f.write_all(bytes).map_err(io(&dest))?;
+        f.sync_all().map_err(io(&dest))?;
         drop(f);
         fs::rename(&tmp, &dest).map_err(io(&dest))
     })();
@@ -147,15 +192,46 @@ impl Store {
         }
         let dir = self.root.join(&manifest.fingerprint);
         let shards = dir.join("shards");
-        fs::create_dir_all(&shards).map_err(io(&shards))?;
+        let writable = match fs::create_dir_all(&shards) {
+            Ok(()) => true,
+            // A read-only cache still answers lookups; nothing is written to it.
+            Err(e) if is_read_only(&e) => {
+                tracing::warn!(
+                    "feature cache {} is read-only: cached features are read, new ones are not stored",
+                    self.root.display()
+                );
+                false
+            }
+            Err(e) => return Err(io(&shards)(e)),
+        };
+        if writable {
+            sweep_stale_temps(&shards);
+            sweep_stale_temps(&dir);
+        }
         let path = dir.join("manifest.json");
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                let found: StoreManifest =
-                    serde_json::from_str(&text).map_err(|e| FeatureError::Manifest {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
+        let found = match fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str::<StoreManifest>(&text) {
+                Ok(found) => Some(found),
+                // A damaged manifest says nothing the backbone does not: set it aside and
+                // write the right one (shards that disagree are quarantined on lookup).
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: damaged feature store manifest ({e}); rewriting it",
+                        path.display()
+                    );
+                    if writable {
+                        let qdir = dir.join("quarantine");
+                        let _ = fs::create_dir_all(&qdir);
+                        let _ = fs::rename(&path, qdir.join("manifest.json.damaged"));
+                    }
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        match found {
+            Some(found) => {
                 if found.version != manifest.version
                     || found.dim != manifest.dim
                     || found.dtype != manifest.dtype
@@ -178,15 +254,20 @@ impl Store {
                 Ok(BackboneStore {
                     dir,
                     manifest: found,
+                    writable,
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
-                // Two first writers race harmlessly: both write the same content atomically.
-                write_atomic(&dir, "manifest.json", text.as_bytes())?;
-                Ok(BackboneStore { dir, manifest })
+            None => {
+                let store = BackboneStore {
+                    dir,
+                    manifest,
+                    writable,
+                };
+                if writable {
+                    store.write_manifest()?;
+                }
+                Ok(store)
             }
-            Err(e) => Err(io(&path)(e)),
         }
     }
 
@@ -291,11 +372,26 @@ fn polars_err(path: &Path) -> impl FnOnce(PolarsError) -> FeatureError + '_ {
 /// Reads just the key column of a shard.
 fn read_keys(path: &Path) -> Result<Vec<Key>, FeatureError> {
     let file = fs::File::open(path).map_err(io(path))?;
-    let df = ParquetReader::new(file)
-        .with_columns(Some(vec![KEY_COLUMN.to_string()]))
-        .finish()
-        .map_err(polars_err(path))?;
+    let df = read_parquet(path, || {
+        ParquetReader::new(file)
+            .with_columns(Some(vec![KEY_COLUMN.to_string()]))
+            .finish()
+    })?;
     keys_of(&df, path)
+}
+
+/// A Parquet read whose panics (polars' decoder panics on some damaged files) become
+/// `Corrupt`, so the shard is quarantined instead of crashing the process.
+fn read_parquet(
+    path: &Path,
+    f: impl FnOnce() -> PolarsResult<DataFrame>,
+) -> Result<DataFrame, FeatureError> {
+    tl_data::guard_panics(f)
+        .map_err(|m| FeatureError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("the Parquet decoder failed: {m}"),
+        })?
+        .map_err(polars_err(path))
 }
 
 fn keys_of(df: &DataFrame, path: &Path) -> Result<Vec<Key>, FeatureError> {
@@ -400,18 +496,42 @@ impl BackboneStore {
         list_shards(&self.dir.join("shards"))
     }
 
-    /// Records that the store was used now (for garbage collection).
-    pub fn touch(&self) -> Result<(), FeatureError> {
+    /// False when the cache could not be written to when it was opened.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    fn write_manifest(&self) -> Result<(), FeatureError> {
+        let text = serde_json::to_string_pretty(&self.manifest).expect("manifest serialises");
+        // Two first writers race harmlessly: both write the same content atomically.
+        write_atomic(&self.dir, "manifest.json", text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Records that the store was used now (for garbage collection). Best-effort: a stamp
+    /// that cannot be written (a read-only cache) is skipped, never an error.
+    pub fn touch(&self) {
+        if !self.writable {
+            return;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        write_atomic(&self.dir, "last-used", now.to_string().as_bytes())?;
-        Ok(())
+        if let Err(e) = write_atomic(&self.dir, "last-used", now.to_string().as_bytes()) {
+            tracing::debug!("last-used stamp not written: {e}");
+        }
     }
 
     /// Moves a damaged shard aside so it is never read again; its rows become misses.
     fn quarantine(&self, path: &Path, why: &str) -> Result<PathBuf, FeatureError> {
+        if !self.writable {
+            tracing::warn!(
+                "feature cache shard {} is damaged ({why}); skipped (the cache is read-only)",
+                path.display()
+            );
+            return Ok(path.to_path_buf());
+        }
         let qdir = self.dir.join("quarantine");
         fs::create_dir_all(&qdir).map_err(io(&qdir))?;
         let dest = qdir.join(path.file_name().unwrap_or_default());
@@ -439,7 +559,15 @@ impl BackboneStore {
         found: &mut [bool],
     ) -> Result<LookupStats, FeatureError> {
         let dim = self.manifest.dim;
-        assert_eq!(out.dim(), (keys.len(), dim), "output sized for the keys");
+        if out.dim() != (keys.len(), dim) || found.len() != keys.len() {
+            return Err(FeatureError::Options(format!(
+                "lookup of {} keys into a {:?} matrix with {} flags; expected ({}, {dim})",
+                keys.len(),
+                out.dim(),
+                found.len(),
+                keys.len()
+            )));
+        }
         let mut wanted: HashMap<Key, Vec<usize>> = HashMap::new();
         for (i, k) in keys.iter().enumerate() {
             if !found[i] {
@@ -484,7 +612,8 @@ impl BackboneStore {
                 stats.quarantined.push(self.quarantine(&shard, &why)?);
                 continue;
             }
-            let df = match ParquetReader::new(Cursor::new(bytes)).finish() {
+            let df = match read_parquet(&shard, || ParquetReader::new(Cursor::new(bytes)).finish())
+            {
                 Ok(df) => df,
                 Err(e) => {
                     stats
@@ -493,8 +622,28 @@ impl BackboneStore {
                     continue;
                 }
             };
-            let all_keys = keys_of(&df, &shard)?;
-            let vectors = vectors_of(&df, &shard, dim)?;
+            // A shard with the right name but the wrong shape, type or non-finite values
+            // (failed items are never stored) is damage, not data: set it aside.
+            let decoded = keys_of(&df, &shard).and_then(|k| {
+                let v = vectors_of(&df, &shard, dim)?;
+                check_vectors(&v, &shard)?;
+                Ok((k, v))
+            });
+            let (all_keys, vectors) = match decoded {
+                Ok(kv) => kv,
+                Err(
+                    FeatureError::Schema { message, .. } | FeatureError::Corrupt { message, .. },
+                ) => {
+                    stats.quarantined.push(self.quarantine(&shard, &message)?);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if all_keys.len() != vectors.nrows() {
+                let why = format!("{} keys for {} vectors", all_keys.len(), vectors.nrows());
+                stats.quarantined.push(self.quarantine(&shard, &why)?);
+                continue;
+            }
             for (r, k) in all_keys.iter().enumerate() {
                 if let Some(rows) = wanted.remove(k) {
                     for i in rows {
@@ -509,7 +658,19 @@ impl BackboneStore {
 
     /// Writes one immutable shard holding `keys` and their vectors; returns its path.
     pub fn append(&self, keys: &[Key], vectors: ArrayView2<f32>) -> Result<PathBuf, FeatureError> {
-        assert_eq!(keys.len(), vectors.nrows(), "one key per vector");
+        if keys.len() != vectors.nrows() {
+            return Err(FeatureError::Options(format!(
+                "{} keys for {} vectors",
+                keys.len(),
+                vectors.nrows()
+            )));
+        }
+        if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+            return Err(FeatureError::Options(format!(
+                "refusing to store a non-finite value (vector {}); failed items are never cached",
+                i / vectors.ncols().max(1)
+            )));
+        }
         if vectors.ncols() != self.manifest.dim {
             return Err(FeatureError::Schema {
                 path: self.dir.clone(),
@@ -522,7 +683,23 @@ impl BackboneStore {
         }
         let bytes = encode_shard(keys, vectors).map_err(polars_err(&self.dir))?;
         let name = format!("shard-{}.parquet", blake3::hash(&bytes).to_hex());
-        write_atomic(&self.dir.join("shards"), &name, &bytes)
+        let shards = self.dir.join("shards");
+        match write_atomic(&shards, &name, &bytes) {
+            // `tl cache gc` removed the folder while this writer ran: recreate it rather
+            // than fail a long extraction at its next shard.
+            Err(FeatureError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::warn!(
+                    "{}: the store was removed while in use; recreating it",
+                    self.dir.display()
+                );
+                fs::create_dir_all(&shards).map_err(io(&shards))?;
+                self.write_manifest()?;
+                write_atomic(&shards, &name, &bytes)
+            }
+            r => r,
+        }
     }
 
     /// Merges small shards into shards of up to [`COMPACT_ROWS`] rows without duplicates.
@@ -530,6 +707,7 @@ impl BackboneStore {
     /// nothing (at worst rows exist twice until the next compaction). Returns
     /// (shards before, shards after).
     pub fn compact(&self) -> Result<(usize, usize), FeatureError> {
+        sweep_stale_temps(&self.dir.join("shards"));
         let shards = self.shards()?;
         let small: Vec<PathBuf> = shards
             .iter()
@@ -574,11 +752,27 @@ impl BackboneStore {
                 self.quarantine(shard, "content hash does not match its name")?;
                 continue;
             }
-            let df = ParquetReader::new(Cursor::new(bytes))
-                .finish()
-                .map_err(polars_err(shard))?;
-            let k = keys_of(&df, shard)?;
-            let v = vectors_of(&df, shard, dim)?;
+            let decoded = read_parquet(shard, || ParquetReader::new(Cursor::new(bytes)).finish())
+                .and_then(|df| {
+                    let k = keys_of(&df, shard)?;
+                    let v = vectors_of(&df, shard, dim)?;
+                    check_vectors(&v, shard)?;
+                    Ok((k, v))
+                });
+            let (k, v) = match decoded {
+                Ok(kv) if kv.0.len() == kv.1.nrows() => kv,
+                Ok(_) => {
+                    self.quarantine(shard, "key and vector counts differ")?;
+                    continue;
+                }
+                Err(
+                    FeatureError::Schema { message, .. } | FeatureError::Corrupt { message, .. },
+                ) => {
+                    self.quarantine(shard, &message)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for (r, key) in k.into_iter().enumerate() {
                 if seen.insert(key) {
                     keys.push(key);
@@ -600,6 +794,20 @@ impl BackboneStore {
         }
         let after = self.shards()?.len();
         Ok((shards.len(), after))
+    }
+}
+
+/// Stored vectors are finite: a NaN row is a failed item, and those are never cached.
+fn check_vectors(v: &Array2<f32>, path: &Path) -> Result<(), FeatureError> {
+    match v
+        .outer_iter()
+        .position(|r| r.iter().any(|x| !x.is_finite()))
+    {
+        Some(row) => Err(FeatureError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("row {row}: vector holds non-finite values"),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -110,7 +110,7 @@ pub fn frozen_states(
             }
             at = r.end;
         }
-        let _ = b.touch();
+        b.touch();
     }
     let mut missing: Vec<usize> = (0..seqs.len()).filter(|&i| out[i].is_none()).collect();
     let computed = missing.len();

@@ -311,5 +311,6 @@ pub fn head_classifier(
             pca: None,
         },
         head: tl_heads::FittedHead::Logistic { linear },
+        warnings: Vec::new(),
     })
 }

@@ -72,6 +72,10 @@ pub struct Classifier {
     pub preprocess: FittedPreprocess,
     /// Fitted head.
     pub head: FittedHead,
+    /// What went wrong without failing the fit (a solver stopped at its iteration limit),
+    /// for reports. Absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Returns an error naming the first non-finite value.
@@ -296,9 +300,11 @@ impl HeadConfig {
 
         let x64 = x.mapv(f64::from);
         let (preprocess, xt) = FittedPreprocess::fit(&self.preprocess, x64.view())?;
+        let mut warnings = Vec::new();
         let head = match &self.head {
             HeadSpec::Logistic(p) => {
-                let linear = linear::fit_logistic(p, xt.view(), &local, k, &sw)?;
+                let (linear, warning) = linear::fit_logistic(p, xt.view(), &local, k, &sw)?;
+                warnings.extend(warning);
                 FittedHead::Logistic { linear }
             }
             spec @ (HeadSpec::LinearSvm(_) | HeadSpec::Ridge(_)) => {
@@ -323,6 +329,7 @@ impl HeadConfig {
             train_rows: n,
             preprocess,
             head,
+            warnings,
         })
     }
 }
@@ -496,9 +503,124 @@ impl Classifier {
                 });
             }
         }
-        serde_json::from_value(version).map_err(|e| HeadError::Format {
+        let c: Classifier = serde_json::from_value(version).map_err(|e| HeadError::Format {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        c.check().map_err(|message| HeadError::Format {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(c)
+    }
+
+    /// Checks that every part fits every other (shapes, index ranges, finite values), so a
+    /// hand-edited or damaged file is refused on load with the field named, instead of
+    /// panicking or printing NaN probabilities at prediction time.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::knn::finite;
+        self.config.check().map_err(|e| format!("config: {e}"))?;
+        let n = self.label_names.len();
+        if n < 2 {
+            return Err(format!("label_names: needs at least 2 labels, got {n}"));
+        }
+        for (i, l) in self.label_names.iter().enumerate() {
+            if l.is_empty() {
+                return Err(format!("label_names[{i}]: empty label"));
+            }
+            if self.label_names[..i].contains(l) {
+                return Err(format!("label_names[{i}]: {l:?} appears twice"));
+            }
+        }
+        if self.classes.is_empty() || self.classes.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "classes: must be ascending label indices without repeats, got {:?}",
+                self.classes
+            ));
+        }
+        if let Some(c) = self.classes.iter().find(|&&c| c >= n) {
+            return Err(format!("classes: index {c} is not below the {n} labels"));
+        }
+        let dim = self.features.dim;
+        if dim == 0 {
+            return Err("features.dim: must be at least 1".into());
+        }
+        let p = &self.preprocess;
+        for (field, v) in [("preprocess.mean", &p.mean), ("preprocess.scale", &p.scale)] {
+            if let Some(v) = v {
+                if v.len() != dim {
+                    return Err(format!("{field}: {} values, expected {dim}", v.len()));
+                }
+                finite(field, v.iter().copied())?;
+            }
+        }
+        if let Some(scale) = &p.scale
+            && let Some(i) = scale.iter().position(|&s| s <= 0.0)
+        {
+            return Err(format!(
+                "preprocess.scale: value {i} is {}; scales must be positive",
+                scale[i]
+            ));
+        }
+        let din = match &p.pca {
+            None => dim,
+            Some(pca) => {
+                if pca.mean.len() != dim
+                    || pca.components.nrows() != dim
+                    || pca.components.ncols() == 0
+                {
+                    return Err(format!(
+                        "preprocess.pca: mean of {} and components of shape {:?}; expected {dim} and ({dim}, >= 1)",
+                        pca.mean.len(),
+                        pca.components.dim()
+                    ));
+                }
+                finite("preprocess.pca.mean", pca.mean.iter().copied())?;
+                finite("preprocess.pca.components", pca.components.iter().copied())?;
+                pca.components.ncols()
+            }
+        };
+        let k = self.classes.len();
+        let outputs = if k == 2 { 1 } else { k };
+        let check_linear = |linear: &Linear| -> Result<(), String> {
+            if linear.w.dim() != (din, outputs) || linear.b.len() != outputs {
+                return Err(format!(
+                    "head.linear: weights {:?} and {} intercepts; expected ({din}, {outputs}) and {outputs}",
+                    linear.w.dim(),
+                    linear.b.len()
+                ));
+            }
+            // Finite and of a size a fit can produce: 1e308 weights overflow every score
+            // to infinity and predict one class whatever the input.
+            let big = linear
+                .w
+                .iter()
+                .chain(linear.b.iter())
+                .position(|v| !v.is_finite() || v.abs() > MAX_WEIGHT);
+            if let Some(i) = big {
+                return Err(format!(
+                    "head.linear: value {i} is not a finite number of magnitude at most {MAX_WEIGHT:e}"
+                ));
+            }
+            Ok(())
+        };
+        match &self.head {
+            FittedHead::Logistic { linear } => check_linear(linear),
+            FittedHead::Margin { linear, platt } => {
+                check_linear(linear)?;
+                if platt.len() != outputs {
+                    return Err(format!(
+                        "head.platt: {} pairs, expected {outputs}",
+                        platt.len()
+                    ));
+                }
+                finite("head.platt", platt.iter().flat_map(|&(a, b)| [a, b]))
+            }
+            FittedHead::Knn(knn) => knn.check(din, k),
+            FittedHead::Centroid(c) => c.check(din, k),
+        }
     }
 }
+
+/// Largest weight or intercept a loaded linear head may hold.
+pub const MAX_WEIGHT: f64 = 1e12;

@@ -59,7 +59,57 @@ pub struct Knn {
     class_weight: Vec<f64>,
 }
 
+/// The first non-finite value of `values` as an error naming `field`.
+pub(crate) fn finite(field: &str, values: impl IntoIterator<Item = f64>) -> Result<(), String> {
+    match values.into_iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!("{field}: value {i} is not a finite number")),
+        None => Ok(()),
+    }
+}
+
 impl Knn {
+    /// Checks a loaded head against the classifier around it: `din` input columns, `k` classes.
+    pub(crate) fn check(&self, din: usize, k: usize) -> Result<(), String> {
+        if self.n_classes != k {
+            return Err(format!(
+                "head.n_classes: {} but the classifier has {k} classes",
+                self.n_classes
+            ));
+        }
+        if self.train.ncols() != din {
+            return Err(format!(
+                "head.train: {} columns, expected {din}",
+                self.train.ncols()
+            ));
+        }
+        if self.train.nrows() != self.labels.len() || self.labels.is_empty() {
+            return Err(format!(
+                "head.labels: {} labels for {} training rows",
+                self.labels.len(),
+                self.train.nrows()
+            ));
+        }
+        if self.params.k == 0 || self.params.k > self.labels.len() {
+            return Err(format!(
+                "head.params.k: {} is not in 1..={}",
+                self.params.k,
+                self.labels.len()
+            ));
+        }
+        if let Some(l) = self.labels.iter().find(|&&l| l >= k) {
+            return Err(format!("head.labels: class {l} is not below {k}"));
+        }
+        if self.class_weight.len() != k || self.class_weight.iter().any(|&w| w.is_nan() || w <= 0.0)
+        {
+            return Err(format!(
+                "head.class_weight: needs {k} positive weights, got {:?}",
+                self.class_weight
+            ));
+        }
+        finite("head.train", self.train.iter().copied())?;
+        finite("head.class_weight", self.class_weight.iter().copied())
+    }
+
     pub(crate) fn fit(
         params: &KnnParams,
         x: ArrayView2<f64>,
@@ -161,6 +211,30 @@ pub struct Centroid {
 }
 
 impl Centroid {
+    /// Checks a loaded head: `k` centroids of `din` columns, a positive variance.
+    pub(crate) fn check(&self, din: usize, k: usize) -> Result<(), String> {
+        if self.centroids.dim() != (k, din) {
+            return Err(format!(
+                "head.centroids: shape {:?}, expected ({k}, {din})",
+                self.centroids.dim()
+            ));
+        }
+        if self.log_prior.len() != k {
+            return Err(format!(
+                "head.log_prior: {} values, expected {k}",
+                self.log_prior.len()
+            ));
+        }
+        if !(self.variance.is_finite() && self.variance > 0.0) {
+            return Err(format!(
+                "head.variance: {} must be a positive number",
+                self.variance
+            ));
+        }
+        finite("head.centroids", self.centroids.iter().copied())?;
+        finite("head.log_prior", self.log_prior.iter().copied())
+    }
+
     pub(crate) fn fit(
         metric: Metric,
         x: ArrayView2<f64>,

@@ -196,7 +196,7 @@ pub(crate) fn fit_logistic(
     y: &[usize],
     k: usize,
     sw: &Array1<f64>,
-) -> Result<Linear, HeadError> {
+) -> Result<(Linear, Option<String>), HeadError> {
     let d = x.ncols();
     let m = if k == 2 { 1 } else { k };
     let alpha = 1.0 / p.c;
@@ -212,13 +212,17 @@ pub(crate) fn fit_logistic(
                 .into(),
         ));
     }
+    let mut warning = None;
     if min.grad_max > p.tol * sw.sum() {
-        tracing::warn!(
-            "logistic regression stopped after {} iterations with max |gradient| {:.1e} > tol {:.0e}",
+        // Returned, not only logged: the classifier and the reports carry it.
+        let w = format!(
+            "logistic regression did not converge: stopped after {} iterations with max |gradient| {:.1e} > tol {:.0e} (raise max_iter, standardise the features or lower c)",
             min.iterations,
             min.grad_max / sw.sum(),
             p.tol
         );
+        tracing::debug!("{w}");
+        warning = Some(w);
     } else {
         tracing::debug!(
             "logistic regression converged in {} iterations",
@@ -227,7 +231,7 @@ pub(crate) fn fit_logistic(
     }
     let w = Array2::from_shape_vec((d, m), min.theta[..d * m].to_vec()).expect("d x m");
     let b = Array1::from(min.theta[d * m..].to_vec());
-    Ok(Linear { w, b })
+    Ok((Linear { w, b }, warning))
 }
 
 /// ±1 targets: one column for two classes (class 1 positive), else one per class.

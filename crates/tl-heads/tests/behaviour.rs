@@ -520,3 +520,131 @@ fn row_weights_act_like_dropping_or_repeating_rows() {
         assert!(e.contains("does not take sample weights"), "{e}");
     }
 }
+
+/// Damaged classifier files as data: (head, JSON pointer, new value, what the error names).
+/// Each used to panic in `predict`, print NaN probabilities or predict one class silently.
+#[test]
+fn damaged_classifier_files_are_refused_on_load() {
+    use serde_json::{Value, json};
+    let (x, y) = blobs(10, 6, 0.3, 3);
+    let standardised = |spec: HeadSpec| HeadConfig {
+        preprocess: Preprocess {
+            standardize: true,
+            ..Preprocess::default()
+        },
+        ..HeadConfig::new(spec)
+    };
+    let cases: Vec<(HeadConfig, &str, Value, &str)> = vec![
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/head/linear/w/dim",
+            json!([3, 6]),
+            "head.linear: weights (3, 6)",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/head/linear/b",
+            json!({"v": 1, "dim": [2], "data": [0.0, 0.0]}),
+            "head.linear: weights (6, 3) and 2 intercepts",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/head/linear/w/data/0",
+            json!(1e308),
+            "magnitude at most",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/preprocess/scale/data",
+            json!([0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+            "preprocess.scale: value 0 is 0",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/preprocess/mean",
+            json!({"v": 1, "dim": [2], "data": [0.0, 0.0]}),
+            "preprocess.mean: 2 values, expected 6",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/label_names",
+            json!(["a"]),
+            "label_names: needs at least 2",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/label_names",
+            json!(["a", "", "c"]),
+            "label_names[1]: empty",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/label_names",
+            json!(["a", "b", "a"]),
+            "appears twice",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/classes",
+            json!([0, 1, 7]),
+            "classes: index 7",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/classes",
+            json!([1, 0, 2]),
+            "ascending",
+        ),
+        (
+            standardised(HeadSpec::Logistic(LogisticParams::default())),
+            "/features/dim",
+            json!(0),
+            "features.dim",
+        ),
+        (
+            standardised(HeadSpec::LinearSvm(SvmParams::default())),
+            "/head/platt",
+            json!([[1.0, 0.0]]),
+            "head.platt",
+        ),
+        (
+            HeadConfig::new(HeadSpec::Knn(KnnParams::default())),
+            "/head/labels/0",
+            json!(9),
+            "head.labels: class 9",
+        ),
+        (
+            HeadConfig::new(HeadSpec::Knn(KnnParams::default())),
+            "/head/params/k",
+            json!(0),
+            "k",
+        ),
+        (
+            HeadConfig::new(HeadSpec::Centroid(CentroidParams::default())),
+            "/head/variance",
+            json!(0.0),
+            "head.variance",
+        ),
+        (
+            HeadConfig::new(HeadSpec::Centroid(CentroidParams::default())),
+            "/head/centroids",
+            json!({"v": 1, "dim": [3, 2], "data": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]}),
+            "head.centroids: shape (3, 2)",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (config, pointer, value, want)) in cases.into_iter().enumerate() {
+        let model = config.fit(x.view(), &y, &names(3), None).unwrap();
+        let mut v: Value = serde_json::from_str(&model.to_json()).unwrap();
+        let shown = v.to_string();
+        *v.pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("case {i}: no {pointer} in {shown}")) = value;
+        let path = dir.path().join(format!("c{i}.json"));
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = Classifier::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(want) && e.contains(&format!("c{i}.json")),
+            "case {i} ({pointer}): {e}"
+        );
+    }
+}
