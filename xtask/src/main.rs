@@ -71,8 +71,16 @@ enum Cmd {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
-    /// Fetch what the tests need, then run the whole test suite.
+    /// Fetch what the tests need, then run the whole test suite and a short fuzzing pass.
+    #[command(
+        after_help = "Examples:\n  cargo xtask test\n  cargo xtask test --offline      # the tier that needs no network and no downloaded asset\n  cargo xtask test -- --nocapture"
+    )]
     Test {
+        /// Only the tests that need no network and no downloaded model or dataset (parsers,
+        /// heads, metrics, the cache, training on synthetic data, fuzz regressions): seconds
+        /// after a build, nothing fetched.
+        #[arg(long)]
+        offline: bool,
         /// Extra arguments passed to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -94,7 +102,7 @@ fn main() -> Result<()> {
             fetch(&registry, &names)?;
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
-        Cmd::Test { args } => test(&args)?,
+        Cmd::Test { offline, args } => test(offline, &args)?,
         Cmd::Fuzz {
             seconds,
             seed,
@@ -211,7 +219,59 @@ fn assets(registry: &Registry) -> Result<()> {
     Ok(())
 }
 
-fn test(args: &[String]) -> Result<()> {
+/// The test binaries that need no network and no downloaded asset (names are unique across
+/// the workspace): tl-assets' fetch and manifests, tl-data's loaders and split, tl-heads'
+/// behaviour, tl-features' store, tl-eval's experiment and transfer, tl-finetune's gradients
+/// and train, tl-fuzz's regressions; plus every library's unit tests.
+const OFFLINE_TESTS: &[&str] = &[
+    "fetch",
+    "manifests",
+    "loaders",
+    "split",
+    "behaviour",
+    "store",
+    "experiment",
+    "transfer",
+    "gradients",
+    "train",
+    "regressions",
+];
+
+fn offline_tests(args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let start = Instant::now();
+    // One workspace-wide invocation: the same features as the full suite, so nothing is
+    // compiled again (per-package `-p` runs unify features differently and rebuild polars).
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["test", "--workspace", "--lib"]);
+    for t in OFFLINE_TESTS {
+        cmd.args(["--test", t]);
+    }
+    let status = cmd
+        .args(args)
+        // An empty cache and no package clients: a test that needed either would fail.
+        .env(
+            "TL_HOME",
+            std::env::temp_dir().join("tl-offline-tests-empty-cache"),
+        )
+        .env("TL_PYTHON", "/nonexistent/python-offline")
+        .env("TL_NPM", "/nonexistent/npm-offline")
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("offline tests failed ({status})");
+    }
+    eprintln!(
+        "offline tier passed in {:.0} s (no asset fetched)",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn test(offline: bool, args: &[String]) -> Result<()> {
+    if offline {
+        return offline_tests(args);
+    }
     let registry = registry(None)?;
     fetch(&registry, &[])?;
     // The helper virtualenv runs the converter's ImageNet checks and the Python
@@ -244,5 +304,7 @@ fn test(args: &[String]) -> Result<()> {
         bail!("tl-backbone does not compile with the `cuda` feature ({status})");
     }
     eprintln!("tl-backbone compiles with the `cuda` feature");
-    Ok(())
+    // Every parser of outside data, a few seconds each, in worker processes with a memory
+    // limit and a hang watchdog (the long campaigns: `cargo xtask fuzz`).
+    fuzz::fuzz(5, 0, 2, false, &[])
 }

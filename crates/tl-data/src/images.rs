@@ -168,8 +168,32 @@ pub fn load_image_table(path: &Path, opts: &TableOptions) -> Result<Dataset, Dat
     })
 }
 
+/// Largest IDX file read (decompressed): MNIST's training images are 47 MB.
+pub const MAX_IDX_BYTES: u64 = 4 << 30;
+
 fn read_idx(path: &Path, want_magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    // MNIST-style sets ship gzipped (`train-images-idx3-ubyte.gz`).
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_IDX_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                DataError::format(path, None, None, format!("not a readable gzip file: {e}"))
+            })?;
+        if out.len() as u64 > MAX_IDX_BYTES {
+            return Err(DataError::format(
+                path,
+                None,
+                None,
+                format!("decompresses to more than {MAX_IDX_BYTES} bytes"),
+            ));
+        }
+        out
+    } else {
+        raw
+    };
     if bytes.len() < 4 {
         return Err(DataError::format(
             path,
@@ -233,7 +257,92 @@ fn read_idx(path: &Path, want_magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataE
     Ok((dims, bytes[header..].to_vec()))
 }
 
-/// Load one split from an IDX image file (magic 0x803) and label file (0x801).
+/// The label file next to an IDX image file: `*-images-idx3-ubyte[.gz]` (or `.idx3`) has
+/// `*-labels-idx1-ubyte[.gz]`.
+pub fn idx_labels_for(images: &Path) -> Option<PathBuf> {
+    let name = images.file_name()?.to_str()?;
+    if !name.contains("idx3") {
+        return None;
+    }
+    let labels = name.replace("images", "labels").replace("idx3", "idx1");
+    let path = images.with_file_name(labels);
+    path.is_file().then_some(path)
+}
+
+/// Load an IDX data set given as one image file (its label file found by name, see
+/// [`idx_labels_for`]) or a folder of such pairs, one split per pair named by the file's
+/// prefix (`train-…` is `train`, `t10k-…` and `test-…` are `test`).
+pub fn load_idx_dataset(path: &Path) -> Result<Dataset, DataError> {
+    let pairs: Vec<(PathBuf, PathBuf)> = if path.is_dir() {
+        sorted_entries(path)?
+            .into_iter()
+            .filter_map(|p| idx_labels_for(&p).map(|l| (p, l)))
+            .collect()
+    } else {
+        let labels = idx_labels_for(path).ok_or_else(|| {
+            DataError::format(
+                path,
+                None,
+                None,
+                "an IDX image file needs its label file beside it (`*-images-idx3-ubyte` -> `*-labels-idx1-ubyte`)",
+            )
+        })?;
+        vec![(path.to_path_buf(), labels)]
+    };
+    if pairs.is_empty() {
+        return Err(DataError::format(
+            path,
+            None,
+            None,
+            "no IDX image/label file pairs (`*-images-idx3-ubyte[.gz]` with `*-labels-idx1-ubyte[.gz]`)",
+        ));
+    }
+    // Training rows first, as the built-in loader orders them.
+    let mut pairs = pairs;
+    pairs.sort_by_key(|(img, _)| {
+        let name = img.file_name().map(|n| n.to_string_lossy().into_owned());
+        (
+            !name.as_deref().is_some_and(|n| n.starts_with("train")),
+            name,
+        )
+    });
+    let mut items = Vec::new();
+    let mut labels = Vec::new();
+    let mut splits: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (img, lab) in &pairs {
+        let name = img.file_name().and_then(|n| n.to_str()).unwrap_or("all");
+        let prefix = name.split(['-', '.', '_']).next().unwrap_or("all");
+        let split = match prefix {
+            "t10k" | "test" => "test",
+            "" => "all",
+            p => p,
+        };
+        let (imgs, ls) = load_idx(img, lab)?;
+        let start = items.len();
+        items.extend(imgs);
+        labels.extend(ls);
+        splits
+            .entry(split.to_string())
+            .or_default()
+            .extend(start..items.len());
+    }
+    let n_classes = labels.iter().max().map_or(0, |m| m + 1);
+    Ok(Dataset {
+        name: path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        items,
+        labels,
+        label_names: (0..n_classes).map(|i| i.to_string()).collect(),
+        domains: None,
+        splits,
+        skipped: Vec::new(),
+    })
+}
+
+/// Load one split from an IDX image file (magic 0x803) and label file (0x801), raw or
+/// gzipped.
 pub fn load_idx(images: &Path, labels: &Path) -> Result<(Vec<Item>, Vec<usize>), DataError> {
     let (dims, pixels) = read_idx(images, 0x0803)?;
     let (ldims, raw_labels) = read_idx(labels, 0x0801)?;

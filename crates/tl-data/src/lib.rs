@@ -35,7 +35,10 @@ use std::path::PathBuf;
 
 pub use builtin::load_builtin;
 pub use guard::{guard_panics, inside_guard};
-pub use images::{load_digits_csv_gz, load_idx, load_image_folder, load_image_table};
+pub use images::{
+    MAX_IDX_BYTES, idx_labels_for, load_digits_csv_gz, load_idx, load_idx_dataset,
+    load_image_folder, load_image_table,
+};
 pub use summary::Summary;
 pub use table::{TableFormat, TableOptions, load_table};
 

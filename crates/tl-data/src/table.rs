@@ -379,6 +379,27 @@ fn check_json_shape(bytes: &[u8], format: TableFormat) -> Result<(), (String, St
     Ok(())
 }
 
+/// Where a JSON or JSON Lines file stops being valid JSON: (`line N`, message).
+fn json_syntax_error(bytes: &[u8], format: TableFormat) -> Option<(String, String)> {
+    use serde::de::IgnoredAny;
+    if format == TableFormat::JsonLines {
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if let Err(e) = serde_json::from_slice::<IgnoredAny>(line) {
+                return Some((format!("line {}", i + 1), format!("invalid JSON: {e}")));
+            }
+        }
+        return None;
+    }
+    let e = serde_json::from_slice::<IgnoredAny>(bytes).err()?;
+    Some((
+        format!("line {}", e.line()),
+        format!("invalid JSON at column {}: {e}", e.column()),
+    ))
+}
+
 /// Orange's `.tab` header: a line of names, a line of types, a line of flags.
 fn is_orange_header(bytes: &[u8]) -> bool {
     let mut lines = bytes
@@ -515,7 +536,13 @@ pub(crate) fn read_frame(
                     .finish()
             })
             .map_err(|m| DataError::format(path, None, None, format!("unreadable JSON ({m})")))?
-            .map_err(polars_err)
+            .map_err(|e| {
+                // polars says what but not where: find the line with a JSON parser.
+                match json_syntax_error(&bytes, format) {
+                    Some((at, message)) => DataError::format(path, Some(at), None, message),
+                    None => polars_err(e),
+                }
+            })
         }
         TableFormat::Parquet => {
             let file = File::open(path).map_err(|e| DataError::io(path, e))?;

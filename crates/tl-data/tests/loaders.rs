@@ -413,6 +413,16 @@ const BAD_TABLES: &[(&str, &str, &[&str])] = &[
         &["deep.jsonl:line 2", "nested more than 16 levels"],
     ),
     (
+        "syntax.json",
+        "[{\"text\": \"a\", \"label\": \"pos\"},\n {\"text\": \"b\" \"label\": \"neg\"}]",
+        &["syntax.json:line 2", "invalid JSON"],
+    ),
+    (
+        "syntax.jsonl",
+        "{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"b\", \"label\": neg}\n",
+        &["syntax.jsonl:line 2", "invalid JSON"],
+    ),
+    (
         "weird.txt",
         "text,label\na,b\n",
         &["weird.txt", "must end in .csv, .tsv, .tab"],
@@ -515,4 +525,32 @@ fn parquet_struct_labels_are_refused() {
         e.contains("field `label`") && e.contains("object (struct)"),
         "{e}"
     );
+}
+
+#[test]
+fn an_idx_pair_loads_as_a_dataset_from_a_file_or_a_folder() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let images = idx(0x803, &[3, 2, 2], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    let labels = idx(0x801, &[3], &[1, 0, 1]);
+    write(d.path(), "train-images-idx3-ubyte", &images);
+    write(d.path(), "train-labels-idx1-ubyte", &labels);
+    // The test pair gzipped, as MNIST ships.
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    write(d.path(), "t10k-images-idx3-ubyte.gz", &gz(&images[..]));
+    write(d.path(), "t10k-labels-idx1-ubyte.gz", &gz(&labels[..]));
+    let ds = tl_data::load_idx_dataset(d.path()).unwrap();
+    assert_eq!(ds.len(), 6);
+    assert_eq!(ds.split("train").unwrap(), [0, 1, 2]);
+    assert_eq!(ds.split("test").unwrap(), [3, 4, 5]);
+    assert_eq!(ds.label_names, ["0", "1"]);
+    let one = tl_data::load_idx_dataset(&d.path().join("train-images-idx3-ubyte")).unwrap();
+    assert_eq!(one.labels, [1, 0, 1]);
+    let lonely = write(d.path(), "x-images-idx3-ubyte", &images);
+    let e = err(tl_data::load_idx_dataset(&lonely));
+    assert!(e.contains("needs its label file"), "{e}");
 }

@@ -93,7 +93,16 @@ fn load_path(path: &Path, table: &TableSettings) -> Result<Dataset, EvalError> {
             path.display()
         )));
     }
-    Ok(if path.is_dir() {
+    // MNIST-style IDX pairs: an image file (its labels beside it) or a folder of pairs.
+    let idx_folder = path.is_dir()
+        && std::fs::read_dir(path).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| tl_data::idx_labels_for(&e.path()).is_some())
+        });
+    Ok(if idx_folder || tl_data::idx_labels_for(path).is_some() {
+        tl_data::load_idx_dataset(path)?
+    } else if path.is_dir() {
         tl_data::load_image_folder(path)?
     } else {
         let opts = TableOptions {

@@ -782,6 +782,10 @@ pub(crate) fn backbone_features(
     let t = Instant::now();
     let backbone = Backbone::from_manifest(m, cache, &config)?;
     let items: Vec<Item> = used.iter().map(|&i| ds.items[i].clone()).collect();
+    // The session computes a backbone's extra outputs (source-task logits) in the same pass:
+    // storing them costs a shard, and `tl select` then finds LEEP's logits cached.
+    let extra_outputs = !backbone.extra_outputs().is_empty()
+        && backbone.extra_outputs().iter().all(|(_, width)| *width > 0);
     let out = embed_cached(
         &backbone,
         &Store::from_cache(cache),
@@ -789,6 +793,7 @@ pub(crate) fn backbone_features(
         &CacheOptions {
             progress,
             on_error: OnError::Fail,
+            extra_outputs,
             ..Default::default()
         },
     )?;
