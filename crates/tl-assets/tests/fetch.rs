@@ -421,6 +421,36 @@ fn missing_pip_says_what_to_do() {
 }
 
 #[test]
+fn a_full_disk_during_a_download_names_where_it_was_writing() {
+    // Used to say "disk full while writing python3": the tool, not the folder.
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake-python");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'ERROR: [Errno 28] No space left on device' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pypi = format!(
+        "type = \"pypi\"\npackage = \"p\"\nversion = \"1.0\"\narchive_sha256 = \"{}\"\nmember = \"p/a.bin\"",
+        sha(b"w")
+    );
+    let m = manifest(&[("a.bin", &sha(b"a"), &[pypi])]);
+    let e = fetcher(&tmp.path().join("cache"))
+        .python(fake.to_str().unwrap())
+        .fetch(&m)
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, tl_assets::FetchError::DiskFull { .. }), "{msg}");
+    assert!(
+        msg.contains(&tmp.path().join("cache").display().to_string())
+            && !msg.contains("fake-python"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn concurrent_fetches_of_one_asset_download_once_and_both_succeed() {
     let body = payload(400_000);
     let server = serve(HashMap::from([("/a.bin", Reply::Slow(body.clone()))]));

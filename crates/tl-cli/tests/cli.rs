@@ -770,3 +770,45 @@ fn a_local_folder_named_like_a_built_in_never_replaces_it() {
     assert_eq!(code, 0);
     assert!(out.contains("2 items"), "the folder: {out}");
 }
+
+#[test]
+fn a_copied_binary_without_tl_home_uses_the_user_cache_not_its_build_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let bin = d.path().join("tl");
+    std::fs::copy(env!("CARGO_BIN_EXE_tl"), &bin).unwrap();
+    let xdg = d.path().join("xdg");
+    let out = Command::new(&bin)
+        .args(["cache", "info"])
+        .env_remove("TL_HOME")
+        .env_remove("TL_FEATURES_DIR")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env("XDG_CACHE_HOME", &xdg)
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&xdg.join("transfer-learning-rs").display().to_string()),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn warnings_carry_no_colour_codes_when_redirected() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("decimals.csv");
+    std::fs::write(&p, "text,label\na,1\nb,1.0\nc,2\n").unwrap();
+    let (code, out, err) = tl(&["data", "info", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 classes"), "1 and 1.0 are one class: {out}");
+    assert!(err.contains("read as the integers"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in a redirected log: {err:?}"
+    );
+}

@@ -424,3 +424,42 @@ fn degenerate_settings_are_refused_before_or_instead_of_a_meaningless_verdict() 
         .to_string();
     assert!(e.contains("at least one head"), "{e}");
 }
+
+#[test]
+fn a_head_that_stopped_early_is_named_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = write_table(dir.path());
+    let exp = parse(&format!(
+        "name = \"w\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 50\n[[heads]]\nkind = \"logistic\"\nmax_iter = 1\n[protocol]\nkind = \"cv\"\nfolds = 3\n",
+        table.to_str().unwrap()
+    ))
+    .unwrap();
+    let notes = std::sync::Mutex::new(Vec::new());
+    let report = run(
+        &exp,
+        &Registry::builtin().unwrap(),
+        &Cache::at(dir.path().join("cache")),
+        false,
+        &|l: &str| notes.lock().unwrap().push(l.to_string()),
+    )
+    .unwrap();
+    let r = &report.results[0];
+    assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
+    assert!(r.warnings[0].starts_with("fold 1: logistic regression did not converge"));
+    assert!(
+        notes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("warning   tfidf logistic: 3 of 3 fits"))
+    );
+    let out = dir.path().join("report");
+    write_report(&report, &out).unwrap();
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("**Warnings**") && md.contains("- tfidf / logistic: 3 fits"),
+        "{md}"
+    );
+    let json = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(json.contains("did not converge"));
+}

@@ -648,3 +648,29 @@ fn damaged_classifier_files_are_refused_on_load() {
         );
     }
 }
+
+#[test]
+fn a_fit_stopped_at_its_iteration_limit_says_so_and_the_file_keeps_it() {
+    let (x, y) = blobs(20, 6, 0.8, 5);
+    let capped = HeadConfig::new(HeadSpec::Logistic(LogisticParams {
+        max_iter: 1,
+        ..LogisticParams::default()
+    }));
+    let model = capped.fit(x.view(), &y, &names(3), None).unwrap();
+    assert_eq!(model.warnings.len(), 1);
+    assert!(
+        model.warnings[0].contains("did not converge"),
+        "{:?}",
+        model.warnings
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    model.save(&path).unwrap();
+    assert_eq!(Classifier::load(&path).unwrap().warnings, model.warnings);
+    // A converged fit has none, and its file has no such field (the format is unchanged).
+    let ok = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()))
+        .fit(x.view(), &y, &names(3), None)
+        .unwrap();
+    assert!(ok.warnings.is_empty());
+    assert!(!ok.to_json().contains("warnings"));
+}
