@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz`: builds `tl-fuzz` (the test profile, so the suite's compiled
+//! `cargo xtask fuzz`: builds `tl-fuzz` with the test suite (so the suite's compiled
 //! dependencies are reused) and runs each target in its own worker process. A worker that
 //! exits 1 found panics (saved by the worker); 3 is a hang (saved by its watchdog); death by a
 //! signal or an allocation failure is a crash, and the input it was running (`current`) is
@@ -12,8 +12,11 @@ use anyhow::{Context, Result, bail};
 
 fn worker() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The test build makes target/debug/tl-fuzz for tl-fuzz's integration tests; building
+    // it that way (the whole workspace's test features) reuses the suite's artefacts, where
+    // `cargo build -p tl-fuzz` unifies features differently and compiles polars again.
     let status = Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "tl-fuzz", "--bin", "tl-fuzz"])
+        .args(["test", "--workspace", "--no-run", "--quiet"])
         .status()
         .context("building tl-fuzz")?;
     if !status.success() {

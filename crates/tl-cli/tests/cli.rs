@@ -812,3 +812,111 @@ fn warnings_carry_no_colour_codes_when_redirected() {
         "colour codes in a redirected log: {err:?}"
     );
 }
+
+/// A 24-bit BMP of `w` x `h` pixels of one colour (no image crate needed).
+fn bmp(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let row = (w * 3).div_ceil(4) * 4;
+    let size = 54 + row * h;
+    let mut b = Vec::with_capacity(size as usize);
+    b.extend(b"BM");
+    b.extend(size.to_le_bytes());
+    b.extend([0u8; 4]);
+    b.extend(54u32.to_le_bytes());
+    b.extend(40u32.to_le_bytes());
+    b.extend(w.to_le_bytes());
+    b.extend(h.to_le_bytes());
+    b.extend(1u16.to_le_bytes());
+    b.extend(24u16.to_le_bytes());
+    b.extend([0u8; 24]);
+    for _ in 0..h {
+        for _ in 0..w {
+            b.extend([rgb[2], rgb[1], rgb[0]]);
+        }
+        b.extend(std::iter::repeat_n(0u8, (row - w * 3) as usize));
+    }
+    b
+}
+
+#[test]
+fn tl_select_takes_leep_logits_from_an_earlier_tl_run() {
+    // `tl run` now stores a backbone's extra outputs with its features, so `tl select` finds
+    // EfficientNet-Lite0's ImageNet logits cached instead of running the model again.
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("colours");
+    let nonce = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 200) as u8;
+    for (class, base) in [("red", [200u8, 20, 20]), ("blue", [20u8, 20, 200])] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..6u8 {
+            let c = [
+                base[0],
+                base[1].wrapping_add(nonce),
+                base[2].wrapping_add(i * 5),
+            ];
+            std::fs::write(
+                root.join(class).join(format!("{i}.bmp")),
+                bmp(12 + u32::from(i), 10, c),
+            )
+            .unwrap();
+        }
+    }
+    let r = root.to_str().unwrap();
+    let exp = d.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        format!("name = \"colours\"\ndataset = {r:?}\nbackbones = [\"efficientnet-lite0\"]\nbaseline = \"none\"\nbootstrap = 20\n[protocol]\nkind = \"cv\"\nfolds = 2\n"),
+    )
+    .unwrap();
+    let out = d.path().join("report");
+    let (code, stdout, err) = tl(&["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("12 computed"), "{stdout}");
+    let (code, stdout, err) = tl(&[
+        "select",
+        "--dataset",
+        r,
+        "--backbones",
+        "efficientnet-lite0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("efficientnet-lite0: 12 cached, 0 computed"),
+        "logits from the feature cache: {err}"
+    );
+    assert!(stdout.contains("LEEP"), "{stdout}");
+}
+
+#[test]
+fn extraction_without_a_terminal_prints_progress_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("fresh.csv");
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        &p,
+        format!("text,label\nprogress check {nonce} a,x\nprogress check {nonce} b,y\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+        .args([
+            "embed",
+            "--model",
+            "all-minilm-l6-v2",
+            "--dataset",
+            p.to_str().unwrap(),
+        ])
+        .env("TL_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("progress  all-minilm-l6-v2: 2/2 computed (100%)"),
+        "{err}"
+    );
+}

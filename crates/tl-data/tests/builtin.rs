@@ -101,3 +101,32 @@ fn summary_describes_the_data() {
     let m = load("optdigits").summary().to_string();
     assert!(m.contains("images 8x8: 1797"), "{m}");
 }
+
+#[test]
+fn a_manifest_split_with_the_wrong_number_of_files_is_an_error_not_a_panic() {
+    // An IDX split needs two files (images, labels); the loader used to index `files[1]`.
+    let text = r#"name = "one-file"
+kind = "dataset"
+description = "d"
+licence = "MIT"
+attribution = "a"
+[[files]]
+path = "images.idx"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[files.sources]]
+type = "url"
+url = "http://127.0.0.1:9/images.idx"
+[dataset]
+format = "idx"
+[dataset.splits]
+train = ["images.idx"]
+"#;
+    let m = tl_assets::Manifest::parse("one-file.toml", text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::at(dir.path());
+    let e = load_builtin(&m, &cache).unwrap_err().to_string();
+    assert!(
+        e.contains("dataset.splits.train") && e.contains("two (images, then labels)"),
+        "{e}"
+    );
+}

@@ -205,11 +205,7 @@ pub fn leep(logits: ArrayView2<f32>, labels: &[usize], n_classes: usize) -> Resu
             labels.len()
         )));
     }
-    if let Some((i, _)) = labels.iter().enumerate().find(|(_, l)| **l >= n_classes) {
-        return Err(EvalError::Config(format!(
-            "LEEP: label row {i} is not below {n_classes}"
-        )));
-    }
+    check_labels("LEEP", n, labels, n_classes)?;
     if let Some((i, _)) = logits
         .outer_iter()
         .enumerate()

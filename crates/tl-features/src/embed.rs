@@ -152,7 +152,8 @@ pub fn manifest_for_output(backbone: &Backbone, output: &str, width: usize) -> S
     }
 }
 
-/// How often extraction prints a progress line when stderr is not a terminal.
+/// How often extraction prints a progress line when stderr is not a terminal (default;
+/// `TL_PROGRESS_SECONDS` overrides it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// Embeds `items` with `backbone`, answering from `store` where it can and storing what it
@@ -238,6 +239,11 @@ pub fn embed_cached(
     // Without a terminal (a CI log, `nohup`), a bar draws nothing: a line every
     // PROGRESS_EVERY instead, so ten minutes of extraction are not ten silent minutes.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // `TL_PROGRESS_SECONDS` sets the interval (tests use 0: a line per chunk).
+    let every = std::env::var("TL_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(PROGRESS_EVERY, Duration::from_secs);
     let mut last_line = Instant::now();
     let mut done = 0usize;
     let bar = if options.progress && terminal && !misses.is_empty() {
@@ -315,7 +321,7 @@ pub fn embed_cached(
         done += chunk.len();
         if let Some(bar) = &bar {
             bar.inc(chunk.len() as u64);
-        } else if options.progress && !terminal && last_line.elapsed() >= PROGRESS_EVERY {
+        } else if options.progress && !terminal && last_line.elapsed() >= every {
             last_line = Instant::now();
             let rate = done as f64 / compute_time.as_secs_f64().max(1e-9);
             eprintln!(

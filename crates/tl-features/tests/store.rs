@@ -252,26 +252,24 @@ fn stale_temporary_files_are_swept_and_fresh_ones_kept() {
     let shards = b.dir().join("shards");
     let stale = shards.join(".tmp-1-2-shard-x.parquet");
     let fresh = shards.join(".tmp-3-4-shard-y.parquet");
-    fs::write(&stale, b"partial").unwrap();
+    // A leftover written (by its modification time) longer ago than STALE_TEMP.
+    let leave_stale = |p: &std::path::Path| {
+        fs::write(p, b"partial").unwrap();
+        let old = std::time::SystemTime::now() - tl_features::STALE_TEMP - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    };
+    leave_stale(&stale);
     fs::write(&fresh, b"in flight").unwrap();
-    let old = std::time::SystemTime::now() - tl_features::STALE_TEMP - Duration::from_secs(60);
-    fs::File::options()
-        .write(true)
-        .open(&stale)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
     // Reopening (a rerun) sweeps; so does compaction.
     store.backbone(manifest(2)).unwrap();
     assert!(!stale.exists(), "a leftover of a failed write is removed");
     assert!(fresh.exists(), "a writer in flight keeps its file");
-    fs::write(&stale, b"partial").unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&stale)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    leave_stale(&stale);
     b.compact().unwrap();
     assert!(!stale.exists());
 }

@@ -52,29 +52,12 @@ const MAX_CORPUS: usize = 512;
 /// Largest input the mutator grows to.
 const MAX_INPUT: usize = 256 * 1024;
 
-/// SplitMix64: small, seeded, the same stream on every machine.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+/// The seeded generator of the whole workspace (SplitMix64, tl-data's).
+pub use tl_data::split::Rng;
 
-impl Rng {
-    /// A stream from `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
+/// Uniform in `0..n` (`n > 0`).
+fn below(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n as u64) as usize
 }
 
 /// Bytes that break parsers more often than random ones.
@@ -109,38 +92,38 @@ const NUMBERS: &[&[u8]] = &[
 /// One mutation of `input` (never empty unless the input was).
 pub fn mutate(input: &[u8], corpus: &[Vec<u8>], dict: &[&[u8]], rng: &mut Rng) -> Vec<u8> {
     let mut out = input.to_vec();
-    let rounds = 1 + rng.below(4);
+    let rounds = 1 + below(rng, 4);
     for _ in 0..rounds {
         let len = out.len();
-        match rng.below(11) {
+        match below(rng, 11) {
             0 if len > 0 => {
-                let i = rng.below(len);
-                out[i] ^= 1 << rng.below(8);
+                let i = below(rng, len);
+                out[i] ^= 1 << below(rng, 8);
             }
             1 if len > 0 => {
-                let i = rng.below(len);
-                out[i] = INTERESTING[rng.below(INTERESTING.len())];
+                let i = below(rng, len);
+                out[i] = INTERESTING[below(rng, INTERESTING.len())];
             }
             2 => {
-                let i = rng.below(len + 1);
-                let word = if !dict.is_empty() && rng.below(2) == 0 {
-                    dict[rng.below(dict.len())]
+                let i = below(rng, len + 1);
+                let word = if !dict.is_empty() && below(rng, 2) == 0 {
+                    dict[below(rng, dict.len())]
                 } else {
-                    NUMBERS[rng.below(NUMBERS.len())]
+                    NUMBERS[below(rng, NUMBERS.len())]
                 };
                 out.splice(i..i, word.iter().copied());
             }
             3 if len > 1 => {
-                let a = rng.below(len);
-                let b = (a + 1 + rng.below(16.min(len - a))).min(len);
+                let a = below(rng, len);
+                let b = (a + 1 + below(rng, 16.min(len - a))).min(len);
                 out.drain(a..b);
             }
             4 if len > 1 => {
                 // Repeat a range: deepens nesting, lengthens fields, multiplies rows.
-                let a = rng.below(len);
-                let b = (a + 1 + rng.below(64.min(len - a))).min(len);
-                let most = if rng.below(8) == 0 { 2000 } else { 8 };
-                let times = 1 + rng.below(most);
+                let a = below(rng, len);
+                let b = (a + 1 + below(rng, 64.min(len - a))).min(len);
+                let most = if below(rng, 8) == 0 { 2000 } else { 8 };
+                let times = 1 + below(rng, most);
                 let piece = out[a..b].to_vec();
                 for _ in 0..times {
                     if out.len() + piece.len() > MAX_INPUT {
@@ -149,21 +132,21 @@ pub fn mutate(input: &[u8], corpus: &[Vec<u8>], dict: &[&[u8]], rng: &mut Rng) -
                     out.splice(b..b, piece.iter().copied());
                 }
             }
-            5 if len > 0 => out.truncate(rng.below(len)),
+            5 if len > 0 => out.truncate(below(rng, len)),
             6 if !corpus.is_empty() => {
-                let other = &corpus[rng.below(corpus.len())];
+                let other = &corpus[below(rng, corpus.len())];
                 if !other.is_empty() {
-                    let a = rng.below(len + 1);
-                    let s = rng.below(other.len());
-                    let e = (s + 1 + rng.below(256)).min(other.len());
+                    let a = below(rng, len + 1);
+                    let s = below(rng, other.len());
+                    let e = (s + 1 + below(rng, 256)).min(other.len());
                     out.splice(a..a, other[s..e].iter().copied());
                 }
             }
             7 if len > 0 => {
                 // A number where a number was: change a digit run.
-                let i = rng.below(len);
+                let i = below(rng, len);
                 if out[i].is_ascii_digit() {
-                    let word = NUMBERS[rng.below(NUMBERS.len())];
+                    let word = NUMBERS[below(rng, NUMBERS.len())];
                     let mut e = i;
                     while e < out.len() && (out[e].is_ascii_digit() || out[e] == b'.') {
                         e += 1;
@@ -173,15 +156,15 @@ pub fn mutate(input: &[u8], corpus: &[Vec<u8>], dict: &[&[u8]], rng: &mut Rng) -
             }
             8 if len >= 4 => {
                 // Binary formats: overwrite a 32-bit field with an extreme value.
-                let i = rng.below(len - 3);
-                let v: u32 = match rng.below(5) {
+                let i = below(rng, len - 3);
+                let v: u32 = match below(rng, 5) {
                     0 => 0,
                     1 => u32::MAX,
                     2 => 0x7fff_ffff,
-                    3 => 1 << rng.below(32),
+                    3 => 1 << below(rng, 32),
                     _ => rng.next_u64() as u32,
                 };
-                let bytes = if rng.below(2) == 0 {
+                let bytes = if below(rng, 2) == 0 {
                     v.to_be_bytes()
                 } else {
                     v.to_le_bytes()
@@ -189,13 +172,13 @@ pub fn mutate(input: &[u8], corpus: &[Vec<u8>], dict: &[&[u8]], rng: &mut Rng) -
                 out[i..i + 4].copy_from_slice(&bytes);
             }
             9 if len > 0 => {
-                let i = rng.below(len);
+                let i = below(rng, len);
                 out.insert(i, rng.next_u64() as u8);
             }
             _ => {
                 if !dict.is_empty() {
-                    let i = rng.below(len + 1);
-                    let word = dict[rng.below(dict.len())];
+                    let i = below(rng, len + 1);
+                    let word = dict[below(rng, dict.len())];
                     out.splice(i..i, word.iter().copied());
                 }
             }
@@ -252,7 +235,7 @@ pub fn fuzz_with(
     // Panics are findings, reported once at the end, not printed at every occurrence.
     std::panic::set_hook(Box::new(|_| {}));
     while report.execs < max_execs && start.elapsed() < time {
-        let parent = &corpus[rng.below(corpus.len())];
+        let parent = &corpus[below(&mut rng, corpus.len())];
         let input = mutate(parent, &corpus, target.dict, &mut rng);
         before(&input);
         report.execs += 1;
@@ -262,7 +245,8 @@ pub fn fuzz_with(
                 if corpus.len() < MAX_CORPUS {
                     corpus.push(input);
                 } else {
-                    let i = seeds.len() + rng.below(MAX_CORPUS - seeds.len().min(MAX_CORPUS - 1));
+                    let i =
+                        seeds.len() + below(&mut rng, MAX_CORPUS - seeds.len().min(MAX_CORPUS - 1));
                     corpus[i.min(MAX_CORPUS - 1)] = input;
                 }
             }
