@@ -2,11 +2,53 @@
 
 use std::process::Command;
 
+/// Links every fetched asset of the workspace cache (and its downloads, helper virtualenv
+/// and tools) into `home`, one link per asset, so a test's `TL_HOME` has the models and
+/// data without a download while its feature store, locks, manifests and any model a test
+/// exports stay its own.
+fn link_assets(home: &std::path::Path) {
+    let shared = tl_assets::Cache::from_env();
+    for kind in ["runtime", "models", "datasets"] {
+        std::fs::create_dir_all(home.join(kind)).unwrap();
+        let Ok(entries) = std::fs::read_dir(shared.root().join(kind)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let link = home.join(kind).join(e.file_name());
+            if std::fs::symlink_metadata(&link).is_err() {
+                let _ = std::os::unix::fs::symlink(e.path(), &link);
+            }
+        }
+    }
+    for d in ["downloads", "venv", "tools"] {
+        let link = home.join(d);
+        if shared.root().join(d).exists() && std::fs::symlink_metadata(&link).is_err() {
+            let _ = std::os::unix::fs::symlink(shared.root().join(d), &link);
+        }
+    }
+}
+
+/// The `TL_HOME` of this test binary: its own folder under cargo's target/tmp, so the CLI
+/// tests never write into the workspace cache (features, stamps, locks).
+fn test_home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tl-cli-home");
+        std::fs::create_dir_all(&home).unwrap();
+        link_assets(&home);
+        home
+    })
+}
+
+/// `tl` with this binary's test home.
+fn tl_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tl"));
+    c.env("TL_HOME", test_home());
+    c
+}
+
 fn tl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = tl_cmd().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -318,26 +360,11 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
     );
 }
 
-/// A cache of its own for `tl finetune` (it writes models and manifests), sharing the
-/// runtime and all-MiniLM-L6-v2 with the workspace cache so nothing is downloaded twice.
+/// A cache of its own for `tl finetune` (it writes models and manifests), with the
+/// workspace cache's assets linked in so nothing is downloaded twice.
 fn finetune_home() -> tempfile::TempDir {
-    let shared = tl_assets::Cache::from_env();
-    for d in ["runtime", "models/all-minilm-l6-v2", "downloads"] {
-        std::fs::create_dir_all(shared.root().join(d)).unwrap();
-    }
     let home = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(home.path().join("models")).unwrap();
-    std::os::unix::fs::symlink(shared.root().join("runtime"), home.path().join("runtime")).unwrap();
-    std::os::unix::fs::symlink(
-        shared.root().join("models/all-minilm-l6-v2"),
-        home.path().join("models/all-minilm-l6-v2"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        shared.root().join("downloads"),
-        home.path().join("downloads"),
-    )
-    .unwrap();
+    link_assets(home.path());
     home
 }
 
@@ -542,11 +569,7 @@ fn stdout_failures_follow_unix_conventions() {
 
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader); // the reader is gone before tl writes a byte
-    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
-        .args(args)
-        .stdout(writer)
-        .output()
-        .unwrap();
+    let out = tl_cmd().args(args).stdout(writer).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -555,11 +578,7 @@ fn stdout_failures_follow_unix_conventions() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
-        .args(args)
-        .stdout(full)
-        .output()
-        .unwrap();
+    let out = tl_cmd().args(args).stdout(full).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -753,7 +772,7 @@ fn a_local_folder_named_like_a_built_in_never_replaces_it() {
         .unwrap();
     }
     let run_in = |arg: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+        let out = tl_cmd()
             .current_dir(d.path())
             .args(["data", "info", arg])
             .output()
@@ -902,7 +921,7 @@ fn extraction_without_a_terminal_prints_progress_lines() {
         format!("text,label\nprogress check {nonce} a,x\nprogress check {nonce} b,y\n"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tl"))
+    let out = tl_cmd()
         .args([
             "embed",
             "--model",
