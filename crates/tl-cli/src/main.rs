@@ -398,6 +398,11 @@ pub(crate) fn check_output_file(path: &Path, flag: &str, extensions: &[&str]) ->
         .with_context(|| format!("{flag} {}: its folder cannot be written", path.display()))
 }
 
+/// `runs/<name>-<UTC time>`, where a run's report goes without `--out`.
+fn default_report_dir(name: &str) -> PathBuf {
+    PathBuf::from("runs").join(format!("{name}-{}", utc_stamp()))
+}
+
 /// `YYYYmmdd-HHMMSS` in UTC, for report folder names.
 fn utc_stamp() -> String {
     let secs = SystemTime::now()
@@ -440,17 +445,14 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
     let cache = Cache::from_env();
     if AdaptationExperiment::is_adaptation(&text) {
         let exp = AdaptationExperiment::from_toml(&text, &origin)?;
-        let out = Some(out.unwrap_or_else(|| {
-            PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp()))
-        }));
-        check_report_dir(out.as_deref().expect("set"))?;
+        let dir = out.unwrap_or_else(|| default_report_dir(&exp.name));
+        check_report_dir(&dir)?;
         tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
             .context("fetching the ONNX Runtime library")?;
-        return run_adaptation_experiment(registry, &cache, &exp, out);
+        return run_adaptation_experiment(registry, &cache, &exp, &dir);
     }
     let exp = Experiment::from_toml(&text, &origin)?;
-    let dir =
-        out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
+    let dir = out.unwrap_or_else(|| default_report_dir(&exp.name));
     check_report_dir(&dir)?;
     tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
@@ -475,13 +477,11 @@ fn run_adaptation_experiment(
     registry: &Registry,
     cache: &Cache,
     exp: &AdaptationExperiment,
-    out: Option<PathBuf>,
+    dir: &Path,
 ) -> Result<()> {
     out!("adaptation experiment {}", exp.name);
     let report = tl_eval::run_adaptation(exp, registry, cache, true, &|line: &str| out!("{line}"))?;
-    let dir =
-        out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", exp.name, utc_stamp())));
-    tl_eval::write_adaptation_report(&report, &dir)?;
+    tl_eval::write_adaptation_report(&report, dir)?;
     for m in &report.summary {
         out!(
             "summary   {:<18} {:<12} {:+5.2} points, gap recovered: mean {}, pooled {} ({} helps, {} hurts of {})",

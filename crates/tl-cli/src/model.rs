@@ -7,7 +7,7 @@ use tl_assets::{Cache, Registry};
 use tl_backbone::{Backbone, ExecutionConfig, OnError};
 use tl_data::{Dataset, Item};
 use tl_features::{CacheOptions, CachedFeatures, Store, embed_cached};
-use tl_heads::{ClassWeight, Classifier, HeadConfig, HeadSpec, Pca, Preprocess};
+use tl_heads::{ClassWeight, Classifier, FeatureMeta, HeadConfig, HeadSpec, Pca, Preprocess};
 
 use crate::{TableArgs, UsageError, ensure_model, load_dataset};
 
@@ -257,9 +257,11 @@ fn load_classifier(
     };
     let m = ensure_model(registry, &model)?;
     let backbone = Backbone::from_manifest(m, &Cache::from_env(), &ExecutionConfig::default())?;
-    if backbone.dim() != clf.features.dim
-        || Some(backbone.fingerprint()) != clf.features.fingerprint.as_deref()
-    {
+    let meta = FeatureMeta {
+        dim: backbone.dim(),
+        fingerprint: Some(backbone.fingerprint().to_string()),
+    };
+    if clf.ensure_compatible(&meta).is_err() {
         let was = match &trained_on {
             Some((_, Some(name))) => name.clone(),
             Some((f, None)) => format!("an unknown model (fingerprint {f})"),

@@ -15,12 +15,15 @@ pub fn guard_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     GUARDED.with(|g| g.set(g.get() + 1));
     let r = std::panic::catch_unwind(AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(g.get() - 1));
-    r.map_err(|p| {
-        p.downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "the decoder failed".into())
-    })
+    r.map_err(|p| panic_message(&*p))
+}
+
+/// The message a panic carried (`panic!` with a literal or a formatted string).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".into())
 }
 
 /// True while this thread runs inside [`guard_panics`] (for a binary's panic hook).

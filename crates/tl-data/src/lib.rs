@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub use builtin::load_builtin;
-pub use guard::{guard_panics, inside_guard};
+pub use guard::{guard_panics, inside_guard, panic_message};
 pub use images::{
     MAX_IDX_BYTES, idx_labels_for, load_digits_csv_gz, load_idx, load_idx_dataset,
     load_image_folder, load_image_table,

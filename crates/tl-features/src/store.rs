@@ -264,7 +264,15 @@ impl Store {
                     writable,
                 };
                 if writable {
-                    store.write_manifest()?;
+                    match store.write_manifest() {
+                        Err(FeatureError::Io { source, .. }) if is_read_only(&source) => {
+                            tracing::warn!(
+                                "feature cache {} is read-only: its manifest is not written",
+                                self.root.display()
+                            );
+                        }
+                        r => r?,
+                    }
                 }
                 Ok(store)
             }
@@ -533,7 +541,19 @@ impl BackboneStore {
             return Ok(path.to_path_buf());
         }
         let qdir = self.dir.join("quarantine");
-        fs::create_dir_all(&qdir).map_err(io(&qdir))?;
+        match fs::create_dir_all(&qdir) {
+            Ok(()) => {}
+            // A read-only mount whose store folder already existed (opening it could not
+            // tell): skip the shard, as for a store opened read-only.
+            Err(e) if is_read_only(&e) => {
+                tracing::warn!(
+                    "feature cache shard {} is damaged ({why}); skipped (the cache is read-only)",
+                    path.display()
+                );
+                return Ok(path.to_path_buf());
+            }
+            Err(e) => return Err(io(&qdir)(e)),
+        }
         let dest = qdir.join(path.file_name().unwrap_or_default());
         tracing::warn!(
             "feature cache shard {} is damaged ({why}); moved to {} and its items will be recomputed",

@@ -188,18 +188,10 @@ pub fn mutate(input: &[u8], corpus: &[Vec<u8>], dict: &[&[u8]], rng: &mut Rng) -
     out
 }
 
-/// The message of a caught panic.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-string payload".into())
-}
-
 /// Runs `target` on one input, catching a panic.
 pub fn run_one(target: &Target, scratch: &Path, input: &[u8]) -> Result<bool, String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input, scratch)))
-        .map_err(|p| panic_message(&*p))
+        .map_err(|p| tl_data::panic_message(&*p))
 }
 
 /// Fuzzes `target` for at most `max_execs` inputs or `time`, whichever ends first, from
