@@ -544,36 +544,51 @@ impl Manifest {
             );
         }
         if let Some(t) = &m.trainable {
-            if t.architecture != "bert" {
+            // Which architectures each modality trains, and the weight formats each reads.
+            let (known, formats): (&[&str], &[&str]) = match m.modality {
+                Modality::Text => (&["bert"], &["safetensors", "onnx"]),
+                Modality::Image => (
+                    &["mobilenetv2", "efficientnet-lite0"],
+                    &["torch-legacy", "safetensors"],
+                ),
+            };
+            if !known.contains(&t.architecture.as_str()) {
                 return err(
                     "model.trainable.architecture",
-                    format!("{:?} is not supported (known: \"bert\")", t.architecture),
-                );
-            }
-            if t.format != "safetensors" && t.format != "onnx" {
-                return err(
-                    "model.trainable.format",
                     format!(
-                        "{:?} is not supported (known: \"safetensors\", \"onnx\")",
-                        t.format
+                        "{:?} is not supported for {:?} models (known: {})",
+                        t.architecture,
+                        m.modality,
+                        quoted(known)
                     ),
                 );
             }
-            match (&t.config, t.attention_heads) {
-                (None, None) => {
+            if !formats.contains(&t.format.as_str()) {
+                return err(
+                    "model.trainable.format",
+                    format!(
+                        "{:?} is not supported (known: {})",
+                        t.format,
+                        quoted(formats)
+                    ),
+                );
+            }
+            match (&t.config, t.attention_heads, m.modality) {
+                (_, _, Modality::Image) => {}
+                (None, None, _) => {
                     return err(
                         "model.trainable",
                         "needs `config` (a config.json among the files) or `attention_heads`"
                             .into(),
                     );
                 }
-                (Some(_), Some(_)) => {
+                (Some(_), Some(_), _) => {
                     return err(
                         "model.trainable.attention_heads",
                         "give either `config` or `attention_heads`, not both".into(),
                     );
                 }
-                (None, Some(0)) => {
+                (None, Some(0), _) => {
                     return err(
                         "model.trainable.attention_heads",
                         "must be at least 1".into(),
@@ -590,12 +605,6 @@ impl Manifest {
                         format!("{path:?} is not among the asset's files"),
                     );
                 }
-            }
-            if m.modality != Modality::Text {
-                return err(
-                    "model.trainable",
-                    "only text models can be fine-tuned so far".into(),
-                );
             }
         }
         if let Some(t) = &m.text
@@ -763,4 +772,12 @@ fn check_rel_path(p: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

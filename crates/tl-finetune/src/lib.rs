@@ -49,23 +49,36 @@
 //! ```
 
 pub mod bert;
+pub mod cnn;
+pub mod conv;
+mod fit;
 pub mod frozen;
 pub mod model;
 pub mod onnx;
 pub mod ops;
 pub mod optim;
 mod progress;
+pub mod torch;
 pub mod train;
+pub mod vision;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 
 pub use bert::{Batch, BertClassifier, BertConfig, DropoutSpec, Objective, StepOutput};
-pub use model::{Exported, Pretrained, export, head_classifier, load_pretrained};
+pub use cnn::{BnMode, ConvNet};
+pub use model::{
+    Exported, Pretrained, export, export_image, head_classifier, image_head_classifier,
+    load_pretrained,
+};
 pub use ops::Threads;
 pub use train::{
     EpochLog, FinetuneParams, FinetuneReport, RunOptions, Strategy, class_scores, epoch_batches,
     finetune, finetune_with, predict, sentence_vectors, tokenize,
+};
+pub use vision::{
+    Augment, ImageParams, PretrainedImage, finetune_images, image_features, image_logits,
+    load_pretrained_image, predict_images,
 };
 
 /// Everything that can go wrong while fine-tuning.

@@ -12,6 +12,8 @@ use tl_assets::{Cache, Fetcher};
 
 use crate::FinetuneError;
 use crate::bert::{BertClassifier, BertConfig};
+use crate::cnn::ConvNet;
+use crate::vision::PretrainedImage;
 use crate::weights::{
     Naming, encoder_tensors, from_tensors, infer_config, read_onnx_initializers, read_safetensors,
     write_safetensors,
@@ -87,7 +89,7 @@ pub fn load_pretrained(
         .ok_or_else(|| no_weights(&manifest.name))?;
     let text = spec.text.as_ref().ok_or_else(|| FinetuneError::Model {
         model: manifest.name.clone(),
-        message: "only text models can be fine-tuned so far".into(),
+        message: "is an image model: load it with load_pretrained_image".into(),
     })?;
     if classes < 2 {
         return Err(FinetuneError::Data(format!(
@@ -241,12 +243,23 @@ pub fn export(
         }),
         dataset: None,
     };
+    write_manifest(cache, manifest, produced_by)
+}
+
+/// Writes `manifest` to the cache's local manifests (checked by parsing it back).
+fn write_manifest(
+    cache: &Cache,
+    manifest: Manifest,
+    produced_by: &str,
+) -> Result<Exported, FinetuneError> {
+    let name = manifest.name.clone();
+    let dir = cache.root().join(AssetKind::Model.dir_name()).join(&name);
     let text = toml::to_string(&manifest).map_err(|e| FinetuneError::Model {
         model: name.to_string(),
         message: format!("writing its manifest: {e}"),
     })?;
     // Parse it back: what is written must load.
-    Manifest::parse(name, &text).map_err(|e| FinetuneError::Model {
+    Manifest::parse(&name, &text).map_err(|e| FinetuneError::Model {
         model: name.to_string(),
         message: e.to_string(),
     })?;
@@ -272,15 +285,50 @@ pub fn head_classifier(
     fingerprint: &str,
     train_rows: usize,
 ) -> Result<tl_heads::Classifier, FinetuneError> {
-    let (h, c) = (model.config.hidden_size, model.classes);
+    linear_classifier(
+        &model.params[model.slots.cls_w.clone()],
+        &model.params[model.slots.cls_b.clone()],
+        model.config.hidden_size,
+        label_names,
+        fingerprint,
+        train_rows,
+    )
+}
+
+/// [`head_classifier`] for an image network: its classifier on the exported model's
+/// pooled features, so `tl predict` works on image files.
+pub fn image_head_classifier(
+    net: &ConvNet,
+    label_names: &[String],
+    fingerprint: &str,
+    train_rows: usize,
+) -> Result<tl_heads::Classifier, FinetuneError> {
+    linear_classifier(
+        &net.params[net.cls_w.clone()],
+        &net.params[net.cls_b.clone()],
+        net.features,
+        label_names,
+        fingerprint,
+        train_rows,
+    )
+}
+
+/// A linear layer `w[c, h]`, `b[c]` as a tl-heads logistic classifier.
+fn linear_classifier(
+    w: &[f32],
+    b: &[f32],
+    h: usize,
+    label_names: &[String],
+    fingerprint: &str,
+    train_rows: usize,
+) -> Result<tl_heads::Classifier, FinetuneError> {
+    let c = b.len();
     if label_names.len() != c {
         return Err(FinetuneError::Data(format!(
             "{} label names for a classifier of {c} classes",
             label_names.len()
         )));
     }
-    let w = &model.params[model.slots.cls_w.clone()];
-    let b = &model.params[model.slots.cls_b.clone()];
     // tl-heads keeps one score column for two classes (sigmoid of the second class's
     // margin): softmax over [z0, z1] is sigmoid(z1 - z0), so the column is the difference.
     let linear = if c == 2 {
@@ -313,4 +361,89 @@ pub fn head_classifier(
         head: tl_heads::FittedHead::Logistic { linear },
         warnings: Vec::new(),
     })
+}
+
+/// Writes the tuned image network `net` as the model asset `name` in `cache`:
+/// `model.onnx` (fp32, BatchNorm folded, input side `resolution`, outputs `features`
+/// and `logits`), `model.safetensors` (the unfolded weights and statistics under their
+/// PyTorch names, so the tuned model can be fine-tuned again) and a manifest with the
+/// base model's preprocessing at that resolution.
+pub fn export_image(
+    net: &ConvNet,
+    base: &PretrainedImage,
+    resolution: usize,
+    cache: &Cache,
+    name: &str,
+    description: &str,
+    produced_by: &str,
+) -> Result<Exported, FinetuneError> {
+    let dir = cache.root().join(AssetKind::Model.dir_name()).join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| FinetuneError::io(&dir, e))?;
+    crate::onnx::write_convnet_onnx(net, resolution, &dir.join("model.onnx"), description)?;
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = net
+        .slots
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.shape.clone(),
+                &net.params[s.range.clone()],
+            )
+        })
+        .collect();
+    for (n, r) in &net.stat_names {
+        tensors.push((n.clone(), vec![r.len()], &net.stats[r.clone()]));
+    }
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        &tensors,
+        &Default::default(),
+    )?;
+    let mut files = Vec::new();
+    for f in ["model.onnx", "model.safetensors"] {
+        let path = dir.join(f);
+        let sha = tl_assets::sha256_file(&path).map_err(|e| FinetuneError::io(&path, e))?;
+        files.push(FileSpec {
+            path: f.to_string(),
+            sha256: sha,
+            sources: vec![Source::Local {
+                produced_by: produced_by.to_string(),
+            }],
+            optional: false,
+        });
+    }
+    let manifest = Manifest {
+        name: name.to_string(),
+        kind: AssetKind::Model,
+        description: description.to_string(),
+        licence: base.manifest.licence.clone(),
+        attribution: format!(
+            "{}; fine-tuned with transfer-learning-rs",
+            base.manifest.attribution
+        ),
+        default: false,
+        files,
+        model: Some(ModelSpec {
+            modality: Modality::Image,
+            onnx: "model.onnx".into(),
+            inputs: vec!["input".into()],
+            output: OutputRef::Name("features".into()),
+            dim: net.features,
+            extra_outputs: vec!["logits".into()],
+            text: None,
+            image: Some(crate::vision::spec_at(&base.spec, Some(resolution))),
+            trainable: Some(TrainableSpec {
+                architecture: net.arch.clone(),
+                weights: "model.safetensors".into(),
+                format: "safetensors".into(),
+                config: None,
+                attention_heads: None,
+                prefix: String::new(),
+                names: Default::default(),
+                transposed: Vec::new(),
+            }),
+        }),
+        dataset: None,
+    };
+    write_manifest(cache, manifest, produced_by)
 }

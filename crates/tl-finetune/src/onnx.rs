@@ -3,6 +3,8 @@
 //! `token_type_ids` (int64 `[batch, tokens]`), output `last_hidden_state`
 //! (`[batch, tokens, hidden]`).
 //!
+//! Image networks export as `input` (`[batch, 3, r, r]`) to `features` and `logits`.
+//!
 //! The protobuf is written by hand (a few message types of `onnx.proto`, opset 17): the
 //! graph is fixed, and a protobuf code generator would be a build dependency for ~100
 //! lines of encoding.
@@ -11,6 +13,8 @@ use std::path::Path;
 
 use crate::FinetuneError;
 use crate::bert::BertClassifier;
+use crate::cnn::{ConvNet, Unit};
+use crate::conv::Padding;
 
 /// Opset of the exported graph (17 has `LayerNormalization`).
 pub const OPSET: i64 = 17;
@@ -57,6 +61,7 @@ enum Attr {
     Int(i64),
     Float(f32),
     Ints(Vec<i64>),
+    Str(&'static str),
 }
 
 struct Graph {
@@ -102,6 +107,10 @@ impl Graph {
                         p.int(8, *v);
                     }
                     p.int(20, 7);
+                }
+                Attr::Str(v) => {
+                    p.str(4, v);
+                    p.int(20, 3);
                 }
             }
             n.msg(5, p);
@@ -368,6 +377,11 @@ pub fn encoder_onnx(model: &BertClassifier, producer_note: &str) -> Vec<u8> {
         value_info("last_hidden_state", FLOAT, &["batch", "tokens", &hs]),
     );
 
+    model_bytes(graph, producer_note)
+}
+
+/// A ModelProto around `graph`.
+fn model_bytes(graph: Pb, producer_note: &str) -> Vec<u8> {
     let mut model_pb = Pb::default();
     model_pb.int(1, 8); // IR version 8 (ONNX 1.10+)
     model_pb.str(2, "transfer-learning-rs tl-finetune");
@@ -388,4 +402,104 @@ pub fn write_encoder_onnx(
     note: &str,
 ) -> Result<(), FinetuneError> {
     crate::atomic_write(path, &encoder_onnx(model, note))
+}
+
+/// The network of `net` as ONNX bytes at input side `resolution`: input `input`
+/// (`[batch, 3, r, r]`), outputs `features` (pooled, `[batch, F]`) and `logits`
+/// (`[batch, classes]`, the trained classifier). BatchNorm is folded into each
+/// convolution in f64, as tools/convert does for the published models.
+pub fn convnet_onnx(net: &ConvNet, resolution: usize, producer_note: &str) -> Vec<u8> {
+    let mut g = Graph {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+        counter: 0,
+    };
+    let lo = g.init_f32("relu6_lo", &[], &[0.0]);
+    let hi = g.init_f32("relu6_hi", &[], &[6.0]);
+    let mut x = "input".to_string();
+    for (bi, b) in net.blocks.iter().enumerate() {
+        let shortcut = x.clone();
+        for (ui, u) in b.units.iter().enumerate() {
+            let (w, bias) = folded(net, u);
+            let name = format!("block{bi}.unit{ui}");
+            let wshape = [u.cout, if u.depthwise { 1 } else { u.cin }, u.k, u.k];
+            let wn = g.init_f32(&format!("{name}.weight"), &wshape, &w);
+            let bn = g.init_f32(&format!("{name}.bias"), &[u.cout], &bias);
+            let k = u.k as i64;
+            let s = u.stride as i64;
+            let mut attrs = vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("strides", Attr::Ints(vec![s, s])),
+                (
+                    "group",
+                    Attr::Int(if u.depthwise { u.cout as i64 } else { 1 }),
+                ),
+            ];
+            match u.padding {
+                Padding::SameUpper => attrs.push(("auto_pad", Attr::Str("SAME_UPPER"))),
+                Padding::Symmetric => attrs.push(("pads", Attr::Ints(vec![k / 2; 4]))),
+            }
+            x = g.node("Conv", &[&x, &wn, &bn], &attrs);
+            if u.act {
+                x = g.node("Clip", &[&x, &lo, &hi], &[]);
+            }
+        }
+        if b.residual {
+            x = g.node("Add", &[&x, &shortcut], &[]);
+        }
+    }
+    let pooled = g.node("GlobalAveragePool", &[&x], &[]);
+    g.node_to("Flatten", &[&pooled], &[("axis", Attr::Int(1))], "features");
+    let (f, c) = (net.features, net.classes);
+    let w = &net.params[net.cls_w.clone()];
+    let wt: Vec<f32> = (0..f * c).map(|i| w[(i % c) * f + i / c]).collect();
+    let wn = g.init_f32("classifier.weight_t", &[f, c], &wt);
+    let bn = g.init_f32("classifier.bias", &[c], &net.params[net.cls_b.clone()]);
+    g.node_to("Gemm", &["features", &wn, &bn], &[], "logits");
+
+    let mut graph = Pb::default();
+    for n in g.nodes {
+        graph.msg(1, n);
+    }
+    graph.str(2, "convnet");
+    for t in g.inits {
+        graph.msg(5, t);
+    }
+    let r = resolution.to_string();
+    graph.msg(11, value_info("input", FLOAT, &["batch", "3", &r, &r]));
+    graph.msg(
+        12,
+        value_info("features", FLOAT, &["batch", &f.to_string()]),
+    );
+    graph.msg(12, value_info("logits", FLOAT, &["batch", &c.to_string()]));
+    model_bytes(graph, producer_note)
+}
+
+/// A unit's convolution with its BatchNorm folded in: weights and bias.
+fn folded(net: &ConvNet, u: &Unit) -> (Vec<f32>, Vec<f32>) {
+    let p = &net.params;
+    let (gamma, beta) = (&p[u.gamma.clone()], &p[u.beta.clone()]);
+    let (mean, var) = (&net.stats[u.mean.clone()], &net.stats[u.var.clone()]);
+    let w = &p[u.w.clone()];
+    let per = w.len() / u.cout;
+    let mut wf = vec![0.0f32; w.len()];
+    let mut bf = vec![0.0f32; u.cout];
+    for o in 0..u.cout {
+        let scale = gamma[o] as f64 / (var[o] as f64 + u.eps as f64).sqrt();
+        for i in 0..per {
+            wf[o * per + i] = (w[o * per + i] as f64 * scale) as f32;
+        }
+        bf[o] = (beta[o] as f64 - mean[o] as f64 * scale) as f32;
+    }
+    (wf, bf)
+}
+
+/// Writes [`convnet_onnx`] to `path` atomically.
+pub fn write_convnet_onnx(
+    net: &ConvNet,
+    resolution: usize,
+    path: &Path,
+    note: &str,
+) -> Result<(), FinetuneError> {
+    crate::atomic_write(path, &convnet_onnx(net, resolution, note))
 }

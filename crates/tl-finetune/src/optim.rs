@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::bert::Slots;
+use crate::bert::Slot;
 
 const CHUNK: usize = 1 << 14;
 
@@ -54,14 +54,14 @@ impl AdamW {
 
     /// One update of every trainable parameter, as `torch.optim.AdamW` computes it;
     /// reads each gradient once and zeroes it for the next step (one pass over memory).
-    pub fn step(&mut self, slots: &Slots, params: &mut [f32], grads: &mut [f32], cfg: StepConfig) {
+    pub fn step(&mut self, slots: &[Slot], params: &mut [f32], grads: &mut [f32], cfg: StepConfig) {
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
-        let top = slots.all.iter().map(|s| s.depth).max().unwrap_or(0);
-        for slot in &slots.all {
+        let top = slots.iter().map(|s| s.depth).max().unwrap_or(0);
+        for slot in slots {
             let r = slot.range.clone();
             if slot.depth < cfg.first_trainable {
                 // Frozen: the backward pass never writes these gradients.
@@ -100,9 +100,9 @@ impl AdamW {
 }
 
 /// The L2 norm of the gradients of trainable slots, summed in f64 in fixed chunks.
-pub fn grad_norm(slots: &Slots, grads: &[f32], first_trainable: usize) -> f64 {
+pub fn grad_norm(slots: &[Slot], grads: &[f32], first_trainable: usize) -> f64 {
     let mut total = 0.0f64;
-    for slot in slots.all.iter().filter(|s| s.depth >= first_trainable) {
+    for slot in slots.iter().filter(|s| s.depth >= first_trainable) {
         let parts: Vec<f64> = grads[slot.range.clone()]
             .par_chunks(CHUNK)
             .map(|c| {

@@ -2,29 +2,30 @@
 //! stopping on a validation part of the training rows, per-epoch log and checkpoints
 //! that a rerun resumes from.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tl_data::split::{Rng, stratified_split};
 
 use crate::FinetuneError;
-use crate::bert::{Batch, BertClassifier, DropoutSpec};
+use crate::bert::{Batch, BertClassifier, DropoutSpec, Slot};
+use crate::fit::{Learner, LoopSettings, StepOut, run_epochs};
 use crate::ops::Threads;
-use crate::optim::{AdamW, StepConfig, grad_norm, linear_schedule};
-use crate::weights::write_safetensors;
 
-/// Which part of the encoder trains. Written as `full`, `top:N` or `contrastive` in
-/// files and on the command line.
+/// Which part of the encoder trains. Written as `full`, `top:N`, `head` or
+/// `contrastive` in files and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Strategy {
     /// Every parameter: embeddings, all layers, classifier.
     Full,
-    /// The top `n` transformer layers and the classifier; the rest stays frozen.
+    /// The top `n` transformer layers (image models: blocks) and the classifier; the
+    /// rest stays frozen.
     Top(usize),
+    /// Only the classifier on top of the frozen encoder (the frozen-features baseline,
+    /// trained jointly with the loop's schedule).
+    Head,
     /// SetFit-style: the whole encoder learns from pairs of training rows (same class:
     /// cosine 1, different: 0); a classical head is then fitted on the tuned vectors.
     Contrastive,
@@ -39,13 +40,16 @@ impl Strategy {
         if s == "contrastive" {
             return Ok(Strategy::Contrastive);
         }
+        if s == "head" {
+            return Ok(Strategy::Head);
+        }
         if let Some(n) = s.strip_prefix("top:")
             && let Ok(n) = n.parse::<usize>()
         {
             return Ok(Strategy::Top(n));
         }
         Err(FinetuneError::Params(format!(
-            "strategy `{s}`: expected `full`, `top:N` (N transformer layers to train) or `contrastive`"
+            "strategy `{s}`: expected `full`, `top:N` (N transformer layers or image blocks to train), `head` or `contrastive`"
         )))
     }
 
@@ -54,6 +58,7 @@ impl Strategy {
         match self {
             Strategy::Full | Strategy::Contrastive => 0,
             Strategy::Top(n) => layers + 1 - n.min(layers),
+            Strategy::Head => layers + 1,
         }
     }
 }
@@ -77,6 +82,7 @@ impl std::fmt::Display for Strategy {
             Strategy::Full => write!(f, "full"),
             Strategy::Top(n) => write!(f, "top:{n}"),
             Strategy::Contrastive => write!(f, "contrastive"),
+            Strategy::Head => write!(f, "head"),
         }
     }
 }
@@ -228,7 +234,7 @@ impl FinetuneParams {
         }
         if let Strategy::Top(0) = self.strategy {
             return err(
-                "strategy top:N needs N >= 1 (top:0 would train only the classifier)".into(),
+                "strategy top:N needs N >= 1 (for the classifier alone, use `head`)".into(),
             );
         }
         Ok(())
@@ -508,51 +514,6 @@ fn check_data(
     Ok(())
 }
 
-struct Checkpoint {
-    epoch: usize,
-    best_epoch: usize,
-    best_accuracy: f64,
-    since_best: usize,
-}
-
-fn checkpoint_path(dir: &Path) -> PathBuf {
-    dir.join("checkpoint.safetensors")
-}
-
-fn save_checkpoint(
-    dir: &Path,
-    model: &BertClassifier,
-    best: Option<&[f32]>,
-    opt: &AdamW,
-    ck: &Checkpoint,
-    params: &FinetuneParams,
-) -> Result<(), FinetuneError> {
-    let n = model.params.len();
-    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
-        ("params".into(), vec![n], &model.params),
-        ("adam.m".into(), vec![n], &opt.m),
-        ("adam.v".into(), vec![n], &opt.v),
-    ];
-    if let Some(b) = best {
-        tensors.push(("best".into(), vec![n], b));
-    }
-    let meta = BTreeMap::from([
-        ("epoch".to_string(), ck.epoch.to_string()),
-        ("step".to_string(), opt.step.to_string()),
-        ("best_epoch".to_string(), ck.best_epoch.to_string()),
-        (
-            "best_accuracy".to_string(),
-            format!("{:e}", ck.best_accuracy),
-        ),
-        ("since_best".to_string(), ck.since_best.to_string()),
-        (
-            "params".to_string(),
-            serde_json::to_string(params).expect("plain struct"),
-        ),
-    ]);
-    write_safetensors(&checkpoint_path(dir), &tensors, &meta)
-}
-
 /// The batches of one epoch: `train` (row indices) shuffled with the run's seed and
 /// the epoch number, cut into `batch_size` pieces (the last may be shorter).
 pub fn epoch_batches(
@@ -637,31 +598,6 @@ fn train_loop(
         Some(p) => (0..p.len()).collect(),
         None => train.clone(),
     };
-    let steps_per_epoch = units.len().div_ceil(params.batch_size) as u64;
-    let total_steps = steps_per_epoch * params.epochs as u64;
-    let warmup = (total_steps as f64 * params.warmup_fraction as f64).ceil() as u64;
-    let mut opt = AdamW::new(model.params.len());
-    let mut grads = vec![0.0f32; model.params.len()];
-    let mut ck = Checkpoint {
-        epoch: 0,
-        best_epoch: 0,
-        best_accuracy: f64::NEG_INFINITY,
-        since_best: 0,
-    };
-    let mut best: Option<Vec<f32>> = None;
-    let mut logs = Vec::new();
-    if let Some(dir) = &run.dir {
-        std::fs::create_dir_all(dir).map_err(|e| FinetuneError::io(dir, e))?;
-        let path = checkpoint_path(dir);
-        if run.resume && path.exists() {
-            resume(&path, model, &mut opt, &mut best, &mut ck, params)?;
-            logs = read_log(&dir.join("log.jsonl"), ck.epoch)?;
-            tracing::info!("resumed from {} after epoch {}", path.display(), ck.epoch);
-        } else {
-            // A fresh run starts a fresh log.
-            crate::atomic_write(&dir.join("log.jsonl"), b"")?;
-        }
-    }
     // top:N: the frozen part runs once per item, not once per epoch.
     let frozen: Option<Vec<Vec<f32>>> = if first_trainable >= 1 {
         let t = Instant::now();
@@ -687,243 +623,139 @@ fn train_loop(
     } else {
         None
     };
-    let resumed = ck.epoch;
-    let bar = crate::progress::bar(run.progress, total_steps, resumed as u64 * steps_per_epoch);
-    let drop_p = params.dropout;
-    while ck.epoch < params.epochs {
-        if params.patience > 0 && ck.since_best >= params.patience {
-            break;
-        }
-        let epoch = ck.epoch + 1;
-        let t0 = Instant::now();
-        let (mut loss_sum, mut fwd, mut bwd, mut optim_s) = (0.0f64, 0.0, 0.0, 0.0);
-        let mut lr = 0.0;
-        let mut sentences = 0usize;
-        for idx in epoch_batches(&units, params.batch_size, params.seed, epoch) {
-            let (batch, y, targets) = match &pairs {
-                None => (
-                    Batch::pack(idx.iter().map(|&i| seqs[i].as_slice())),
-                    idx.iter().map(|&i| labels[i]).collect::<Vec<usize>>(),
-                    Vec::new(),
+    let settings = LoopSettings {
+        epochs: params.epochs,
+        batch_size: params.batch_size,
+        learning_rate: params.learning_rate,
+        layer_decay: params.layer_decay,
+        weight_decay: params.weight_decay,
+        warmup_fraction: params.warmup_fraction,
+        max_grad_norm: params.max_grad_norm,
+        patience: params.patience,
+        seed: params.seed,
+        first_trainable,
+        fingerprint: serde_json::to_string(params).expect("plain struct"),
+        item_name: "sentences",
+    };
+    let mut learner = TextLearner {
+        model,
+        seqs,
+        labels,
+        train: &train,
+        pairs,
+        frozen,
+        params,
+        first_trainable,
+        no_state: Vec::new(),
+        th,
+    };
+    run_epochs(
+        &mut learner,
+        &units,
+        train.len(),
+        &val,
+        &settings,
+        run,
+        on_epoch,
+    )
+}
+
+/// A text encoder with its token sequences, for the shared loop.
+struct TextLearner<'a> {
+    model: &'a mut BertClassifier,
+    seqs: &'a [Vec<u32>],
+    labels: &'a [usize],
+    train: &'a [usize],
+    pairs: Option<Vec<(usize, usize, f32)>>,
+    frozen: Option<Vec<Vec<f32>>>,
+    params: &'a FinetuneParams,
+    first_trainable: usize,
+    no_state: Vec<f32>,
+    th: Threads,
+}
+
+impl Learner for TextLearner<'_> {
+    type Model = BertClassifier;
+
+    fn model(&self) -> &BertClassifier {
+        self.model
+    }
+
+    fn parts(&mut self) -> (&[Slot], &mut Vec<f32>) {
+        (&self.model.slots.all, &mut self.model.params)
+    }
+
+    fn state(&mut self) -> &mut Vec<f32> {
+        &mut self.no_state
+    }
+
+    fn step(
+        &mut self,
+        idx: &[usize],
+        _epoch: usize,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepOut, FinetuneError> {
+        let seqs = self.seqs;
+        let (batch, y, targets) = match &self.pairs {
+            None => (
+                Batch::pack(idx.iter().map(|&i| seqs[i].as_slice())),
+                idx.iter().map(|&i| self.labels[i]).collect::<Vec<usize>>(),
+                Vec::new(),
+            ),
+            Some(p) => (
+                Batch::pack(
+                    idx.iter()
+                        .flat_map(|&k| [seqs[p[k].0].as_slice(), seqs[p[k].1].as_slice()]),
                 ),
-                Some(p) => (
-                    Batch::pack(
-                        idx.iter()
-                            .flat_map(|&k| [seqs[p[k].0].as_slice(), seqs[p[k].1].as_slice()]),
-                    ),
-                    Vec::new(),
-                    idx.iter().map(|&k| p[k].2).collect::<Vec<f32>>(),
-                ),
-            };
-            let objective = if pairs.is_some() {
-                crate::bert::Objective::CosinePairs(&targets)
-            } else {
-                crate::bert::Objective::Classify(&y)
-            };
-            sentences += batch.len();
-            let drop = (drop_p > 0.0).then_some(DropoutSpec {
-                hidden: drop_p,
-                attention: drop_p,
-                key: params.seed ^ fnv("dropout") ^ (opt.step + 1).wrapping_mul(0x9E37_79B9),
-            });
-            let start = frozen
-                .as_ref()
-                .map(|f| idx.iter().flat_map(|&i| f[i].iter().copied()).collect());
-            let out = model.loss_and_grads_from(
-                &batch,
-                start,
-                objective,
-                drop,
-                first_trainable,
-                &mut grads,
-                th,
-            );
-            let loss = out.loss;
-            fwd += out.forward_seconds;
-            bwd += out.backward_seconds;
-            if !loss.is_finite() {
-                return Err(FinetuneError::NonFinite {
-                    step: opt.step + 1,
-                    epoch,
-                    kept: run.dir.as_ref().map(|d| checkpoint_path(d)),
-                });
-            }
-            loss_sum += loss as f64 * idx.len() as f64;
-            let t = Instant::now();
-            let norm = grad_norm(&model.slots, &grads, first_trainable);
-            if !norm.is_finite() {
-                return Err(FinetuneError::NonFinite {
-                    step: opt.step + 1,
-                    epoch,
-                    kept: run.dir.as_ref().map(|d| checkpoint_path(d)),
-                });
-            }
-            let grad_scale = if params.max_grad_norm > 0.0 && norm > params.max_grad_norm as f64 {
-                (params.max_grad_norm as f64 / (norm + 1e-6)) as f32
-            } else {
-                1.0
-            };
-            lr = linear_schedule(opt.step + 1, warmup, total_steps, params.learning_rate);
-            let cfg = StepConfig {
-                lr,
-                layer_decay: params.layer_decay,
-                weight_decay: params.weight_decay,
-                grad_scale,
-                first_trainable,
-            };
-            opt.step(&model.slots, &mut model.params, &mut grads, cfg);
-            optim_s += t.elapsed().as_secs_f64();
-            bar.inc(1);
-            bar.set_message(format!(
-                "epoch {epoch}, loss {loss:.4}, {:.1} sentences/s",
-                sentences as f64 / t0.elapsed().as_secs_f64()
-            ));
-        }
-        let val_acc = if val.is_empty() {
-            None
+                Vec::new(),
+                idx.iter().map(|&k| p[k].2).collect::<Vec<f32>>(),
+            ),
+        };
+        let objective = if self.pairs.is_some() {
+            crate::bert::Objective::CosinePairs(&targets)
         } else {
-            let vs: Vec<Vec<u32>> = val.iter().map(|&i| seqs[i].clone()).collect();
-            let pred = if pairs.is_some() {
-                centroid_predict(model, seqs, labels, &train, &vs, th)?
-            } else {
-                predict(model, &vs, 64, th)
-            };
-            let right = pred
-                .iter()
-                .zip(&val)
-                .filter(|(p, i)| **p == labels[**i])
-                .count();
-            Some(right as f64 / val.len() as f64)
+            crate::bert::Objective::Classify(&y)
         };
-        ck.epoch = epoch;
-        match val_acc {
-            Some(a) if a > ck.best_accuracy => {
-                ck.best_accuracy = a;
-                ck.best_epoch = epoch;
-                ck.since_best = 0;
-                best = Some(model.params.clone());
-            }
-            Some(_) => ck.since_best += 1,
-            None => ck.best_epoch = epoch,
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let log = EpochLog {
-            epoch,
-            train_loss: loss_sum / units.len() as f64,
-            validation_accuracy: val_acc,
-            learning_rate: lr,
-            seconds: secs,
-            sentences_per_second: sentences as f64 / secs,
-            forward_seconds: fwd,
-            backward_seconds: bwd,
-            optimizer_seconds: optim_s,
-        };
-        tracing::info!(
-            "epoch {epoch}: loss {:.4}, validation {:?}, {:.1} sentences/s",
-            log.train_loss,
-            val_acc,
-            log.sentences_per_second
+        let drop_p = self.params.dropout;
+        let drop = (drop_p > 0.0).then_some(DropoutSpec {
+            hidden: drop_p,
+            attention: drop_p,
+            key: self.params.seed ^ fnv("dropout") ^ step.wrapping_mul(0x9E37_79B9),
+        });
+        let start = self
+            .frozen
+            .as_ref()
+            .map(|f| idx.iter().flat_map(|&i| f[i].iter().copied()).collect());
+        let out = self.model.loss_and_grads_from(
+            &batch,
+            start,
+            objective,
+            drop,
+            self.first_trainable,
+            grads,
+            self.th,
         );
-        if let Some(dir) = &run.dir {
-            save_checkpoint(dir, model, best.as_deref(), &opt, &ck, params)?;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(dir.join("log.jsonl"))
-                .map_err(|e| FinetuneError::io(dir, e))?;
-            writeln!(f, "{}", serde_json::to_string(&log).expect("plain struct"))
-                .map_err(|e| FinetuneError::io(dir, e))?;
-        }
-        // The bar steps aside while the caller prints.
-        bar.suspend(|| on_epoch(&log, model));
-        logs.push(log);
+        Ok(StepOut {
+            loss: out.loss,
+            items: batch.len(),
+            forward_seconds: out.forward_seconds,
+            backward_seconds: out.backward_seconds,
+        })
     }
-    bar.finish_and_clear();
-    if let Some(b) = best {
-        model.params = b;
-    }
-    Ok(FinetuneReport {
-        epochs: logs,
-        best_epoch: ck.best_epoch,
-        train_rows: train.len(),
-        validation_rows: val.len(),
-        resumed_epochs: resumed,
-    })
-}
 
-fn resume(
-    path: &Path,
-    model: &mut BertClassifier,
-    opt: &mut AdamW,
-    best: &mut Option<Vec<f32>>,
-    ck: &mut Checkpoint,
-    params: &FinetuneParams,
-) -> Result<(), FinetuneError> {
-    let bad = |m: String| FinetuneError::Weights {
-        path: path.to_path_buf(),
-        message: m,
-    };
-    let (tensors, meta) = crate::weights::read_with_metadata(path)?;
-    let saved: FinetuneParams =
-        serde_json::from_str(meta.get("params").map(String::as_str).unwrap_or(""))
-            .map_err(|e| bad(format!("checkpoint has no readable hyperparameters: {e}")))?;
-    if &saved != params {
-        return Err(bad(
-            "the checkpoint was written with other hyperparameters; rerun without --resume or with the same settings".into(),
-        ));
+    fn accuracy(&mut self, val: &[usize]) -> Result<f64, FinetuneError> {
+        let vs: Vec<Vec<u32>> = val.iter().map(|&i| self.seqs[i].clone()).collect();
+        let pred = if self.pairs.is_some() {
+            centroid_predict(self.model, self.seqs, self.labels, self.train, &vs, self.th)?
+        } else {
+            predict(self.model, &vs, 64, self.th)
+        };
+        let right = pred
+            .iter()
+            .zip(val)
+            .filter(|(p, i)| **p == self.labels[**i])
+            .count();
+        Ok(right as f64 / val.len() as f64)
     }
-    let n = model.params.len();
-    let take = |name: &str| -> Result<Vec<f32>, FinetuneError> {
-        match tensors.get(name) {
-            Some(t) if t.data.len() == n => Ok(t.data.clone()),
-            Some(t) => Err(bad(format!(
-                "{name} holds {} values, the model has {n}",
-                t.data.len()
-            ))),
-            None => Err(bad(format!("no tensor {name}"))),
-        }
-    };
-    model.params = take("params")?;
-    opt.m = take("adam.m")?;
-    opt.v = take("adam.v")?;
-    *best = tensors
-        .contains_key("best")
-        .then(|| take("best"))
-        .transpose()?;
-    let num = |k: &str| -> Result<&str, FinetuneError> {
-        meta.get(k)
-            .map(String::as_str)
-            .ok_or_else(|| bad(format!("no metadata {k}")))
-    };
-    let parse_err = |k: &str| bad(format!("metadata {k} is not a number"));
-    opt.step = num("step")?.parse().map_err(|_| parse_err("step"))?;
-    ck.epoch = num("epoch")?.parse().map_err(|_| parse_err("epoch"))?;
-    ck.best_epoch = num("best_epoch")?
-        .parse()
-        .map_err(|_| parse_err("best_epoch"))?;
-    ck.best_accuracy = num("best_accuracy")?
-        .parse()
-        .map_err(|_| parse_err("best_accuracy"))?;
-    ck.since_best = num("since_best")?
-        .parse()
-        .map_err(|_| parse_err("since_best"))?;
-    Ok(())
-}
-
-fn read_log(path: &Path, epochs: usize) -> Result<Vec<EpochLog>, FinetuneError> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let logs: Vec<EpochLog> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|l: &EpochLog| l.epoch <= epochs)
-        .collect();
-    // A kill between the checkpoint and the log line loses at most that line; rewrite
-    // the log so it holds exactly the checkpointed epochs.
-    let mut body = String::new();
-    for l in &logs {
-        body.push_str(&serde_json::to_string(l).expect("plain struct"));
-        body.push('\n');
-    }
-    crate::atomic_write(path, body.as_bytes())?;
-    Ok(logs)
 }

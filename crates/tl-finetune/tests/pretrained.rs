@@ -133,7 +133,7 @@ fn a_tuned_model_exports_as_a_model_asset_that_loads_back() {
         first_trainable: 0,
     };
     let before = model.params.clone();
-    opt.step(&model.slots.clone(), &mut model.params, &mut grads, cfg);
+    opt.step(&model.slots.all.clone(), &mut model.params, &mut grads, cfg);
     for slot in &model.slots.all {
         assert_ne!(
             model.params[slot.range.clone()],

@@ -1,0 +1,368 @@
+//! The training loop every model shares: epochs of shuffled batches, AdamW with
+//! warm-up and linear decay, gradient clipping, a stop on non-finite values, early
+//! stopping on a validation part, the per-epoch log, atomic checkpoints after each epoch
+//! and resuming from them. What a step computes is the [`Learner`]'s business.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::FinetuneError;
+use crate::bert::Slot;
+use crate::optim::{AdamW, StepConfig, grad_norm, linear_schedule};
+use crate::train::{EpochLog, FinetuneReport, RunOptions, epoch_batches};
+use crate::weights::write_safetensors;
+
+/// What one training step measured.
+pub(crate) struct StepOut {
+    /// Mean loss over the batch.
+    pub loss: f32,
+    /// Items (sentences, images) the step trained on.
+    pub items: usize,
+    /// Seconds in the forward pass.
+    pub forward_seconds: f64,
+    /// Seconds in the backward pass.
+    pub backward_seconds: f64,
+}
+
+/// A model with its training data, as the loop sees it.
+pub(crate) trait Learner {
+    /// What `on_epoch` is shown.
+    type Model;
+    /// The model.
+    fn model(&self) -> &Self::Model;
+    /// Its tensor layout and its trainable parameters.
+    fn parts(&mut self) -> (&[Slot], &mut Vec<f32>);
+    /// State that is not trained but must survive a resume (BatchNorm statistics).
+    fn state(&mut self) -> &mut Vec<f32>;
+    /// Loss and gradients (added into `grads`) of the batch of units `idx` at optimizer
+    /// step `step` (1-based; keys dropout and augmentation).
+    fn step(
+        &mut self,
+        idx: &[usize],
+        epoch: usize,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepOut, FinetuneError>;
+    /// Accuracy on validation rows.
+    fn accuracy(&mut self, rows: &[usize]) -> Result<f64, FinetuneError>;
+}
+
+/// The loop's settings, taken from a model family's hyperparameters.
+pub(crate) struct LoopSettings {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub layer_decay: f32,
+    pub weight_decay: f32,
+    pub warmup_fraction: f32,
+    pub max_grad_norm: f32,
+    pub patience: usize,
+    pub seed: u64,
+    pub first_trainable: usize,
+    /// The hyperparameters as JSON: a checkpoint resumes only under the same ones.
+    pub fingerprint: String,
+    /// What an item is called in progress lines (`sentences`, `images`).
+    pub item_name: &'static str,
+}
+
+struct Checkpoint {
+    epoch: usize,
+    best_epoch: usize,
+    best_accuracy: f64,
+    since_best: usize,
+}
+
+pub(crate) fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoint.safetensors")
+}
+
+/// Trains `learner` on the batches of `units` (row indices, or pair indices) for the
+/// configured epochs; validation on `val` when it is not empty. The kept weights are
+/// the last epoch's, or the best validation epoch's.
+pub(crate) fn run_epochs<L: Learner>(
+    learner: &mut L,
+    units: &[usize],
+    train_rows: usize,
+    val: &[usize],
+    s: &LoopSettings,
+    run: &RunOptions,
+    on_epoch: &mut (dyn FnMut(&EpochLog, &L::Model) + Send),
+) -> Result<FinetuneReport, FinetuneError> {
+    let steps_per_epoch = units.len().div_ceil(s.batch_size) as u64;
+    let total_steps = steps_per_epoch * s.epochs as u64;
+    let warmup = (total_steps as f64 * s.warmup_fraction as f64).ceil() as u64;
+    let n = learner.parts().1.len();
+    let mut opt = AdamW::new(n);
+    let mut grads = vec![0.0f32; n];
+    let mut ck = Checkpoint {
+        epoch: 0,
+        best_epoch: 0,
+        best_accuracy: f64::NEG_INFINITY,
+        since_best: 0,
+    };
+    let mut best: Option<(Vec<f32>, Vec<f32>)> = None;
+    let mut logs = Vec::new();
+    if let Some(dir) = &run.dir {
+        std::fs::create_dir_all(dir).map_err(|e| FinetuneError::io(dir, e))?;
+        let path = checkpoint_path(dir);
+        if run.resume && path.exists() {
+            resume(&path, learner, &mut opt, &mut best, &mut ck, &s.fingerprint)?;
+            logs = read_log(&dir.join("log.jsonl"), ck.epoch)?;
+            tracing::info!("resumed from {} after epoch {}", path.display(), ck.epoch);
+        } else {
+            // A fresh run starts a fresh log.
+            crate::atomic_write(&dir.join("log.jsonl"), b"")?;
+        }
+    }
+    let resumed = ck.epoch;
+    let bar = crate::progress::bar(run.progress, total_steps, resumed as u64 * steps_per_epoch);
+    let non_finite = |step: u64, epoch: usize| FinetuneError::NonFinite {
+        step,
+        epoch,
+        kept: run.dir.as_ref().map(|d| checkpoint_path(d)),
+    };
+    while ck.epoch < s.epochs {
+        if s.patience > 0 && ck.since_best >= s.patience {
+            break;
+        }
+        let epoch = ck.epoch + 1;
+        let t0 = Instant::now();
+        let (mut loss_sum, mut fwd, mut bwd, mut optim_s) = (0.0f64, 0.0, 0.0, 0.0);
+        let mut lr = 0.0;
+        let mut items = 0usize;
+        for idx in epoch_batches(units, s.batch_size, s.seed, epoch) {
+            let out = learner.step(&idx, epoch, opt.step + 1, &mut grads)?;
+            fwd += out.forward_seconds;
+            bwd += out.backward_seconds;
+            items += out.items;
+            if !out.loss.is_finite() {
+                return Err(non_finite(opt.step + 1, epoch));
+            }
+            loss_sum += out.loss as f64 * idx.len() as f64;
+            let t = Instant::now();
+            let (slots, params) = learner.parts();
+            let norm = grad_norm(slots, &grads, s.first_trainable);
+            if !norm.is_finite() {
+                return Err(non_finite(opt.step + 1, epoch));
+            }
+            let grad_scale = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm as f64 {
+                (s.max_grad_norm as f64 / (norm + 1e-6)) as f32
+            } else {
+                1.0
+            };
+            lr = linear_schedule(opt.step + 1, warmup, total_steps, s.learning_rate);
+            let cfg = StepConfig {
+                lr,
+                layer_decay: s.layer_decay,
+                weight_decay: s.weight_decay,
+                grad_scale,
+                first_trainable: s.first_trainable,
+            };
+            opt.step(slots, params, &mut grads, cfg);
+            optim_s += t.elapsed().as_secs_f64();
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {epoch}, loss {:.4}, {:.1} {}/s",
+                out.loss,
+                items as f64 / t0.elapsed().as_secs_f64(),
+                s.item_name
+            ));
+        }
+        let val_acc = if val.is_empty() {
+            None
+        } else {
+            Some(learner.accuracy(val)?)
+        };
+        ck.epoch = epoch;
+        match val_acc {
+            Some(a) if a > ck.best_accuracy => {
+                ck.best_accuracy = a;
+                ck.best_epoch = epoch;
+                ck.since_best = 0;
+                best = Some((learner.parts().1.clone(), learner.state().clone()));
+            }
+            Some(_) => ck.since_best += 1,
+            None => ck.best_epoch = epoch,
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let log = EpochLog {
+            epoch,
+            train_loss: loss_sum / units.len() as f64,
+            validation_accuracy: val_acc,
+            learning_rate: lr,
+            seconds: secs,
+            sentences_per_second: items as f64 / secs,
+            forward_seconds: fwd,
+            backward_seconds: bwd,
+            optimizer_seconds: optim_s,
+        };
+        tracing::info!(
+            "epoch {epoch}: loss {:.4}, validation {:?}, {:.1} {}/s",
+            log.train_loss,
+            val_acc,
+            log.sentences_per_second,
+            s.item_name
+        );
+        if let Some(dir) = &run.dir {
+            save_checkpoint(dir, learner, best.as_ref(), &opt, &ck, &s.fingerprint)?;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join("log.jsonl"))
+                .map_err(|e| FinetuneError::io(dir, e))?;
+            writeln!(f, "{}", serde_json::to_string(&log).expect("plain struct"))
+                .map_err(|e| FinetuneError::io(dir, e))?;
+        }
+        // The bar steps aside while the caller prints.
+        bar.suspend(|| on_epoch(&log, learner.model()));
+        logs.push(log);
+    }
+    bar.finish_and_clear();
+    if let Some((p, st)) = best {
+        *learner.parts().1 = p;
+        *learner.state() = st;
+    }
+    Ok(FinetuneReport {
+        epochs: logs,
+        best_epoch: ck.best_epoch,
+        train_rows,
+        validation_rows: val.len(),
+        resumed_epochs: resumed,
+    })
+}
+
+fn save_checkpoint<L: Learner>(
+    dir: &Path,
+    learner: &mut L,
+    best: Option<&(Vec<f32>, Vec<f32>)>,
+    opt: &AdamW,
+    ck: &Checkpoint,
+    fingerprint: &str,
+) -> Result<(), FinetuneError> {
+    let state = learner.state().clone();
+    let params = learner.parts().1.clone();
+    let n = params.len();
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
+        ("params".into(), vec![n], &params),
+        ("adam.m".into(), vec![n], &opt.m),
+        ("adam.v".into(), vec![n], &opt.v),
+    ];
+    if !state.is_empty() {
+        tensors.push(("state".into(), vec![state.len()], &state));
+    }
+    if let Some((b, st)) = best {
+        tensors.push(("best".into(), vec![n], b));
+        if !st.is_empty() {
+            tensors.push(("best.state".into(), vec![st.len()], st));
+        }
+    }
+    let meta = BTreeMap::from([
+        ("epoch".to_string(), ck.epoch.to_string()),
+        ("step".to_string(), opt.step.to_string()),
+        ("best_epoch".to_string(), ck.best_epoch.to_string()),
+        (
+            "best_accuracy".to_string(),
+            format!("{:e}", ck.best_accuracy),
+        ),
+        ("since_best".to_string(), ck.since_best.to_string()),
+        ("params".to_string(), fingerprint.to_string()),
+    ]);
+    write_safetensors(&checkpoint_path(dir), &tensors, &meta)
+}
+
+fn resume<L: Learner>(
+    path: &Path,
+    learner: &mut L,
+    opt: &mut AdamW,
+    best: &mut Option<(Vec<f32>, Vec<f32>)>,
+    ck: &mut Checkpoint,
+    fingerprint: &str,
+) -> Result<(), FinetuneError> {
+    let bad = |m: String| FinetuneError::Weights {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let (tensors, meta) = crate::weights::read_with_metadata(path)?;
+    let same = match (
+        meta.get("params")
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok()),
+        serde_json::from_str::<serde_json::Value>(fingerprint).ok(),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        (None, _) => {
+            return Err(bad("checkpoint has no readable hyperparameters".to_string()));
+        }
+        _ => false,
+    };
+    if !same {
+        return Err(bad(
+            "the checkpoint was written with other hyperparameters; rerun without --resume or with the same settings".into(),
+        ));
+    }
+    let n = learner.parts().1.len();
+    let s = learner.state().len();
+    let take = |name: &str, len: usize| -> Result<Vec<f32>, FinetuneError> {
+        match tensors.get(name) {
+            Some(t) if t.data.len() == len => Ok(t.data.clone()),
+            Some(t) => Err(bad(format!(
+                "{name} holds {} values, the model has {len}",
+                t.data.len()
+            ))),
+            None => Err(bad(format!("no tensor {name}"))),
+        }
+    };
+    let optional = |name: &str, len: usize| -> Result<Vec<f32>, FinetuneError> {
+        if len == 0 {
+            Ok(Vec::new())
+        } else {
+            take(name, len)
+        }
+    };
+    *learner.parts().1 = take("params", n)?;
+    *learner.state() = optional("state", s)?;
+    opt.m = take("adam.m", n)?;
+    opt.v = take("adam.v", n)?;
+    *best = if tensors.contains_key("best") {
+        Some((take("best", n)?, optional("best.state", s)?))
+    } else {
+        None
+    };
+    let num = |k: &str| -> Result<&str, FinetuneError> {
+        meta.get(k)
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("no metadata {k}")))
+    };
+    let parse_err = |k: &str| bad(format!("metadata {k} is not a number"));
+    opt.step = num("step")?.parse().map_err(|_| parse_err("step"))?;
+    ck.epoch = num("epoch")?.parse().map_err(|_| parse_err("epoch"))?;
+    ck.best_epoch = num("best_epoch")?
+        .parse()
+        .map_err(|_| parse_err("best_epoch"))?;
+    ck.best_accuracy = num("best_accuracy")?
+        .parse()
+        .map_err(|_| parse_err("best_accuracy"))?;
+    ck.since_best = num("since_best")?
+        .parse()
+        .map_err(|_| parse_err("since_best"))?;
+    Ok(())
+}
+
+fn read_log(path: &Path, epochs: usize) -> Result<Vec<EpochLog>, FinetuneError> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let logs: Vec<EpochLog> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &EpochLog| l.epoch <= epochs)
+        .collect();
+    // A kill between the checkpoint and the log line loses at most that line; rewrite
+    // the log so it holds exactly the checkpointed epochs.
+    let mut body = String::new();
+    for l in &logs {
+        body.push_str(&serde_json::to_string(l).expect("plain struct"));
+        body.push('\n');
+    }
+    crate::atomic_write(path, body.as_bytes())?;
+    Ok(logs)
+}

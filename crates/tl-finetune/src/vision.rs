@@ -1,0 +1,794 @@
+//! Fine-tuning image backbones: hyperparameters, seeded augmentation, the image
+//! learner for the shared training loop, inference, and loading a pretrained network
+//! from its model manifest.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tl_assets::manifest::{ImageSpec, Layout, Manifest};
+use tl_assets::{Cache, Fetcher};
+use tl_backbone::ImageInput;
+use tl_data::split::stratified_split;
+
+use crate::FinetuneError;
+use crate::bert::Slot;
+use crate::cnn::{BnMode, ConvNet};
+use crate::conv;
+use crate::fit::{Learner, LoopSettings, StepOut, run_epochs};
+use crate::ops::{self, Threads, hash_uniform};
+use crate::train::{EpochLog, FinetuneReport, RunOptions, Strategy, fnv};
+
+/// Seeded data augmentation, applied to each training image every epoch (never to
+/// validation or test images).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Random resized crop: the smallest share of the image's area a crop keeps
+    /// (1 = no cropping). Aspect ratios are drawn from [3/4, 4/3].
+    pub crop_scale: f32,
+    /// Mirror left-right with probability 1/2. Off by default: digits and text must
+    /// not be mirrored.
+    pub flip: bool,
+    /// Largest rotation either way, in degrees.
+    pub rotation: f32,
+    /// Brightness and contrast jitter: factors drawn from [1 - j, 1 + j].
+    pub color_jitter: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            crop_scale: 0.8,
+            flip: false,
+            rotation: 10.0,
+            color_jitter: 0.2,
+        }
+    }
+}
+
+impl Augment {
+    /// No augmentation at all.
+    pub fn none() -> Augment {
+        Augment {
+            crop_scale: 1.0,
+            flip: false,
+            rotation: 0.0,
+            color_jitter: 0.0,
+        }
+    }
+
+    /// Whether any transform is on.
+    pub fn is_active(&self) -> bool {
+        self.crop_scale < 1.0 || self.flip || self.rotation > 0.0 || self.color_jitter > 0.0
+    }
+}
+
+/// Hyperparameters of image fine-tuning. Defaults: AdamW at 5e-4 with 10% warm-up
+/// and linear decay, batch 32, 3 epochs, weight decay 0.01, dropout 0.2 before the
+/// classifier, frozen BatchNorm statistics, the model's own input resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageParams {
+    /// What trains: `full`, `top:N` blocks, or `head` (the classifier alone).
+    pub strategy: Strategy,
+    /// Peak learning rate (of the top block and the classifier).
+    pub learning_rate: f32,
+    /// Layer-wise decay per block below the top (1 = off).
+    pub layer_decay: f32,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Passes over the training images.
+    pub epochs: usize,
+    /// Share of the steps spent warming the learning rate up.
+    pub warmup_fraction: f32,
+    /// Decoupled weight decay (none on BatchNorm and biases).
+    pub weight_decay: f32,
+    /// Dropout on the pooled features.
+    pub dropout: f32,
+    /// Gradients are rescaled to at most this L2 norm (0 = no clipping).
+    pub max_grad_norm: f32,
+    /// Input side in pixels (none: the model's). Small images train many times faster
+    /// at a small resolution.
+    pub resolution: Option<usize>,
+    /// BatchNorm during training.
+    pub batch_norm: BnMode,
+    /// Augmentation of training images.
+    pub augment: Augment,
+    /// Share of the training images held out (stratified) for validation.
+    pub validation_fraction: f32,
+    /// Stop after this many epochs without a better validation accuracy (0 = never).
+    pub patience: usize,
+    /// Seed of the split, shuffling, augmentation, dropout and the new classifier.
+    pub seed: u64,
+    /// Threads (results are bit-identical for the same thread count).
+    pub threads: usize,
+}
+
+impl Default for ImageParams {
+    fn default() -> Self {
+        ImageParams {
+            strategy: Strategy::Full,
+            learning_rate: 5e-4,
+            layer_decay: 1.0,
+            batch_size: 32,
+            epochs: 3,
+            warmup_fraction: 0.1,
+            weight_decay: 0.01,
+            dropout: 0.2,
+            max_grad_norm: 5.0,
+            resolution: None,
+            batch_norm: BnMode::Frozen,
+            augment: Augment::default(),
+            validation_fraction: 0.0,
+            patience: 0,
+            seed: 0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+impl ImageParams {
+    /// Checks every field's range; the message names the field and the range.
+    pub fn check(&self) -> Result<(), FinetuneError> {
+        let a = &self.augment;
+        let ranges = [
+            (
+                "learning_rate",
+                self.learning_rate > 0.0 && self.learning_rate <= 1.0,
+                "(0, 1]",
+                self.learning_rate.to_string(),
+            ),
+            (
+                "layer_decay",
+                self.layer_decay > 0.0 && self.layer_decay <= 1.0,
+                "(0, 1]",
+                self.layer_decay.to_string(),
+            ),
+            (
+                "batch_size",
+                (2..=4096).contains(&self.batch_size),
+                "2..=4096",
+                self.batch_size.to_string(),
+            ),
+            (
+                "epochs",
+                (1..=1000).contains(&self.epochs),
+                "1..=1000",
+                self.epochs.to_string(),
+            ),
+            (
+                "warmup_fraction",
+                (0.0..1.0).contains(&self.warmup_fraction),
+                "[0, 1)",
+                self.warmup_fraction.to_string(),
+            ),
+            (
+                "weight_decay",
+                (0.0..=1.0).contains(&self.weight_decay),
+                "[0, 1]",
+                self.weight_decay.to_string(),
+            ),
+            (
+                "dropout",
+                (0.0..0.9).contains(&self.dropout),
+                "[0, 0.9)",
+                self.dropout.to_string(),
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(),
+                "[0, infinity)",
+                self.max_grad_norm.to_string(),
+            ),
+            (
+                "resolution",
+                self.resolution.is_none_or(|r| (8..=1024).contains(&r)),
+                "8..=1024",
+                format!("{:?}", self.resolution),
+            ),
+            (
+                "augment.crop_scale",
+                a.crop_scale > 0.05 && a.crop_scale <= 1.0,
+                "(0.05, 1]",
+                a.crop_scale.to_string(),
+            ),
+            (
+                "augment.rotation",
+                (0.0..=180.0).contains(&a.rotation),
+                "[0, 180]",
+                a.rotation.to_string(),
+            ),
+            (
+                "augment.color_jitter",
+                (0.0..1.0).contains(&a.color_jitter),
+                "[0, 1)",
+                a.color_jitter.to_string(),
+            ),
+            (
+                "validation_fraction",
+                (0.0..0.5).contains(&self.validation_fraction),
+                "[0, 0.5)",
+                self.validation_fraction.to_string(),
+            ),
+            (
+                "threads",
+                (1..=256).contains(&self.threads),
+                "1..=256",
+                self.threads.to_string(),
+            ),
+        ];
+        if let Some((field, _, range, got)) = ranges.iter().find(|r| !r.1) {
+            return Err(FinetuneError::Params(format!(
+                "{field} must be in {range}, got {got}"
+            )));
+        }
+        if self.patience > 0 && self.validation_fraction == 0.0 {
+            return Err(FinetuneError::Params(
+                "patience needs a validation part: set validation_fraction > 0".into(),
+            ));
+        }
+        match self.strategy {
+            Strategy::Contrastive => Err(FinetuneError::Params(
+                "strategy contrastive is for text encoders; image models take full, top:N or head"
+                    .into(),
+            )),
+            Strategy::Top(0) => Err(FinetuneError::Params(
+                "strategy top:N needs N >= 1 (for the classifier alone, use `head`)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lowest trainable block of `net` under this strategy.
+    pub fn first_trainable(&self, net: &ConvNet) -> usize {
+        let blocks = net.blocks.len();
+        match self.strategy {
+            Strategy::Top(n) => blocks - n.min(blocks),
+            Strategy::Head => blocks,
+            Strategy::Full | Strategy::Contrastive => 0,
+        }
+    }
+}
+
+/// The preprocessing of `spec` at `resolution` (the model's own when none).
+pub fn spec_at(spec: &ImageSpec, resolution: Option<usize>) -> ImageSpec {
+    let mut s = spec.clone();
+    if let Some(r) = resolution {
+        let r = r as u32;
+        // The crop keeps its share of the resized image (224 of 256) at any size.
+        if let tl_assets::manifest::Resize::ShorterCrop { shorter } = s.resize {
+            let scaled = (shorter as u64 * r as u64).div_ceil(s.size as u64) as u32;
+            s.resize = tl_assets::manifest::Resize::ShorterCrop {
+                shorter: scaled.max(r),
+            };
+        }
+        s.size = r;
+    }
+    s
+}
+
+/// Decodes and preprocesses images `idx` into one `[n, 3, r, r]` buffer, on the rayon
+/// pool; errors name the item.
+pub fn preprocess_batch(
+    inputs: &[ImageInput],
+    idx: &[usize],
+    spec: &ImageSpec,
+) -> Result<Vec<f32>, FinetuneError> {
+    let per = (spec.size * spec.size * 3) as usize;
+    let mut out = vec![0.0f32; idx.len() * per];
+    out.par_chunks_mut(per)
+        .zip(idx.par_iter())
+        .try_for_each(|(o, &i)| {
+            let v = tl_backbone::preprocess_image(&inputs[i], spec).map_err(|e| {
+                FinetuneError::Data(format!("image {i} ({}): {e}", describe(&inputs[i])))
+            })?;
+            o.copy_from_slice(&v);
+            Ok(())
+        })?;
+    Ok(out)
+}
+
+fn describe(input: &ImageInput) -> String {
+    match input {
+        ImageInput::Path(p) => p.display().to_string(),
+        ImageInput::Encoded { name, .. } => name.clone(),
+        ImageInput::Pixels(r) => format!("{}x{} pixels", r.width, r.height),
+    }
+}
+
+/// Applies random crop, flip, rotation and colour jitter to one preprocessed image
+/// `x[3, r, r]` in place; `key` seeds every draw (same key, same result).
+pub fn augment_image(x: &mut [f32], r: usize, spec: &ImageSpec, a: &Augment, key: u64) {
+    if !a.is_active() {
+        return;
+    }
+    let u = |k: u64| hash_uniform(key, k);
+    // Where a pixel value of 0 lands after normalisation: the fill of uncovered area.
+    let fill: [f32; 3] = std::array::from_fn(|c| -spec.mean[c] / spec.std[c]);
+    let area = a.crop_scale + (1.0 - a.crop_scale) * u(0);
+    let log_ratio = (0.75f32.ln()) + (4.0f32 / 3.0 / 0.75).ln() * u(1);
+    let ratio = log_ratio.exp();
+    let cw = (area * ratio).sqrt().min(1.0);
+    let ch = (area / ratio).sqrt().min(1.0);
+    let cx = (1.0 - cw) * u(2) + cw / 2.0;
+    let cy = (1.0 - ch) * u(3) + ch / 2.0;
+    let flip = a.flip && u(4) < 0.5;
+    let theta = (2.0 * u(5) - 1.0) * a.rotation.to_radians();
+    let (sin, cos) = theta.sin_cos();
+    let rf = r as f32;
+    let src = x.to_vec();
+    for oy in 0..r {
+        for ox in 0..r {
+            // Output pixel centre in [-1/2, 1/2], mapped into the crop, then rotated.
+            let mut px = (ox as f32 + 0.5) / rf - 0.5;
+            let py = (oy as f32 + 0.5) / rf - 0.5;
+            if flip {
+                px = -px;
+            }
+            let (qx, qy) = (px * cw, py * ch);
+            let sx = (cos * qx - sin * qy + cx) * rf - 0.5;
+            let sy = (sin * qx + cos * qy + cy) * rf - 0.5;
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = (sx - x0, sy - y0);
+            for c in 0..3 {
+                let plane = &src[c * r * r..(c + 1) * r * r];
+                let at = |yy: f32, xx: f32| -> f32 {
+                    if yy < 0.0 || xx < 0.0 || yy >= rf || xx >= rf {
+                        fill[c]
+                    } else {
+                        plane[yy as usize * r + xx as usize]
+                    }
+                };
+                let v = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x0 + 1.0))
+                    + fy * ((1.0 - fx) * at(y0 + 1.0, x0) + fx * at(y0 + 1.0, x0 + 1.0));
+                x[c * r * r + oy * r + ox] = v;
+            }
+        }
+    }
+    if a.color_jitter > 0.0 {
+        let j = a.color_jitter;
+        let bright = 1.0 + j * (2.0 * u(6) - 1.0);
+        let contrast = 1.0 + j * (2.0 * u(7) - 1.0);
+        // Jitter in pixel units (0..=pixel_max), then normalise again.
+        let mut mean = 0.0f64;
+        for c in 0..3 {
+            for v in &mut x[c * r * r..(c + 1) * r * r] {
+                *v = (*v * spec.std[c] + spec.mean[c]) * bright;
+                mean += *v as f64;
+            }
+        }
+        let mean = (mean / (3 * r * r) as f64) as f32;
+        for c in 0..3 {
+            for v in &mut x[c * r * r..(c + 1) * r * r] {
+                let p = ((*v - mean) * contrast + mean).clamp(0.0, spec.pixel_max);
+                *v = (p - spec.mean[c]) / spec.std[c];
+            }
+        }
+    }
+}
+
+/// A pretrained image network ready to fine-tune.
+#[derive(Debug, Clone)]
+pub struct PretrainedImage {
+    /// The network, with a fresh classifier of the requested classes.
+    pub model: ConvNet,
+    /// The model's preprocessing (at its own resolution).
+    pub spec: ImageSpec,
+    /// The manifest it came from.
+    pub manifest: Manifest,
+}
+
+/// Loads the trainable weights an image model's manifest declares (fetching them into
+/// `cache` first), with a fresh classifier of `classes` outputs.
+pub fn load_pretrained_image(
+    manifest: &Manifest,
+    cache: &Cache,
+    classes: usize,
+    seed: u64,
+) -> Result<PretrainedImage, FinetuneError> {
+    let model_err = |m: String| FinetuneError::Model {
+        model: manifest.name.clone(),
+        message: m,
+    };
+    let spec = manifest
+        .model
+        .as_ref()
+        .ok_or_else(|| model_err(format!("is a {:?} asset, not a model", manifest.kind)))?;
+    let image = spec
+        .image
+        .as_ref()
+        .ok_or_else(|| model_err("is not an image model".into()))?;
+    let trainable = spec.trainable.as_ref().ok_or_else(|| {
+        model_err("is frozen only: its manifest declares no trainable weights ([model.trainable]); use it for features (tl run, tl embed), or fine-tune mobilenetv2 or efficientnet-lite0".into())
+    })?;
+    if image.layout != Layout::Nchw {
+        return Err(model_err("fine-tuning needs an NCHW model".into()));
+    }
+    if classes < 2 {
+        return Err(FinetuneError::Data(format!(
+            "a classifier needs at least 2 classes, got {classes}"
+        )));
+    }
+    Fetcher::new(cache.clone())
+        .fetch_files(manifest, &[trainable.weights.as_str()])
+        .map_err(|e| model_err(format!("fetching its trainable weights: {e}")))?;
+    let path = cache.file_path(manifest, &trainable.weights);
+    let tensors = match trainable.format.as_str() {
+        "torch-legacy" => crate::torch::read_torch_legacy(&path)?,
+        "safetensors" => crate::weights::read_safetensors(&path)?,
+        other => {
+            return Err(model_err(format!(
+                "weights format {other:?} is not readable"
+            )));
+        }
+    };
+    let shown = path.display().to_string();
+    let model = match trainable.architecture.as_str() {
+        "mobilenetv2" => ConvNet::mobilenetv2(&tensors, &shown, classes, seed)?,
+        "efficientnet-lite0" => ConvNet::efficientnet_lite0(&tensors, &shown, classes, seed)?,
+        other => {
+            return Err(model_err(format!(
+                "architecture {other:?} is not trainable"
+            )));
+        }
+    };
+    if model.features != spec.dim {
+        return Err(model_err(format!(
+            "the weights give {}-d features, the manifest says {}",
+            model.features, spec.dim
+        )));
+    }
+    Ok(PretrainedImage {
+        model,
+        spec: image.clone(),
+        manifest: manifest.clone(),
+    })
+}
+
+/// Pooled features `[n, features]` of images (inference: running statistics, no
+/// dropout, no augmentation), `batch_size` at a time.
+pub fn image_features(
+    net: &ConvNet,
+    inputs: &[ImageInput],
+    spec: &ImageSpec,
+    batch_size: usize,
+    th: Threads,
+) -> Result<Vec<f32>, FinetuneError> {
+    let r = spec.size as usize;
+    check_resolution(net, r)?;
+    let mut out = Vec::with_capacity(inputs.len() * net.features);
+    let all: Vec<usize> = (0..inputs.len()).collect();
+    for idx in all.chunks(batch_size.max(1)) {
+        let x = preprocess_batch(inputs, idx, spec)?;
+        out.extend(net.features_of(&x, idx.len(), r, r, th));
+    }
+    Ok(out)
+}
+
+/// Class scores (logits) `[n, classes]` of images.
+pub fn image_logits(
+    net: &ConvNet,
+    inputs: &[ImageInput],
+    spec: &ImageSpec,
+    batch_size: usize,
+    th: Threads,
+) -> Result<Vec<f32>, FinetuneError> {
+    let f = image_features(net, inputs, spec, batch_size, th)?;
+    Ok(net.logits_of(&f, inputs.len(), th))
+}
+
+/// The most likely class of each image.
+pub fn predict_images(
+    net: &ConvNet,
+    inputs: &[ImageInput],
+    spec: &ImageSpec,
+    batch_size: usize,
+    th: Threads,
+) -> Result<Vec<usize>, FinetuneError> {
+    let logits = image_logits(net, inputs, spec, batch_size, th)?;
+    Ok(logits.chunks_exact(net.classes).map(argmax).collect())
+}
+
+fn argmax(r: &[f32]) -> usize {
+    r.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
+
+fn check_resolution(net: &ConvNet, r: usize) -> Result<(), FinetuneError> {
+    if r < net.min_input() {
+        return Err(FinetuneError::Params(format!(
+            "resolution {r} is below {}'s minimum of {} pixels ({} stride-2 stages)",
+            net.arch,
+            net.min_input(),
+            net.min_input().trailing_zeros()
+        )));
+    }
+    Ok(())
+}
+
+/// Frozen blocks' outputs kept in memory when no augmentation changes the input, up to
+/// this many bytes.
+const FROZEN_CACHE_BYTES: usize = 2 << 30;
+
+struct ImageLearner<'a> {
+    net: &'a mut ConvNet,
+    inputs: &'a [ImageInput],
+    labels: &'a [usize],
+    spec: ImageSpec,
+    params: &'a ImageParams,
+    first: usize,
+    /// Input of block `first` per training image, when cached (no augmentation).
+    frozen: Option<Vec<Vec<f32>>>,
+    frozen_hw: (usize, usize),
+    th: Threads,
+}
+
+impl ImageLearner<'_> {
+    fn batch_input(
+        &self,
+        idx: &[usize],
+        epoch: usize,
+    ) -> Result<(Vec<f32>, (usize, usize)), FinetuneError> {
+        let r = self.spec.size as usize;
+        let n = idx.len();
+        if let Some(f) = &self.frozen {
+            // Cached rows are [C][h*w] per image; the batch wants [C][n, h*w].
+            let c = channels_at(self.net, self.first);
+            let per = f[idx[0]].len() / c;
+            let mut x = vec![0.0f32; c * n * per];
+            for (k, &i) in idx.iter().enumerate() {
+                for ci in 0..c {
+                    x[(ci * n + k) * per..][..per].copy_from_slice(&f[i][ci * per..][..per]);
+                }
+            }
+            return Ok((x, self.frozen_hw));
+        }
+        let mut x = preprocess_batch(self.inputs, idx, &self.spec)?;
+        let key =
+            self.params.seed ^ fnv("augment") ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let per = 3 * r * r;
+        x.par_chunks_mut(per)
+            .zip(idx.par_iter())
+            .for_each(|(img, &i)| {
+                augment_image(
+                    img,
+                    r,
+                    &self.spec,
+                    &self.params.augment,
+                    key ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+                );
+            });
+        let x = conv::nchw_to_cnhw(&x, n, 3, r * r);
+        Ok(self
+            .net
+            .forward_blocks(x, n, (r, r), 0..self.first, self.th))
+    }
+}
+
+impl Learner for ImageLearner<'_> {
+    type Model = ConvNet;
+
+    fn model(&self) -> &ConvNet {
+        self.net
+    }
+
+    fn parts(&mut self) -> (&[Slot], &mut Vec<f32>) {
+        (&self.net.slots, &mut self.net.params)
+    }
+
+    fn state(&mut self) -> &mut Vec<f32> {
+        &mut self.net.stats
+    }
+
+    fn step(
+        &mut self,
+        idx: &[usize],
+        epoch: usize,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepOut, FinetuneError> {
+        let t0 = Instant::now();
+        let (x, hw) = self.batch_input(idx, epoch)?;
+        let batch_stats = self.params.batch_norm == BnMode::Batch;
+        let key = self.params.seed ^ fnv("dropout") ^ step.wrapping_mul(0x9E37_79B9);
+        let n = idx.len();
+        let (logits, acts) = self.net.forward_train(
+            x,
+            n,
+            hw,
+            self.first,
+            batch_stats,
+            self.params.dropout,
+            key,
+            self.th,
+        );
+        let y: Vec<usize> = idx.iter().map(|&i| self.labels[i]).collect();
+        let mut d = vec![0.0f32; logits.len()];
+        let loss = ops::cross_entropy(&logits, &y, self.net.classes, &mut d);
+        let forward_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        if loss.is_finite() {
+            self.net.backward(&acts, &d, self.first, grads, self.th);
+        }
+        Ok(StepOut {
+            loss,
+            items: n,
+            forward_seconds,
+            backward_seconds: t1.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn accuracy(&mut self, rows: &[usize]) -> Result<f64, FinetuneError> {
+        let sub: Vec<ImageInput> = rows.iter().map(|&i| self.inputs[i].clone()).collect();
+        let pred = predict_images(self.net, &sub, &self.spec, 64, self.th)?;
+        let right = pred
+            .iter()
+            .zip(rows)
+            .filter(|(p, i)| **p == self.labels[**i])
+            .count();
+        Ok(right as f64 / rows.len().max(1) as f64)
+    }
+}
+
+/// Fine-tunes `net` (whose classifier has one output per class) on images and labels,
+/// preprocessed with `spec` at the resolution of `params`. The weights kept are the last
+/// epoch's, or the best validation epoch's.
+pub fn finetune_images(
+    net: &mut ConvNet,
+    inputs: &[ImageInput],
+    labels: &[usize],
+    spec: &ImageSpec,
+    params: &ImageParams,
+    run: &RunOptions,
+    on_epoch: &mut (dyn FnMut(&EpochLog, &ConvNet) + Send),
+) -> Result<FinetuneReport, FinetuneError> {
+    params.check()?;
+    if inputs.is_empty() {
+        return Err(FinetuneError::Data("no training images".into()));
+    }
+    if inputs.len() != labels.len() {
+        return Err(FinetuneError::Data(format!(
+            "{} images but {} labels",
+            inputs.len(),
+            labels.len()
+        )));
+    }
+    if let Some((i, &y)) = labels.iter().enumerate().find(|(_, y)| **y >= net.classes) {
+        return Err(FinetuneError::Data(format!(
+            "row {i}: label {y} but the model has {} classes",
+            net.classes
+        )));
+    }
+    let mut seen = vec![false; net.classes];
+    labels.iter().for_each(|&y| seen[y] = true);
+    if seen.iter().filter(|s| **s).count() < 2 {
+        return Err(FinetuneError::Data(
+            "the training rows hold a single class: a classifier needs at least two".into(),
+        ));
+    }
+    let spec = spec_at(spec, params.resolution);
+    let r = spec.size as usize;
+    check_resolution(net, r)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(params.threads)
+        .build()
+        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    pool.install(|| {
+        let th = Threads(params.threads);
+        let all: Vec<usize> = (0..inputs.len()).collect();
+        let (train, val) = if params.validation_fraction > 0.0 {
+            stratified_split(
+                labels,
+                &all,
+                params.validation_fraction as f64,
+                params.seed ^ 0x5EED,
+            )
+            .map_err(|e| FinetuneError::Data(e.to_string()))?
+        } else {
+            (all, Vec::new())
+        };
+        let first = params.first_trainable(net);
+        let mut learner = ImageLearner {
+            net,
+            inputs,
+            labels,
+            spec: spec.clone(),
+            params,
+            first,
+            frozen: None,
+            frozen_hw: (r, r),
+            th,
+        };
+        if first > 0 && !params.augment.is_active() {
+            cache_frozen(&mut learner, &train)?;
+        }
+        let settings = LoopSettings {
+            epochs: params.epochs,
+            batch_size: params.batch_size,
+            learning_rate: params.learning_rate,
+            layer_decay: params.layer_decay,
+            weight_decay: params.weight_decay,
+            warmup_fraction: params.warmup_fraction,
+            max_grad_norm: params.max_grad_norm,
+            patience: params.patience,
+            seed: params.seed,
+            first_trainable: first,
+            fingerprint: serde_json::to_string(params).expect("plain struct"),
+            item_name: "images",
+        };
+        run_epochs(
+            &mut learner,
+            &train,
+            train.len(),
+            &val,
+            &settings,
+            run,
+            on_epoch,
+        )
+    })
+}
+
+/// Runs the frozen blocks once per training image and keeps their outputs, when they
+/// fit in [`FROZEN_CACHE_BYTES`].
+fn cache_frozen(l: &mut ImageLearner, train: &[usize]) -> Result<(), FinetuneError> {
+    let r = l.spec.size as usize;
+    let (mut h, mut w) = (r, r);
+    for b in &l.net.blocks[..l.first] {
+        for u in &b.units {
+            let s = conv::ConvShape {
+                n: 1,
+                cin: u.cin,
+                cout: u.cout,
+                h,
+                w,
+                k: u.k,
+                stride: u.stride,
+                padding: u.padding,
+            };
+            (h, w) = s.out_hw();
+        }
+    }
+    let c = channels_at(l.net, l.first);
+    if train.len() * c * h * w * 4 > FROZEN_CACHE_BYTES {
+        tracing::info!(
+            "frozen blocks recomputed every epoch: their outputs would not fit in memory"
+        );
+        return Ok(());
+    }
+    let t = Instant::now();
+    let mut rows = vec![Vec::new(); l.inputs.len()];
+    for idx in train.chunks(64) {
+        let x = preprocess_batch(l.inputs, idx, &l.spec)?;
+        let n = idx.len();
+        let x = conv::nchw_to_cnhw(&x, n, 3, r * r);
+        let (y, _) = l.net.forward_blocks(x, n, (r, r), 0..l.first, l.th);
+        let per = h * w;
+        for (k, &i) in idx.iter().enumerate() {
+            let mut v = vec![0.0f32; c * per];
+            for ci in 0..c {
+                v[ci * per..][..per].copy_from_slice(&y[(ci * n + k) * per..][..per]);
+            }
+            rows[i] = v;
+        }
+    }
+    tracing::info!(
+        "frozen blocks: {} images computed once ({:.1}s)",
+        train.len(),
+        t.elapsed().as_secs_f64()
+    );
+    l.frozen = Some(rows);
+    l.frozen_hw = (h, w);
+    Ok(())
+}
+
+/// Channels of the input of block `first` (the pooled width above the last block).
+fn channels_at(net: &ConvNet, first: usize) -> usize {
+    net.blocks
+        .get(first)
+        .map_or(net.features, |b| b.units[0].cin)
+}
