@@ -221,8 +221,8 @@ fn assets(registry: &Registry) -> Result<()> {
 
 /// The test binaries that need no network and no downloaded asset (names are unique across
 /// the workspace): tl-assets' fetch and manifests, tl-data's loaders and split, tl-heads'
-/// behaviour, tl-features' store, tl-eval's experiment and transfer, tl-finetune's gradients
-/// and train, tl-fuzz's regressions; plus every library's unit tests.
+/// behaviour, tl-features' store, tl-eval's experiment and transfer, tl-finetune's gradients,
+/// train, cnn and vision_train, tl-fuzz's regressions; plus every library's unit tests.
 const OFFLINE_TESTS: &[&str] = &[
     "fetch",
     "manifests",
@@ -234,6 +234,8 @@ const OFFLINE_TESTS: &[&str] = &[
     "transfer",
     "gradients",
     "train",
+    "cnn",
+    "vision_train",
     "regressions",
 ];
 

@@ -306,11 +306,16 @@ pub fn augment_image(x: &mut [f32], r: usize, spec: &ImageSpec, a: &Augment, key
     let u = |k: u64| hash_uniform(key, k);
     // Where a pixel value of 0 lands after normalisation: the fill of uncovered area.
     let fill: [f32; 3] = std::array::from_fn(|c| -spec.mean[c] / spec.std[c]);
-    let area = a.crop_scale + (1.0 - a.crop_scale) * u(0);
-    let log_ratio = (0.75f32.ln()) + (4.0f32 / 3.0 / 0.75).ln() * u(1);
-    let ratio = log_ratio.exp();
-    let cw = (area * ratio).sqrt().min(1.0);
-    let ch = (area / ratio).sqrt().min(1.0);
+    let (cw, ch) = if a.crop_scale < 1.0 {
+        let area = a.crop_scale + (1.0 - a.crop_scale) * u(0);
+        let ratio = (0.75f32.ln() + (4.0f32 / 3.0 / 0.75).ln() * u(1)).exp();
+        (
+            (area * ratio).sqrt().min(1.0),
+            (area / ratio).sqrt().min(1.0),
+        )
+    } else {
+        (1.0, 1.0)
+    };
     let cx = (1.0 - cw) * u(2) + cw / 2.0;
     let cy = (1.0 - ch) * u(3) + ch / 2.0;
     let flip = a.flip && u(4) < 0.5;
