@@ -138,8 +138,8 @@ fn peak_gflops(threads: usize) -> (f64, String) {
 }
 
 pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
-    if let Some(w) = only.filter(|w| *w != "finetune") {
-        bail!("--only {w}: the only workload that runs alone is `finetune`");
+    if let Some(w) = only.filter(|w| !["finetune", "image-finetune"].contains(w)) {
+        bail!("--only {w}: the workloads that run alone are `finetune` and `image-finetune`");
     }
     let registry = Registry::builtin()?;
     let cache = Cache::from_env();
@@ -153,6 +153,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         "sentiment-yelp",
         "20newsgroups",
         "mnist",
+        "mobilenetv2",
     ] {
         fetcher.fetch(registry.get(name)?)?;
     }
@@ -176,15 +177,19 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let rounds = 2;
-    if only == Some("finetune") {
-        let (md, json) = crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?;
+    if let Some(w) = only {
+        let (md, json) = if w == "finetune" {
+            crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?
+        } else {
+            crate::bench_finetune::image_finetune_workload(&root, &out_dir, quick, rounds)?
+        };
         println!("{md}");
-        std::fs::write(out_dir.join("finetune.md"), &md)?;
+        std::fs::write(out_dir.join(format!("{w}.md")), &md)?;
         std::fs::write(
-            out_dir.join("finetune.json"),
+            out_dir.join(format!("{w}.json")),
             serde_json::to_vec_pretty(&json)?,
         )?;
-        eprintln!("written {}", out_dir.join("finetune.md").display());
+        eprintln!("written {}", out_dir.join(format!("{w}.md")).display());
         return Ok(());
     }
     let runner = root.join("target/release/embed-throughput");
@@ -393,6 +398,10 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?;
     md += &ft_md;
     raw.push(json!({"workload": "fine-tuning", "result": ft_json}));
+    let (ift_md, ift_json) =
+        crate::bench_finetune::image_finetune_workload(&root, &out_dir, quick, rounds)?;
+    md += &ift_md;
+    raw.push(json!({"workload": "image fine-tuning", "result": ift_json}));
     println!("{md}");
     let md_path: PathBuf = out_dir.join(if quick {
         "results-quick.md"

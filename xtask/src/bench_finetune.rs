@@ -1,5 +1,5 @@
-//! The fine-tuning workload of `cargo xtask bench`: tl-finetune against PyTorch +
-//! transformers on the same weights, batches and thread count, interleaved.
+//! The fine-tuning workloads of `cargo xtask bench`: tl-finetune against PyTorch (+
+//! transformers for text) on the same weights, batches and thread count, interleaved.
 
 use std::path::Path;
 use std::process::Command;
@@ -147,4 +147,85 @@ pub fn finetune_workload(
         md,
         json!({"rust": rust, "python": py, "ratios": ratios, "top2": top, "top2_rss_mb": top_rss}),
     ))
+}
+
+/// One epoch of full fine-tuning of MobileNetV2 and EfficientNet-Lite0 on MNIST training
+/// images at 64 px (2,048 images; 512 with `quick`), both stacks, same preprocessed
+/// pixels and batches, frozen BatchNorm, no augmentation.
+pub fn image_finetune_workload(
+    root: &Path,
+    out_dir: &Path,
+    quick: bool,
+    rounds: usize,
+) -> Result<(String, Value)> {
+    let cache = Cache::from_env();
+    let torch = torch_python(root, &cache)?;
+    let bench = root.join("target/release/image-finetune-bench");
+    let (rows, resolution) = (if quick { 512 } else { 2048 }, 64);
+    let threads = 2;
+    let mut md = format!(
+        "\n| fine-tuning image networks (fp32), 1 epoch on {rows} MNIST images at {resolution} px, batch 32, 2 threads, same weights, pixels and batches, frozen BatchNorm | tl-finetune | PyTorch (plain torch modules, fused AdamW, OMP_WAIT_POLICY=PASSIVE) | ratio |\n|---|---|---|---|\n"
+    );
+    let mut raw = Vec::new();
+    for model in ["mobilenetv2", "efficientnet-lite0"] {
+        let dir = out_dir.join(format!("image-finetune-{model}"));
+        let ok = Command::new(&bench)
+            .arg("prepare")
+            .arg(&dir)
+            .args(["--model", model, "--rows", &rows.to_string()])
+            .args(["--resolution", &resolution.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("image-finetune-bench prepare failed");
+        }
+        let (mut rust, mut py, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            eprintln!("image fine-tuning, {model} (round {}/{rounds})", round + 1);
+            let mut r = Command::new(&bench);
+            r.arg("run")
+                .arg(&dir)
+                .args(["--threads", &threads.to_string()]);
+            let (out, _, rss) = run_measured(r)?;
+            let mut rv = last_json(&out)?;
+            rv["peak_rss_mb"] = json!(rss);
+            let mut p = Command::new(&torch);
+            p.env("OMP_WAIT_POLICY", "PASSIVE")
+                .arg(root.join("tools/bench/image_finetune_torch.py"))
+                .arg(&dir)
+                .args(["--threads", &threads.to_string()]);
+            let (out, _, rss) = run_measured(p)?;
+            let mut pv = last_json(&out)?;
+            pv["peak_rss_mb"] = json!(rss);
+            let rate = |v: &Value| v["epochs"][0]["images_per_second"].as_f64().unwrap_or(0.0);
+            ratios.push(rate(&rv) / rate(&pv));
+            rust.push(rv);
+            py.push(pv);
+        }
+        let med = |vs: &[Value], f: &dyn Fn(&Value) -> f64| {
+            median(&mut vs.iter().map(f).collect::<Vec<_>>())
+        };
+        let e = |k: &'static str| move |v: &Value| v["epochs"][0][k].as_f64().unwrap_or(0.0);
+        let steps = py[0]["epochs"][0]["steps"].as_f64().unwrap_or(1.0);
+        let step_ms =
+            |vs: &[Value], k: &'static str| med(vs, &|v: &Value| 1000.0 * e(k)(v) / steps);
+        md += &format!(
+            "| {model}: training throughput | {:.1} images/s | {:.1} | {:.2}x |\n| {model}: time per step, forward / backward / optimizer | {:.0} / {:.0} / {:.0} ms | {:.0} / {:.0} / {:.0} ms | |\n| {model}: test accuracy after the epoch (1,000 test images) | {:.1}% | {:.1}% | |\n| {model}: peak RSS | {:.0} MB | {:.0} MB | |\n",
+            med(&rust, &e("images_per_second")),
+            med(&py, &e("images_per_second")),
+            median(&mut ratios.clone()),
+            step_ms(&rust, "forward_seconds"),
+            step_ms(&rust, "backward_seconds"),
+            step_ms(&rust, "optimizer_seconds"),
+            step_ms(&py, "forward_seconds"),
+            step_ms(&py, "backward_seconds"),
+            step_ms(&py, "optimizer_seconds"),
+            100.0 * e("test_accuracy")(&rust[0]),
+            100.0 * e("test_accuracy")(&py[0]),
+            med(&rust, &|v: &Value| v["peak_rss_mb"].as_f64().unwrap_or(0.0)),
+            med(&py, &|v: &Value| v["peak_rss_mb"].as_f64().unwrap_or(0.0)),
+        );
+        raw.push(json!({"model": model, "rust": rust, "python": py, "ratios": ratios}));
+    }
+    Ok((md, json!(raw)))
 }

@@ -46,7 +46,8 @@ enum Cmd {
         /// Fewer items (about 5 minutes on 2 cores after the release build).
         #[arg(long)]
         quick: bool,
-        /// Run one workload alone: `finetune` (tl-finetune vs PyTorch).
+        /// Run one workload alone: `finetune` (text) or `image-finetune` (tl-finetune vs
+        /// PyTorch).
         #[arg(long)]
         only: Option<String>,
     },

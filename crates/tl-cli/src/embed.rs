@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use tl_assets::{Cache, Registry};
-use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError, RawImage};
+use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError};
 use tl_data::Item;
 use tl_features::{CacheOptions, Store, embed_cached};
 
@@ -103,15 +103,9 @@ pub(crate) fn embed(
         Some(_) => {
             let images: Vec<ImageInput> = items
                 .iter()
-                .map(|i| match i {
-                    Item::ImageFile(p) => Ok(ImageInput::Path(p.clone())),
-                    Item::Pixels(p) => Ok(ImageInput::Pixels(RawImage {
-                        width: p.width,
-                        height: p.height,
-                        channels: p.channels,
-                        data: p.data.clone(),
-                    })),
-                    Item::Text(_) => bail!("dataset {dataset} mixes texts and images"),
+                .map(|i| match tl_features::image_input(i) {
+                    Some(input) => Ok(input),
+                    None => bail!("dataset {dataset} mixes texts and images"),
                 })
                 .collect::<Result<_>>()?;
             backbone.embed_images(&images, OnError::Skip)?

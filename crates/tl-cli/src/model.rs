@@ -209,6 +209,9 @@ pub(crate) struct PredictArgs {
     /// Texts to classify (repeatable).
     #[arg(long, conflicts_with = "dataset")]
     text: Vec<String>,
+    /// Image files to classify (repeatable), for a classifier on an image model.
+    #[arg(long, conflicts_with_all = ["dataset", "text"])]
+    image: Vec<PathBuf>,
     /// A dataset to classify instead.
     #[arg(long)]
     dataset: Option<String>,
@@ -289,9 +292,15 @@ pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
             let idx = selection(&ds, a.split.as_deref(), a.limit)?;
             idx.iter().map(|&i| ds.items[i].clone()).collect()
         }
-        None if a.text.is_empty() => {
-            bail!(UsageError("give --text (repeatable) or --dataset".into()))
+        None if !a.image.is_empty() => {
+            if let Some(p) = a.image.iter().find(|p| !p.is_file()) {
+                bail!(UsageError(format!("--image {}: no such file", p.display())));
+            }
+            a.image.iter().cloned().map(Item::ImageFile).collect()
         }
+        None if a.text.is_empty() => bail!(UsageError(
+            "give --text or --image (repeatable), or --dataset".into()
+        )),
         None => a.text.iter().cloned().map(Item::Text).collect(),
     };
     let out = embed_through_cache(&backbone, &items, false, false)?;

@@ -517,6 +517,136 @@ fn finetune_exports_a_model_every_command_can_use() {
 }
 
 #[test]
+fn finetune_trains_an_image_network_that_tl_predict_uses_on_image_files() {
+    let home = finetune_home();
+    let h = home.path();
+    let args = [
+        "finetune",
+        "--model",
+        "mobilenetv2",
+        "--dataset",
+        "optdigits",
+        "--name",
+        "cli-digits",
+        "--train-rows",
+        "200",
+        "--test-rows",
+        "100",
+        "--resolution",
+        "32",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+    ];
+    let (code, out, err) = tl_in(h, &args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("before    mobilenetv2 frozen + logistic"),
+        "{out}"
+    );
+    assert!(out.contains("32 px, BatchNorm frozen"), "{out}");
+    assert!(out.contains("images/s"), "{out}");
+    assert!(
+        out.contains("verdict   fine-tuned cli-digits features:"),
+        "{out}"
+    );
+    assert!(out.contains("ONNX Runtime matches the engine"), "{out}");
+    let manifest = std::fs::read_to_string(h.join("manifests/cli-digits.toml")).unwrap();
+    assert!(
+        manifest.contains("modality = \"image\"") && manifest.contains("size = 32"),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains("architecture = \"mobilenetv2\""),
+        "{manifest}"
+    );
+    // The tuned network classifies image files through ONNX Runtime with its own head.
+    let clf = h.join("finetune/cli-digits/classifier.json");
+    let photo = h.join("datasets/imagenet-sanity/coffee.png");
+    let (code, out, err) = tl_in(
+        h,
+        &[
+            "predict",
+            "--classifier",
+            clf.to_str().unwrap(),
+            "--image",
+            photo.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("row,label,probability\n0,"), "{out}");
+    // Image-only and text-only settings are refused for the other kind, before any work.
+    let (code, _, err) = tl_in(h, &["finetune", "--name", "x", "--resolution", "64"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--resolution applies to image models"),
+        "{err}"
+    );
+    let (code, _, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--model",
+            "mobilenetv2",
+            "--name",
+            "x",
+            "--max-length",
+            "64",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-length applies to text models"), "{err}");
+    let (code, _, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--model",
+            "mobilenetv2",
+            "--name",
+            "x",
+            "--strategy",
+            "contrastive",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("for text encoders"), "{err}");
+    let (code, _, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--model",
+            "mobilenetv2",
+            "--name",
+            "x",
+            "--augment",
+            "spin=3",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--augment spin=3"), "{err}");
+    // open-nsfw is frozen only.
+    let (code, _, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--model",
+            "open-nsfw",
+            "--dataset",
+            "optdigits",
+            "--name",
+            "x",
+            "--train-rows",
+            "20",
+            "--test-rows",
+            "20",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("frozen only"), "{err}");
+}
+
+#[test]
 fn finetune_refuses_bad_settings() {
     let home = finetune_home();
     let h = home.path();

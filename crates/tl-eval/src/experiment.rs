@@ -8,7 +8,7 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_assets::{Cache, Registry};
-use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError, RawImage};
+use tl_backbone::{Backbone, ExecutionConfig, OnError};
 use tl_data::split::{per_class_subsample, stratified_kfold, stratified_split};
 use tl_data::{Dataset, Item};
 use tl_features::{CacheOptions, Store, embed_cached};
@@ -603,7 +603,9 @@ fn rows_of(ds: &Dataset, exp: &Experiment) -> Result<(Vec<usize>, Vec<usize>), E
     })
 }
 
-fn raw_pixels(ds: &Dataset, used: &[usize]) -> Result<Array2<f32>, EvalError> {
+/// The raw-pixels baseline's features of rows `used`: pixels in [0, 1], as they are when
+/// every image has one size, else resized to 32 x 32 RGB.
+pub fn raw_pixels(ds: &Dataset, used: &[usize]) -> Result<Array2<f32>, EvalError> {
     let first = used.first().map(|&i| &ds.items[i]);
     let same_size = match first {
         Some(Item::Pixels(p)) => used.iter().all(|&i| {
@@ -640,15 +642,9 @@ fn raw_pixels(ds: &Dataset, used: &[usize]) -> Result<Array2<f32>, EvalError> {
     let rows: Vec<Vec<f32>> = used
         .par_iter()
         .map(|&i| {
-            let input = match &ds.items[i] {
-                Item::ImageFile(p) => ImageInput::Path(p.clone()),
-                Item::Pixels(p) => ImageInput::Pixels(RawImage {
-                    width: p.width,
-                    height: p.height,
-                    channels: p.channels,
-                    data: p.data.clone(),
-                }),
-                Item::Text(_) => {
+            let input = match tl_features::image_input(&ds.items[i]) {
+                Some(input) => input,
+                None => {
                     return Err(EvalError::Config(
                         "raw-pixels baseline on a text dataset; use baseline = \"tfidf\"".into(),
                     ));

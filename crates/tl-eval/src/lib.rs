@@ -37,7 +37,7 @@ pub use adaptation::{
 };
 pub use experiment::{
     Baseline, Comparison, Experiment, FewShot, FewShotPoint, Observer, Protocol,
-    REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, run, verdict,
+    REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, raw_pixels, run, verdict,
 };
 pub use metrics::{Interval, Metrics};
 pub use report::{

@@ -11,6 +11,21 @@ use tl_backbone::{Backbone, ImageInput, ItemError, OnError, RawImage};
 use tl_data::Item;
 
 use crate::store::{LookupStats, STORE_VERSION, Store, StoreManifest};
+
+/// The backbone input of an image item (a file stays a path, read when decoded);
+/// none for a text. The one conversion from data items to image inputs.
+pub fn image_input(item: &Item) -> Option<ImageInput> {
+    match item {
+        Item::ImageFile(p) => Some(ImageInput::Path(p.clone())),
+        Item::Pixels(p) => Some(ImageInput::Pixels(RawImage {
+            width: p.width,
+            height: p.height,
+            channels: p.channels,
+            data: p.data.clone(),
+        })),
+        Item::Text(_) => None,
+    }
+}
 use crate::{FeatureError, Key};
 
 /// Compaction runs after a call that leaves more shards than this.
@@ -406,12 +421,7 @@ fn embed_chunk(
                     }
                     Item::Pixels(p) => {
                         keys.push(pixels_key(fp, p.width, p.height, p.channels, &p.data));
-                        inputs.push(ImageInput::Pixels(RawImage {
-                            width: p.width,
-                            height: p.height,
-                            channels: p.channels,
-                            data: p.data.clone(),
-                        }));
+                        inputs.extend(image_input(&items[i]));
                     }
                     Item::Text(_) => {
                         return Err(FeatureError::Options(format!(

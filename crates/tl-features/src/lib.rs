@@ -50,7 +50,7 @@ mod store;
 use std::path::PathBuf;
 
 pub use embed::{
-    CacheOptions, CachedFeatures, embed_cached, encoded_key, item_key, manifest_for,
+    CacheOptions, CachedFeatures, embed_cached, encoded_key, image_input, item_key, manifest_for,
     manifest_for_output, output_fingerprint, pixels_key, text_key,
 };
 pub use export::export_features;

@@ -68,8 +68,8 @@ use std::path::{Path, PathBuf};
 pub use bert::{Batch, BertClassifier, BertConfig, DropoutSpec, Objective, StepOutput};
 pub use cnn::{BnMode, ConvNet};
 pub use model::{
-    Exported, Pretrained, export, export_image, head_classifier, image_head_classifier,
-    load_pretrained,
+    Exported, Pretrained, check_trainable, export, export_image, head_classifier,
+    image_head_classifier, load_pretrained,
 };
 pub use ops::Threads;
 pub use train::{

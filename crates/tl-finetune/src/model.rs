@@ -40,6 +40,26 @@ fn no_weights(name: &str) -> FinetuneError {
     }
 }
 
+/// Checks that `manifest` is a model with trainable weights (before any data is read);
+/// the error says why not and what to use instead.
+pub fn check_trainable(manifest: &Manifest) -> Result<(), FinetuneError> {
+    let model_err = |m: &str| FinetuneError::Model {
+        model: manifest.name.clone(),
+        message: m.to_string(),
+    };
+    match &manifest.model {
+        None => Err(FinetuneError::Model {
+            model: manifest.name.clone(),
+            message: format!("is a {:?} asset, not a model", manifest.kind),
+        }),
+        Some(m) if m.trainable.is_some() => Ok(()),
+        Some(m) if m.image.is_some() => Err(model_err(
+            "is frozen only: its manifest declares no trainable weights ([model.trainable]); use it for features (tl run, tl embed), or fine-tune mobilenetv2 or efficientnet-lite0",
+        )),
+        Some(_) => Err(no_weights(&manifest.name)),
+    }
+}
+
 /// Reads a transformers `config.json` of a BERT model.
 pub fn read_bert_config(path: &Path) -> Result<BertConfig, FinetuneError> {
     let text = std::fs::read_to_string(path).map_err(|e| FinetuneError::io(path, e))?;
@@ -83,6 +103,7 @@ pub fn load_pretrained(
             model: manifest.name.clone(),
             message: format!("is a {:?} asset, not a model", manifest.kind),
         })?;
+    check_trainable(manifest)?;
     let trainable = spec
         .trainable
         .as_ref()

@@ -404,9 +404,11 @@ pub fn load_pretrained_image(
         .image
         .as_ref()
         .ok_or_else(|| model_err("is not an image model".into()))?;
-    let trainable = spec.trainable.as_ref().ok_or_else(|| {
-        model_err("is frozen only: its manifest declares no trainable weights ([model.trainable]); use it for features (tl run, tl embed), or fine-tune mobilenetv2 or efficientnet-lite0".into())
-    })?;
+    crate::model::check_trainable(manifest)?;
+    let trainable = spec
+        .trainable
+        .as_ref()
+        .ok_or_else(|| model_err("declares no trainable weights".into()))?;
     if image.layout != Layout::Nchw {
         return Err(model_err("fine-tuning needs an NCHW model".into()));
     }
