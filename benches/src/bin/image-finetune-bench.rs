@@ -111,6 +111,9 @@ fn prepare(dir: &std::path::Path, args: &[String]) -> Result<()> {
         "model": model,
         "weights": cache.file_path(m, &trainable.weights),
         "resolution": resolution,
+        // The sizes asked for: per-class rounding makes the subsets a row or two off.
+        "rows": n,
+        "test_rows": nt,
         "classes": 10,
         "params": p,
         "warmup_steps": (steps as f64 * p.warmup_fraction as f64).ceil() as usize,
@@ -139,7 +142,8 @@ fn run(dir: &std::path::Path, args: &[String]) -> Result<()> {
     let labels: Vec<usize> = serde_json::from_value(w["train_labels"].clone())?;
     let test_labels: Vec<usize> = serde_json::from_value(w["test_labels"].clone())?;
     let model = w["model"].as_str().context("model")?;
-    let (train_x, _, test_x, _) = rows(labels.len(), test_labels.len())?;
+    let size = |k: &str| w[k].as_u64().map(|v| v as usize).context(k.to_string());
+    let (train_x, _, test_x, _) = rows(size("rows")?, size("test_rows")?)?;
     let registry = Registry::builtin()?;
     let pre = tl_finetune::load_pretrained_image(registry.get(model)?, &Cache::from_env(), 10, 0)?;
     let spec = tl_finetune::vision::spec_at(&pre.spec, p.resolution);

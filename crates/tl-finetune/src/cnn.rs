@@ -636,7 +636,7 @@ impl ConvNet {
         }
     }
 
-    /// Runs blocks `range` on `x` (`[C][n, h, w]`) without keeping anything for a
+    /// Runs blocks `range` on `x` (`[C][h, w, n]`) without keeping anything for a
     /// backward pass (running statistics), returning the output and its (h, w).
     pub fn forward_blocks(
         &self,
@@ -705,7 +705,7 @@ impl ConvNet {
     /// Pooled features `[n, features]` of images `x[n, 3, h, w]` (inference: running
     /// statistics, no dropout).
     pub fn features_of(&self, x: &[f32], n: usize, h: usize, w: usize, th: Threads) -> Vec<f32> {
-        let x = conv::nchw_to_cnhw(x, n, 3, h * w);
+        let x = conv::nchw_to_chwn(x, n, 3, h * w);
         let (y, hw) = self.forward_blocks(x, n, (h, w), 0..self.blocks.len(), th);
         let mut pooled = vec![0.0f32; n * self.features];
         conv::global_pool_forward(&y, self.features, n, hw.0 * hw.1, &mut pooled);
@@ -728,7 +728,7 @@ impl ConvNet {
         logits
     }
 
-    /// A training forward pass from the input of block `first` (`x` is `[C][n, h, w]`
+    /// A training forward pass from the input of block `first` (`x` is `[C][h, w, n]`
     /// at that block), keeping what the backward pass needs. `batch_stats` selects
     /// [`BnMode::Batch`] (running statistics are updated); `dropout` applies to the
     /// pooled features with the counter-based mask of `key`.

@@ -2,11 +2,13 @@
 //! depthwise 2-D convolution, BatchNorm (frozen statistics or batch statistics),
 //! ReLU6 and global average pooling.
 //!
-//! Activations are laid out channel-major across the batch, `[C][N * H * W]`: a
-//! pointwise convolution of a whole batch is then one matrix product, and BatchNorm and
-//! depthwise convolution work on one contiguous row per channel. Every sum that feeds a
-//! gradient runs in a fixed order per channel, so results do not depend on the thread
-//! count.
+//! Activations are laid out channel-major with the batch innermost, `[C][H][W][N]`: a
+//! pointwise convolution of a whole batch is then one matrix product, BatchNorm works
+//! on one contiguous row per channel, and depthwise convolution runs its inner loop over
+//! the images of the batch, contiguous and as long as the batch however small the
+//! feature map (a 2 x 2 map of 32 images is 32-wide work, not 2-wide). Every sum that
+//! feeds a gradient runs in a fixed order per channel, so results do not depend on the
+//! thread count.
 
 // Kernels take buffers and shapes explicitly, BLAS style, rather than a tensor type.
 #![allow(clippy::too_many_arguments)]
@@ -103,25 +105,20 @@ fn valid(out: usize, len: usize, s: usize, i: usize, pad: usize) -> std::ops::Ra
     lo..hi.max(lo)
 }
 
-/// `cols[(ci, i, j)][(n, oh, ow)]`: the input patches of a dense convolution.
+/// `cols[(ci, i, j)][(oh, ow, n)]`: the input patches of a dense convolution.
 fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let (pt, pl) = (s.pad_before(s.h), s.pad_before(s.w));
-    let m = s.n * ho * wo;
-    let k = s.k;
+    let (m, k, n) = (s.n * ho * wo, s.k, s.n);
     cols.par_chunks_mut(m).enumerate().for_each(|(row, out)| {
         let (ci, i, j) = (row / (k * k), (row / k) % k, row % k);
         out.fill(0.0);
-        let oy = valid(ho, s.h, s.stride, i, pt);
-        let ox = valid(wo, s.w, s.stride, j, pl);
-        for n in 0..s.n {
-            let src = &x[(ci * s.n + n) * s.h * s.w..][..s.h * s.w];
-            let dst = &mut out[n * ho * wo..][..ho * wo];
-            for oh in oy.clone() {
-                let r = oh * s.stride + i - pt;
-                for ow in ox.clone() {
-                    dst[oh * wo + ow] = src[r * s.w + ow * s.stride + j - pl];
-                }
+        let src = &x[ci * s.h * s.w * n..][..s.h * s.w * n];
+        for oh in valid(ho, s.h, s.stride, i, pt) {
+            let r = oh * s.stride + i - pt;
+            for ow in valid(wo, s.w, s.stride, j, pl) {
+                let c = ow * s.stride + j - pl;
+                out[(oh * wo + ow) * n..][..n].copy_from_slice(&src[(r * s.w + c) * n..][..n]);
             }
         }
     });
@@ -131,29 +128,50 @@ fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
 fn col2im_add(dcols: &[f32], s: &ConvShape, dx: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let (pt, pl) = (s.pad_before(s.h), s.pad_before(s.w));
-    let m = s.n * ho * wo;
-    let k = s.k;
-    dx.par_chunks_mut(s.n * s.h * s.w)
+    let (m, k, n) = (s.n * ho * wo, s.k, s.n);
+    dx.par_chunks_mut(s.h * s.w * n)
         .enumerate()
-        .for_each(|(ci, dxc)| {
+        .for_each(|(ci, d)| {
             for i in 0..k {
                 for j in 0..k {
-                    let src = &dcols[((ci * k + i) * k + j) * m..][..m];
-                    let oy = valid(ho, s.h, s.stride, i, pt);
-                    let ox = valid(wo, s.w, s.stride, j, pl);
-                    for n in 0..s.n {
-                        let d = &mut dxc[n * s.h * s.w..][..s.h * s.w];
-                        let g = &src[n * ho * wo..][..ho * wo];
-                        for oh in oy.clone() {
-                            let r = oh * s.stride + i - pt;
-                            for ow in ox.clone() {
-                                d[r * s.w + ow * s.stride + j - pl] += g[oh * wo + ow];
-                            }
+                    let g = &dcols[((ci * k + i) * k + j) * m..][..m];
+                    for oh in valid(ho, s.h, s.stride, i, pt) {
+                        let r = oh * s.stride + i - pt;
+                        for ow in valid(wo, s.w, s.stride, j, pl) {
+                            let c = ow * s.stride + j - pl;
+                            add_scaled(
+                                &mut d[(r * s.w + c) * n..][..n],
+                                1.0,
+                                &g[(oh * wo + ow) * n..][..n],
+                            );
                         }
                     }
                 }
             }
         });
+}
+
+/// `a += w * b`, element-wise.
+#[inline(always)]
+fn add_scaled(a: &mut [f32], w: f32, b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += w * y;
+    }
+}
+
+/// `sum(a * b)` over eight fixed lanes: vectorisable, and the same order on every CPU.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Dense convolution (groups = 1), no bias: `y[cout][n,ho,wo]` from `x[cin][n,h,w]`
@@ -241,41 +259,38 @@ pub fn conv_backward(
 pub fn depthwise_forward(x: &[f32], w: &[f32], y: &mut [f32], s: &ConvShape) {
     let (ho, wo) = s.out_hw();
     let (pt, pl) = (s.pad_before(s.h), s.pad_before(s.w));
-    let k = s.k;
-    y.par_chunks_mut(s.n * ho * wo)
+    let (k, n) = (s.k, s.n);
+    y.par_chunks_mut(ho * wo * n)
         .enumerate()
         .for_each(|(c, yc)| {
-            yc.fill(0.0);
             let wc = &w[c * k * k..][..k * k];
-            let xc = &x[c * s.n * s.h * s.w..][..s.n * s.h * s.w];
-            for n in 0..s.n {
-                let src = &xc[n * s.h * s.w..][..s.h * s.w];
-                let dst = &mut yc[n * ho * wo..][..ho * wo];
-                for i in 0..k {
-                    let oy = valid(ho, s.h, s.stride, i, pt);
-                    for j in 0..k {
-                        let wv = wc[i * k + j];
-                        let ox = valid(wo, s.w, s.stride, j, pl);
-                        if ox.is_empty() {
-                            continue;
-                        }
-                        for oh in oy.clone() {
-                            let row = &src[(oh * s.stride + i - pt) * s.w..][..s.w];
-                            let out = &mut dst[oh * wo..][..wo];
-                            if s.stride == 1 {
-                                let off = ox.start + j - pl;
-                                for (o, xv) in out[ox.clone()].iter_mut().zip(&row[off..]) {
-                                    *o += wv * xv;
-                                }
-                            } else {
-                                for ow in ox.clone() {
-                                    out[ow] += wv * row[ow * s.stride + j - pl];
+            let xc = &x[c * s.h * s.w * n..][..s.h * s.w * n];
+            pulp::Arch::new().dispatch(
+                #[inline(always)]
+                || {
+                    for oh in 0..ho {
+                        for ow in 0..wo {
+                            let out = &mut yc[(oh * wo + ow) * n..][..n];
+                            out.fill(0.0);
+                            for i in 0..k {
+                                let Some(r) =
+                                    (oh * s.stride + i).checked_sub(pt).filter(|r| *r < s.h)
+                                else {
+                                    continue;
+                                };
+                                for j in 0..k {
+                                    let Some(col) =
+                                        (ow * s.stride + j).checked_sub(pl).filter(|c| *c < s.w)
+                                    else {
+                                        continue;
+                                    };
+                                    add_scaled(out, wc[i * k + j], &xc[(r * s.w + col) * n..][..n]);
                                 }
                             }
                         }
                     }
-                }
-            }
+                },
+            )
         });
 }
 
@@ -290,85 +305,56 @@ pub fn depthwise_backward(
 ) {
     let (ho, wo) = s.out_hw();
     let (pt, pl) = (s.pad_before(s.h), s.pad_before(s.w));
-    let k = s.k;
-    let hw = s.h * s.w;
-    let per_c = s.n * hw;
-    let mut dx_buf;
-    let dx: &mut [f32] = match dx {
-        Some(d) => d,
-        None => {
-            dx_buf = Vec::new();
-            &mut dx_buf
-        }
-    };
-    let want_dx = !dx.is_empty();
-    type Task<'a> = (usize, &'a mut [f32], Option<&'a mut [f32]>);
-    let chunks: Vec<Task> = if want_dx {
-        dw.chunks_mut(k * k)
-            .zip(dx.chunks_mut(per_c))
-            .enumerate()
-            .map(|(c, (a, b))| (c, a, Some(b)))
-            .collect()
-    } else {
-        dw.chunks_mut(k * k)
-            .enumerate()
-            .map(|(c, a)| (c, a, None))
-            .collect()
-    };
-    chunks.into_par_iter().for_each(|(c, dwc, dxc)| {
+    let (k, n) = (s.k, s.n);
+    let per_c = s.h * s.w * n;
+    let per_out = ho * wo * n;
+    let channel = |c: usize, dwc: &mut [f32], mut dxc: Option<&mut [f32]>| {
         let wc = &w[c * k * k..][..k * k];
         let xc = &x[c * per_c..][..per_c];
-        let gc = &dy[c * s.n * ho * wo..][..s.n * ho * wo];
-        let mut dxc = dxc;
+        let gc = &dy[c * per_out..][..per_out];
         if let Some(d) = dxc.as_deref_mut() {
             d.fill(0.0);
         }
-        for i in 0..k {
-            let oy = valid(ho, s.h, s.stride, i, pt);
-            for j in 0..k {
-                let ox = valid(wo, s.w, s.stride, j, pl);
-                if ox.is_empty() {
-                    continue;
-                }
-                let wv = wc[i * k + j];
-                let mut acc = 0.0f32;
-                for n in 0..s.n {
-                    let src = &xc[n * hw..][..hw];
-                    let g = &gc[n * ho * wo..][..ho * wo];
-                    for oh in oy.clone() {
-                        let r = (oh * s.stride + i - pt) * s.w;
-                        let grow = &g[oh * wo..][..wo];
-                        if s.stride == 1 {
-                            let off = r + ox.start + j - pl;
-                            let n_ox = ox.len();
-                            let xs = &src[off..off + n_ox];
-                            let gs = &grow[ox.clone()];
-                            let mut part = 0.0f32;
-                            for (a, b) in xs.iter().zip(gs) {
-                                part += a * b;
-                            }
-                            acc += part;
-                            if let Some(d) = dxc.as_deref_mut() {
-                                let dd = &mut d[n * hw + off..][..n_ox];
-                                for (a, b) in dd.iter_mut().zip(gs) {
-                                    *a += wv * b;
-                                }
-                            }
-                        } else {
-                            for ow in ox.clone() {
-                                let at = r + ow * s.stride + j - pl;
-                                acc += src[at] * grow[ow];
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let g = &gc[(oh * wo + ow) * n..][..n];
+                        for i in 0..k {
+                            let Some(r) = (oh * s.stride + i).checked_sub(pt).filter(|r| *r < s.h)
+                            else {
+                                continue;
+                            };
+                            for j in 0..k {
+                                let Some(col) =
+                                    (ow * s.stride + j).checked_sub(pl).filter(|c| *c < s.w)
+                                else {
+                                    continue;
+                                };
+                                let at = (r * s.w + col) * n;
+                                dwc[i * k + j] += dot(&xc[at..at + n], g);
                                 if let Some(d) = dxc.as_deref_mut() {
-                                    d[n * hw + at] += wv * grow[ow];
+                                    add_scaled(&mut d[at..at + n], wc[i * k + j], g);
                                 }
                             }
                         }
                     }
                 }
-                dwc[i * k + j] += acc;
-            }
-        }
-    });
+            },
+        )
+    };
+    match dx {
+        Some(dx) => dw
+            .par_chunks_mut(k * k)
+            .zip(dx.par_chunks_mut(per_c))
+            .enumerate()
+            .for_each(|(c, (dwc, dxc))| channel(c, dwc, Some(dxc))),
+        None => dw
+            .par_chunks_mut(k * k)
+            .enumerate()
+            .for_each(|(c, dwc)| channel(c, dwc, None)),
+    }
 }
 
 /// What a BatchNorm forward pass keeps for its backward pass, per channel.
@@ -506,32 +492,64 @@ pub fn relu6_backward(y: &[f32], d: &mut [f32]) {
         });
 }
 
-/// Global average pooling of `x[c][n, hw]` into row-major `out[n, c]`.
+/// Global average pooling of `x[c][hw, n]` into row-major `out[n, c]`.
 pub fn global_pool_forward(x: &[f32], c: usize, n: usize, hw: usize, out: &mut [f32]) {
+    let mut acc = vec![0.0f32; n];
     for ci in 0..c {
-        for ni in 0..n {
-            let s: f32 = x[(ci * n + ni) * hw..][..hw].iter().sum();
-            out[ni * c + ci] = s / hw as f32;
+        acc.fill(0.0);
+        for p in 0..hw {
+            for (a, v) in acc.iter_mut().zip(&x[(ci * hw + p) * n..][..n]) {
+                *a += v;
+            }
+        }
+        for (ni, a) in acc.iter().enumerate() {
+            out[ni * c + ci] = a / hw as f32;
         }
     }
 }
 
-/// Backward of [`global_pool_forward`]: spreads `d[n, c]` over `dx[c][n, hw]`.
+/// Backward of [`global_pool_forward`]: spreads `d[n, c]` over `dx[c][hw, n]`.
 pub fn global_pool_backward(d: &[f32], c: usize, n: usize, hw: usize, dx: &mut [f32]) {
-    dx.par_chunks_mut(n * hw).enumerate().for_each(|(ci, row)| {
-        for ni in 0..n {
-            let g = d[ni * c + ci] / hw as f32;
-            row[ni * hw..][..hw].fill(g);
+    dx.par_chunks_mut(hw * n).enumerate().for_each(|(ci, row)| {
+        for p in 0..hw {
+            for (ni, v) in row[p * n..][..n].iter_mut().enumerate() {
+                *v = d[ni * c + ci] / hw as f32;
+            }
         }
     });
 }
 
-/// Images `x[n, c, h, w]` (row-major, as preprocessing writes them) to `[c][n, h, w]`.
-pub fn nchw_to_cnhw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+/// Images `x[n, c, h, w]` (row-major, as preprocessing writes them) to `[c][h, w, n]`.
+pub fn nchw_to_chwn(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     for ni in 0..n {
         for ci in 0..c {
-            out[(ci * n + ni) * hw..][..hw].copy_from_slice(&x[(ni * c + ci) * hw..][..hw]);
+            for (p, v) in x[(ni * c + ci) * hw..][..hw].iter().enumerate() {
+                out[(ci * hw + p) * n + ni] = *v;
+            }
+        }
+    }
+    out
+}
+
+/// One image's `[c][h, w]` out of a batch tensor `[c][h, w, n]`.
+pub fn image_of_chwn(x: &[f32], c: usize, hw: usize, n: usize, image: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; c * hw];
+    for ci in 0..c {
+        for p in 0..hw {
+            out[ci * hw + p] = x[(ci * hw + p) * n + image];
+        }
+    }
+    out
+}
+
+/// A batch tensor `[c][h, w, n]` from images `[c][h, w]` each.
+pub fn chwn_of_images(images: &[&[f32]], c: usize, hw: usize) -> Vec<f32> {
+    let n = images.len();
+    let mut out = vec![0.0f32; c * hw * n];
+    for (ni, img) in images.iter().enumerate() {
+        for (q, v) in img.iter().enumerate() {
+            out[q * n + ni] = *v;
         }
     }
     out

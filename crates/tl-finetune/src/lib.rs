@@ -1,11 +1,15 @@
-//! Fine-tuning pretrained text encoders: a CPU training engine for BERT-family
-//! sentence encoders (all-MiniLM-L6-v2 and friends), with hand-written backward passes.
+//! Fine-tuning pretrained backbones on a CPU training engine with hand-written
+//! backward passes: BERT-family sentence encoders (all-MiniLM-L6-v2 and friends) and
+//! convolutional image networks (MobileNetV2, EfficientNet-Lite0).
 //!
-//! The engine keeps every weight in one flat `f32` buffer, packs the sequences of a
-//! batch end to end (no padding: attention runs per sequence), and computes gradients
-//! with a backward pass written for each operation (linear, LayerNorm, GELU, softmax
-//! attention, dropout, cross-entropy), checked against finite differences. AdamW is
-//! fused over the buffer. Nothing here needs Python or libtorch.
+//! The engine keeps every weight in one flat `f32` buffer and computes gradients with a
+//! backward pass written for each operation, checked against finite differences: for
+//! text, linear, LayerNorm, GELU, softmax attention over sequences packed end to end (no
+//! padding), dropout, cross-entropy; for images, dense and depthwise convolution,
+//! BatchNorm (frozen or batch statistics), ReLU6, residuals and global pooling over
+//! channel-major batches. One training loop serves both (AdamW fused over the buffer,
+//! warm-up and decay, clipping, early stopping, atomic checkpoints, resume). Tuned
+//! models are exported as fp32 ONNX model assets. Nothing here needs Python or libtorch.
 //!
 //! ```
 //! use tl_finetune::{Batch, BertClassifier, BertConfig, FinetuneParams, RunOptions, finetune};
@@ -46,6 +50,31 @@
 //! println!("manifest {}", exported.manifest_path.display());
 //! # Ok(())
 //! # }
+//! ```
+//!
+//! An image network (here a tiny random one; [`load_pretrained_image`] gives
+//! MobileNetV2 or EfficientNet-Lite0) learns dark vs bright images of any size:
+//!
+//! ```
+//! use tl_assets::manifest::{ChannelOrder, ImageSpec, Layout, Resize};
+//! use tl_backbone::{ImageInput, RawImage};
+//! use tl_finetune::{Augment, ConvNet, ImageParams, RunOptions, Threads, conv::Padding};
+//!
+//! let spec = ImageSpec { size: 16, resize: Resize::Stretch, pixel_max: 1.0, mean: [0.5; 3],
+//!     std: [0.25; 3], layout: Layout::Nchw, channels: ChannelOrder::Rgb };
+//! let images: Vec<ImageInput> = (0..32)
+//!     .map(|i| ImageInput::Pixels(RawImage { width: 12 + i % 5, height: 12, channels: 1,
+//!         data: vec![if i % 2 == 0 { 30 } else { 220 }; (12 * (12 + i % 5)) as usize] }))
+//!     .collect();
+//! let labels: Vec<usize> = (0..32).map(|i| i % 2).collect();
+//! let mut net = ConvNet::tiny(&[8, 8], 16, 2, Padding::SameUpper, 0);
+//! let params = ImageParams { learning_rate: 1e-2, epochs: 4, batch_size: 8, threads: 1,
+//!     augment: Augment::none(), ..Default::default() };
+//! tl_finetune::finetune_images(&mut net, &images, &labels, &spec, &params,
+//!     &RunOptions::default(), &mut |_, _| {})?;
+//! let predicted = tl_finetune::predict_images(&net, &images, &spec, 16, Threads(1))?;
+//! assert_eq!(predicted, labels);
+//! # Ok::<(), tl_finetune::FinetuneError>(())
 //! ```
 
 pub mod bert;

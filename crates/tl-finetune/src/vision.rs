@@ -544,15 +544,11 @@ impl ImageLearner<'_> {
         let r = self.spec.size as usize;
         let n = idx.len();
         if let Some(f) = &self.frozen {
-            // Cached rows are [C][h*w] per image; the batch wants [C][n, h*w].
+            // Cached rows are [C][h*w] per image; the batch wants [C][h*w, n].
             let c = channels_at(self.net, self.first);
             let per = f[idx[0]].len() / c;
-            let mut x = vec![0.0f32; c * n * per];
-            for (k, &i) in idx.iter().enumerate() {
-                for ci in 0..c {
-                    x[(ci * n + k) * per..][..per].copy_from_slice(&f[i][ci * per..][..per]);
-                }
-            }
+            let rows: Vec<&[f32]> = idx.iter().map(|&i| f[i].as_slice()).collect();
+            let x = conv::chwn_of_images(&rows, c, per);
             return Ok((x, self.frozen_hw));
         }
         let mut x = preprocess_batch(self.inputs, idx, &self.spec)?;
@@ -570,7 +566,7 @@ impl ImageLearner<'_> {
                     key ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
                 );
             });
-        let x = conv::nchw_to_cnhw(&x, n, 3, r * r);
+        let x = conv::nchw_to_chwn(&x, n, 3, r * r);
         Ok(self
             .net
             .forward_blocks(x, n, (r, r), 0..self.first, self.th))
@@ -772,15 +768,11 @@ fn cache_frozen(l: &mut ImageLearner, train: &[usize]) -> Result<(), FinetuneErr
     for idx in train.chunks(64) {
         let x = preprocess_batch(l.inputs, idx, &l.spec)?;
         let n = idx.len();
-        let x = conv::nchw_to_cnhw(&x, n, 3, r * r);
+        let x = conv::nchw_to_chwn(&x, n, 3, r * r);
         let (y, _) = l.net.forward_blocks(x, n, (r, r), 0..l.first, l.th);
         let per = h * w;
         for (k, &i) in idx.iter().enumerate() {
-            let mut v = vec![0.0f32; c * per];
-            for ci in 0..c {
-                v[ci * per..][..per].copy_from_slice(&y[(ci * n + k) * per..][..per]);
-            }
-            rows[i] = v;
+            rows[i] = conv::image_of_chwn(&y, c, per, n, k);
         }
     }
     tracing::info!(

@@ -28,7 +28,7 @@ fn loss(
     dropout: f32,
 ) -> (f64, Vec<f32>) {
     let stats = net.stats.clone();
-    let xin = conv::nchw_to_cnhw(x, n, 3, hw.0 * hw.1);
+    let xin = conv::nchw_to_chwn(x, n, 3, hw.0 * hw.1);
     let (xin, hw1) = net.forward_blocks(xin, n, hw, 0..first, TH);
     let (logits, acts) = net.forward_train(xin, n, hw1, first, batch_stats, dropout, 7, TH);
     let mut d = vec![0.0f32; logits.len()];
@@ -49,7 +49,7 @@ fn check(pad: Padding, batch_stats: bool, first: usize, dropout: f32) {
     // little: frozen mode is then not the identity, and activations stay in ReLU6's
     // range instead of piling up at its kinks, where finite differences are meaningless.
     net.bn_momentum = 1.0;
-    let xin = conv::nchw_to_cnhw(&x, n, 3, hw.0 * hw.1);
+    let xin = conv::nchw_to_chwn(&x, n, 3, hw.0 * hw.1);
     net.forward_train(xin, n, hw, 0, true, 0.0, 0, TH);
     net.bn_momentum = 0.1;
     for (name, r) in net.stat_names.clone() {
