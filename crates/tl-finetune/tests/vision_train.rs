@@ -309,7 +309,7 @@ fn bad_input_is_refused_with_a_clear_error() {
     };
     let msg = |e: FinetuneError| e.to_string();
     assert!(msg(fit(&[], &[], &params())).contains("no training images"));
-    assert!(msg(fit(&x, &vec![1; 12], &params())).contains("single class"));
+    assert!(msg(fit(&x, &[1; 12], &params())).contains("single class"));
     assert!(msg(fit(&x, &y[..5], &params())).contains("12 images but 5 labels"));
     let mut bad_label = y.clone();
     bad_label[3] = 7;
