@@ -124,6 +124,17 @@ fn im2col(x: &[f32], s: &ConvShape, cols: &mut [f32]) {
     });
 }
 
+/// The patches of a dense convolution's input: the input itself for a pointwise one.
+fn patches<'a>(x: &'a [f32], s: &ConvShape) -> std::borrow::Cow<'a, [f32]> {
+    if s.is_pointwise() {
+        return std::borrow::Cow::Borrowed(x);
+    }
+    let (ho, wo) = s.out_hw();
+    let mut c = vec![0.0f32; s.cin * s.k * s.k * s.n * ho * wo];
+    im2col(x, s, &mut c);
+    std::borrow::Cow::Owned(c)
+}
+
 /// Adds the patch gradients `dcols` back into the input gradient `dx`.
 fn col2im_add(dcols: &[f32], s: &ConvShape, dx: &mut [f32]) {
     let (ho, wo) = s.out_hw();
@@ -180,20 +191,12 @@ pub fn conv_forward(x: &[f32], w: &[f32], y: &mut [f32], s: &ConvShape, th: Thre
     let (ho, wo) = s.out_hw();
     let m = s.n * ho * wo;
     let kk = s.cin * s.k * s.k;
-    let owned;
-    let cols: &[f32] = if s.is_pointwise() {
-        x
-    } else {
-        let mut c = vec![0.0f32; kk * m];
-        im2col(x, s, &mut c);
-        owned = c;
-        &owned
-    };
+    let cols = patches(x, s);
     matmul(
         mat_mut(y, s.cout, m, m),
         Accum::Replace,
         mat(w, s.cout, kk, kk),
-        mat(cols, kk, m, m),
+        mat(&cols, kk, m, m),
         1.0,
         th.par(),
     );
@@ -212,20 +215,12 @@ pub fn conv_backward(
     let (ho, wo) = s.out_hw();
     let m = s.n * ho * wo;
     let kk = s.cin * s.k * s.k;
-    let owned;
-    let cols: &[f32] = if s.is_pointwise() {
-        x
-    } else {
-        let mut c = vec![0.0f32; kk * m];
-        im2col(x, s, &mut c);
-        owned = c;
-        &owned
-    };
+    let cols = patches(x, s);
     matmul(
         mat_mut(dw, s.cout, kk, kk),
         Accum::Add,
         mat(dy, s.cout, m, m),
-        mat(cols, kk, m, m).transpose(),
+        mat(&cols, kk, m, m).transpose(),
         1.0,
         th.par(),
     );

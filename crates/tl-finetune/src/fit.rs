@@ -49,6 +49,140 @@ pub(crate) trait Learner {
     fn accuracy(&mut self, rows: &[usize]) -> Result<f64, FinetuneError>;
 }
 
+/// One range check: field, whether it holds, the range, the value given.
+pub(crate) type RangeCheck = (&'static str, bool, &'static str, String);
+
+/// The hyperparameters every model family has: checked and turned into the loop's
+/// settings in one place.
+pub(crate) struct Common {
+    pub strategy: crate::train::Strategy,
+    pub learning_rate: f32,
+    pub layer_decay: f32,
+    pub batch_size: usize,
+    /// Smallest batch size (BatchNorm needs two images).
+    pub min_batch: usize,
+    pub epochs: usize,
+    pub warmup_fraction: f32,
+    pub weight_decay: f32,
+    pub dropout: f32,
+    pub max_grad_norm: f32,
+    pub validation_fraction: f32,
+    pub patience: usize,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+impl Common {
+    /// Checks the shared ranges, then `extra`; the message names the field and range.
+    pub fn check(&self, extra: Vec<RangeCheck>) -> Result<(), FinetuneError> {
+        let err = |m: String| Err(FinetuneError::Params(m));
+        let batch = (self.min_batch..=4096).contains(&self.batch_size);
+        let batch_range = if self.min_batch == 1 {
+            "1..=4096"
+        } else {
+            "2..=4096"
+        };
+        let mut ranges: Vec<RangeCheck> = vec![
+            (
+                "learning_rate",
+                self.learning_rate > 0.0 && self.learning_rate <= 1.0,
+                "(0, 1]",
+                self.learning_rate.to_string(),
+            ),
+            (
+                "layer_decay",
+                self.layer_decay > 0.0 && self.layer_decay <= 1.0,
+                "(0, 1]",
+                self.layer_decay.to_string(),
+            ),
+            (
+                "batch_size",
+                batch,
+                batch_range,
+                self.batch_size.to_string(),
+            ),
+            (
+                "epochs",
+                (1..=1000).contains(&self.epochs),
+                "1..=1000",
+                self.epochs.to_string(),
+            ),
+            (
+                "warmup_fraction",
+                (0.0..1.0).contains(&self.warmup_fraction),
+                "[0, 1)",
+                self.warmup_fraction.to_string(),
+            ),
+            (
+                "weight_decay",
+                (0.0..=1.0).contains(&self.weight_decay),
+                "[0, 1]",
+                self.weight_decay.to_string(),
+            ),
+            (
+                "dropout",
+                (0.0..0.9).contains(&self.dropout),
+                "[0, 0.9)",
+                self.dropout.to_string(),
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(),
+                "[0, infinity)",
+                self.max_grad_norm.to_string(),
+            ),
+            (
+                "validation_fraction",
+                (0.0..0.5).contains(&self.validation_fraction),
+                "[0, 0.5)",
+                self.validation_fraction.to_string(),
+            ),
+            (
+                "threads",
+                (1..=256).contains(&self.threads),
+                "1..=256",
+                self.threads.to_string(),
+            ),
+        ];
+        ranges.extend(extra);
+        if let Some((field, _, range, got)) = ranges.iter().find(|r| !r.1) {
+            return err(format!("{field} must be in {range}, got {got}"));
+        }
+        if self.patience > 0 && self.validation_fraction == 0.0 {
+            return err("patience needs a validation part: set validation_fraction > 0".into());
+        }
+        if let crate::train::Strategy::Top(0) = self.strategy {
+            return err(
+                "strategy top:N needs N >= 1 (for the classifier alone, use `head`)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The loop's settings; `fingerprint` is the full hyperparameters as JSON.
+    pub fn settings(
+        &self,
+        first_trainable: usize,
+        fingerprint: String,
+        item_name: &'static str,
+    ) -> LoopSettings {
+        LoopSettings {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            layer_decay: self.layer_decay,
+            weight_decay: self.weight_decay,
+            warmup_fraction: self.warmup_fraction,
+            max_grad_norm: self.max_grad_norm,
+            patience: self.patience,
+            seed: self.seed,
+            first_trainable,
+            fingerprint,
+            item_name,
+        }
+    }
+}
+
 /// The loop's settings, taken from a model family's hyperparameters.
 pub(crate) struct LoopSettings {
     pub epochs: usize,

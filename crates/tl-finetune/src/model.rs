@@ -202,24 +202,16 @@ pub fn export(
             .expect("plain value")
             .as_bytes(),
     )?;
-    let mut files = Vec::new();
-    for f in [
-        "model.onnx",
-        "tokenizer.json",
-        "model.safetensors",
-        "config.json",
-    ] {
-        let path = dir.join(f);
-        let sha = tl_assets::sha256_file(&path).map_err(|e| FinetuneError::io(&path, e))?;
-        files.push(FileSpec {
-            path: f.to_string(),
-            sha256: sha,
-            sources: vec![Source::Local {
-                produced_by: produced_by.to_string(),
-            }],
-            optional: false,
-        });
-    }
+    let files = local_files(
+        &dir,
+        &[
+            "model.onnx",
+            "tokenizer.json",
+            "model.safetensors",
+            "config.json",
+        ],
+        produced_by,
+    )?;
     let manifest = Manifest {
         name: name.to_string(),
         kind: AssetKind::Model,
@@ -265,6 +257,30 @@ pub fn export(
         dataset: None,
     };
     write_manifest(cache, manifest, produced_by)
+}
+
+/// The manifest entries of files just written into `dir`: pinned by sha256, produced
+/// locally by `produced_by`.
+fn local_files(
+    dir: &Path,
+    names: &[&str],
+    produced_by: &str,
+) -> Result<Vec<FileSpec>, FinetuneError> {
+    names
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            let sha = tl_assets::sha256_file(&path).map_err(|e| FinetuneError::io(&path, e))?;
+            Ok(FileSpec {
+                path: f.to_string(),
+                sha256: sha,
+                sources: vec![Source::Local {
+                    produced_by: produced_by.to_string(),
+                }],
+                optional: false,
+            })
+        })
+        .collect()
 }
 
 /// Writes `manifest` to the cache's local manifests (checked by parsing it back).
@@ -420,19 +436,7 @@ pub fn export_image(
         &tensors,
         &Default::default(),
     )?;
-    let mut files = Vec::new();
-    for f in ["model.onnx", "model.safetensors"] {
-        let path = dir.join(f);
-        let sha = tl_assets::sha256_file(&path).map_err(|e| FinetuneError::io(&path, e))?;
-        files.push(FileSpec {
-            path: f.to_string(),
-            sha256: sha,
-            sources: vec![Source::Local {
-                produced_by: produced_by.to_string(),
-            }],
-            optional: false,
-        });
-    }
+    let files = local_files(&dir, &["model.onnx", "model.safetensors"], produced_by)?;
     let manifest = Manifest {
         name: name.to_string(),
         kind: AssetKind::Model,

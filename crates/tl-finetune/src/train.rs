@@ -10,7 +10,7 @@ use tl_data::split::{Rng, stratified_split};
 
 use crate::FinetuneError;
 use crate::bert::{Batch, BertClassifier, DropoutSpec, Slot};
-use crate::fit::{Learner, LoopSettings, StepOut, run_epochs};
+use crate::fit::{Common, Learner, StepOut, run_epochs};
 use crate::ops::Threads;
 
 /// Which part of the encoder trains. Written as `full`, `top:N`, `head` or
@@ -151,50 +151,7 @@ impl Default for FinetuneParams {
 impl FinetuneParams {
     /// Checks every field's range; the message names the field and the range.
     pub fn check(&self) -> Result<(), FinetuneError> {
-        let err = |m: String| Err(FinetuneError::Params(m));
-        let ranges = [
-            (
-                "learning_rate",
-                self.learning_rate > 0.0 && self.learning_rate <= 1.0,
-                "(0, 1]",
-                self.learning_rate.to_string(),
-            ),
-            (
-                "layer_decay",
-                self.layer_decay > 0.0 && self.layer_decay <= 1.0,
-                "(0, 1]",
-                self.layer_decay.to_string(),
-            ),
-            (
-                "batch_size",
-                (1..=4096).contains(&self.batch_size),
-                "1..=4096",
-                self.batch_size.to_string(),
-            ),
-            (
-                "epochs",
-                (1..=1000).contains(&self.epochs),
-                "1..=1000",
-                self.epochs.to_string(),
-            ),
-            (
-                "warmup_fraction",
-                (0.0..1.0).contains(&self.warmup_fraction),
-                "[0, 1)",
-                self.warmup_fraction.to_string(),
-            ),
-            (
-                "weight_decay",
-                (0.0..=1.0).contains(&self.weight_decay),
-                "[0, 1]",
-                self.weight_decay.to_string(),
-            ),
-            (
-                "dropout",
-                (0.0..0.9).contains(&self.dropout),
-                "[0, 0.9)",
-                self.dropout.to_string(),
-            ),
+        self.common().check(vec![
             (
                 "max_length",
                 (2..=512).contains(&self.max_length),
@@ -202,42 +159,31 @@ impl FinetuneParams {
                 self.max_length.to_string(),
             ),
             (
-                "max_grad_norm",
-                self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(),
-                "[0, infinity)",
-                self.max_grad_norm.to_string(),
-            ),
-            (
-                "validation_fraction",
-                (0.0..0.5).contains(&self.validation_fraction),
-                "[0, 0.5)",
-                self.validation_fraction.to_string(),
-            ),
-            (
                 "pairs_per_item",
                 (1..=100).contains(&self.pairs_per_item),
                 "1..=100",
                 self.pairs_per_item.to_string(),
             ),
-            (
-                "threads",
-                (1..=256).contains(&self.threads),
-                "1..=256",
-                self.threads.to_string(),
-            ),
-        ];
-        if let Some((field, _, range, got)) = ranges.iter().find(|r| !r.1) {
-            return err(format!("{field} must be in {range}, got {got}"));
+        ])
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            strategy: self.strategy,
+            learning_rate: self.learning_rate,
+            layer_decay: self.layer_decay,
+            batch_size: self.batch_size,
+            min_batch: 1,
+            epochs: self.epochs,
+            warmup_fraction: self.warmup_fraction,
+            weight_decay: self.weight_decay,
+            dropout: self.dropout,
+            max_grad_norm: self.max_grad_norm,
+            validation_fraction: self.validation_fraction,
+            patience: self.patience,
+            seed: self.seed,
+            threads: self.threads,
         }
-        if self.patience > 0 && self.validation_fraction == 0.0 {
-            return err("patience needs a validation part: set validation_fraction > 0".into());
-        }
-        if let Strategy::Top(0) = self.strategy {
-            return err(
-                "strategy top:N needs N >= 1 (for the classifier alone, use `head`)".into(),
-            );
-        }
-        Ok(())
     }
 }
 
@@ -623,20 +569,11 @@ fn train_loop(
     } else {
         None
     };
-    let settings = LoopSettings {
-        epochs: params.epochs,
-        batch_size: params.batch_size,
-        learning_rate: params.learning_rate,
-        layer_decay: params.layer_decay,
-        weight_decay: params.weight_decay,
-        warmup_fraction: params.warmup_fraction,
-        max_grad_norm: params.max_grad_norm,
-        patience: params.patience,
-        seed: params.seed,
+    let settings = params.common().settings(
         first_trainable,
-        fingerprint: serde_json::to_string(params).expect("plain struct"),
-        item_name: "sentences",
-    };
+        serde_json::to_string(params).expect("plain struct"),
+        "sentences",
+    );
     let mut learner = TextLearner {
         model,
         seqs,

@@ -15,7 +15,7 @@ use crate::FinetuneError;
 use crate::bert::Slot;
 use crate::cnn::{BnMode, ConvNet};
 use crate::conv;
-use crate::fit::{Learner, LoopSettings, StepOut, run_epochs};
+use crate::fit::{Common, Learner, StepOut, run_epochs};
 use crate::ops::{self, Threads, hash_uniform};
 use crate::train::{EpochLog, FinetuneReport, RunOptions, Strategy, fnv};
 
@@ -132,55 +132,13 @@ impl ImageParams {
     /// Checks every field's range; the message names the field and the range.
     pub fn check(&self) -> Result<(), FinetuneError> {
         let a = &self.augment;
-        let ranges = [
-            (
-                "learning_rate",
-                self.learning_rate > 0.0 && self.learning_rate <= 1.0,
-                "(0, 1]",
-                self.learning_rate.to_string(),
-            ),
-            (
-                "layer_decay",
-                self.layer_decay > 0.0 && self.layer_decay <= 1.0,
-                "(0, 1]",
-                self.layer_decay.to_string(),
-            ),
-            (
-                "batch_size",
-                (2..=4096).contains(&self.batch_size),
-                "2..=4096",
-                self.batch_size.to_string(),
-            ),
-            (
-                "epochs",
-                (1..=1000).contains(&self.epochs),
-                "1..=1000",
-                self.epochs.to_string(),
-            ),
-            (
-                "warmup_fraction",
-                (0.0..1.0).contains(&self.warmup_fraction),
-                "[0, 1)",
-                self.warmup_fraction.to_string(),
-            ),
-            (
-                "weight_decay",
-                (0.0..=1.0).contains(&self.weight_decay),
-                "[0, 1]",
-                self.weight_decay.to_string(),
-            ),
-            (
-                "dropout",
-                (0.0..0.9).contains(&self.dropout),
-                "[0, 0.9)",
-                self.dropout.to_string(),
-            ),
-            (
-                "max_grad_norm",
-                self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite(),
-                "[0, infinity)",
-                self.max_grad_norm.to_string(),
-            ),
+        if self.strategy == Strategy::Contrastive {
+            return Err(FinetuneError::Params(
+                "strategy contrastive is for text encoders; image models take full, top:N or head"
+                    .into(),
+            ));
+        }
+        self.common().check(vec![
             (
                 "resolution",
                 self.resolution.is_none_or(|r| (8..=1024).contains(&r)),
@@ -205,38 +163,25 @@ impl ImageParams {
                 "[0, 1)",
                 a.color_jitter.to_string(),
             ),
-            (
-                "validation_fraction",
-                (0.0..0.5).contains(&self.validation_fraction),
-                "[0, 0.5)",
-                self.validation_fraction.to_string(),
-            ),
-            (
-                "threads",
-                (1..=256).contains(&self.threads),
-                "1..=256",
-                self.threads.to_string(),
-            ),
-        ];
-        if let Some((field, _, range, got)) = ranges.iter().find(|r| !r.1) {
-            return Err(FinetuneError::Params(format!(
-                "{field} must be in {range}, got {got}"
-            )));
-        }
-        if self.patience > 0 && self.validation_fraction == 0.0 {
-            return Err(FinetuneError::Params(
-                "patience needs a validation part: set validation_fraction > 0".into(),
-            ));
-        }
-        match self.strategy {
-            Strategy::Contrastive => Err(FinetuneError::Params(
-                "strategy contrastive is for text encoders; image models take full, top:N or head"
-                    .into(),
-            )),
-            Strategy::Top(0) => Err(FinetuneError::Params(
-                "strategy top:N needs N >= 1 (for the classifier alone, use `head`)".into(),
-            )),
-            _ => Ok(()),
+        ])
+    }
+
+    fn common(&self) -> Common {
+        Common {
+            strategy: self.strategy,
+            learning_rate: self.learning_rate,
+            layer_decay: self.layer_decay,
+            batch_size: self.batch_size,
+            min_batch: 2,
+            epochs: self.epochs,
+            warmup_fraction: self.warmup_fraction,
+            weight_decay: self.weight_decay,
+            dropout: self.dropout,
+            max_grad_norm: self.max_grad_norm,
+            validation_fraction: self.validation_fraction,
+            patience: self.patience,
+            seed: self.seed,
+            threads: self.threads,
         }
     }
 
@@ -710,20 +655,11 @@ pub fn finetune_images(
         if first > 0 && !params.augment.is_active() {
             cache_frozen(&mut learner, &train)?;
         }
-        let settings = LoopSettings {
-            epochs: params.epochs,
-            batch_size: params.batch_size,
-            learning_rate: params.learning_rate,
-            layer_decay: params.layer_decay,
-            weight_decay: params.weight_decay,
-            warmup_fraction: params.warmup_fraction,
-            max_grad_norm: params.max_grad_norm,
-            patience: params.patience,
-            seed: params.seed,
-            first_trainable: first,
-            fingerprint: serde_json::to_string(params).expect("plain struct"),
-            item_name: "images",
-        };
+        let settings = params.common().settings(
+            first,
+            serde_json::to_string(params).expect("plain struct"),
+            "images",
+        );
         run_epochs(
             &mut learner,
             &train,
