@@ -3,7 +3,7 @@
 # fine-tuned on MNIST (the 10,000 / 2,000 stratified subset of experiments/mnist.toml) and
 # on optdigits (stratified 70/30 split), each scored on its held-out rows against frozen
 # features + logistic regression.
-# Usage: bash experiments/finetune-images.sh [tl binary]   (about 35 minutes on 2 cores)
+# Usage: bash experiments/finetune-images.sh [tl binary]   (about 15 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tl=${1:-target/release/tl}

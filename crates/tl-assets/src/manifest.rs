@@ -271,10 +271,13 @@ pub struct ImageSpec {
     /// How the decoded image is brought to `size`.
     pub resize: Resize,
     /// Pixels (0..=255) are first mapped to `0..=pixel_max`, then `(x - mean) / std`.
+    #[serde(serialize_with = "short_f32")]
     pub pixel_max: f32,
     /// Per-channel mean, in the model's channel order.
+    #[serde(serialize_with = "short_f32s")]
     pub mean: [f32; 3],
     /// Per-channel standard deviation, in the model's channel order.
+    #[serde(serialize_with = "short_f32s")]
     pub std: [f32; 3],
     /// Tensor layout of the input.
     pub layout: Layout,
@@ -780,4 +783,23 @@ fn quoted(names: &[&str]) -> String {
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// An f32 as the f64 of its shortest decimal: written manifests say `0.485`, not
+/// `0.48500001430511475` (JSON output, and so fingerprints, are the same either way).
+fn short(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
+fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(short(*v))
+}
+
+fn short_f32s<S: serde::Serializer>(v: &[f32; 3], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeTuple;
+    let mut t = s.serialize_tuple(3)?;
+    for x in v {
+        t.serialize_element(&short(*x))?;
+    }
+    t.end()
 }

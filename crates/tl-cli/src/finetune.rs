@@ -284,9 +284,10 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         &ci_frozen,
     ));
     lines.push((format!("{} ({})", a.name, strategy), tuned_acc, &ci_tuned));
+    let width = lines.iter().map(|l| l.0.len()).max().unwrap_or(0);
     for (name, acc, ci) in lines {
         out!(
-            "result    {name:<34} accuracy {:.1}% [{:.1}, {:.1}]",
+            "result    {name:<width$} accuracy {:.1}% [{:.1}, {:.1}]",
             pct(acc),
             pct(ci.low),
             pct(ci.high)

@@ -133,10 +133,11 @@ enum Cmd {
         after_help = "Examples:\n  tl adapt --source sentiment-amazon --target sentiment-imdb\n  tl adapt --source sentiment-yelp --target sentiment-amazon --methods coral,subspace --out yelp-amazon"
     )]
     Adapt(adapt::AdaptArgs),
-    /// Fine-tune a text encoder on a labelled dataset, export it as a new model (ONNX), and
-    /// compare it with frozen features + logistic regression on the same held-out rows.
+    /// Fine-tune a text encoder or an image network on a labelled dataset, export it as a new
+    /// model (ONNX), and compare it with frozen features + logistic regression (and, for
+    /// images, raw pixels) on the same held-out rows.
     #[command(
-        after_help = "Examples:\n  tl finetune --name my-minilm                      # all-minilm-l6-v2 on sentiment, 3 epochs\n  tl finetune --model all-minilm-l6-v2 --dataset sentiment --strategy full --epochs 3 --lr 2e-5 --name my-minilm\n  tl finetune --dataset reviews.csv --text-column review --strategy top:2 --name reviews-top2\n  tl finetune --name setfit --strategy contrastive --shots 8 --pairs-per-item 20 --epochs 1\n  tl finetune --name my-minilm --resume             # continue after an interruption\n  tl embed --model my-minilm --dataset sentiment-imdb   # the tuned model, like any other"
+        after_help = "Examples:\n  tl finetune --name my-minilm                      # all-minilm-l6-v2 on sentiment, 3 epochs\n  tl finetune --model all-minilm-l6-v2 --dataset sentiment --strategy full --epochs 3 --lr 2e-5 --name my-minilm\n  tl finetune --dataset reviews.csv --text-column review --strategy top:2 --name reviews-top2\n  tl finetune --name setfit --strategy contrastive --shots 8 --pairs-per-item 20 --epochs 1\n  tl finetune --name my-minilm --resume             # continue after an interruption\n  tl finetune --model mobilenetv2 --dataset mnist --train-rows 10000 --test-rows 2000 --resolution 64 --epochs 5 --name mnist-mnv2\n  tl finetune --model efficientnet-lite0 --dataset my-photos/ --strategy top:3 --augment crop=0.6,flip --name photos\n  tl embed --model my-minilm --dataset sentiment-imdb   # the tuned model, like any other"
     )]
     Finetune(finetune::FinetuneArgs),
     /// Feature cache: sizes, export, compaction, garbage collection.
