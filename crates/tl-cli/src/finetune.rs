@@ -789,7 +789,7 @@ fn tune_image(
             dir: Some(run_dir.to_path_buf()),
             resume: a.resume,
             progress: true,
-            frozen_store: None,
+            frozen_store: Some(tl_features::Store::from_cache(cache)),
         },
         &mut |e, _| print_epoch(e, "images"),
     )?;

@@ -625,6 +625,52 @@ fn finetune_trains_an_image_network_that_tl_predict_uses_on_image_files() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--augment spin=3"), "{err}");
+    // An empty folder and a one-class folder are refused with what was expected.
+    let empty = h.join("no-photos");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, _, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--model",
+            "mobilenetv2",
+            "--dataset",
+            &format!("{}/", empty.display()),
+            "--name",
+            "x",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no class folders"), "{err}");
+    let one = h.join("one-class/a");
+    std::fs::create_dir_all(&one).unwrap();
+    for f in ["1.png", "2.png"] {
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tl-backbone/tests/fixtures/one-pixel.png"
+            ),
+            one.join(f),
+        )
+        .unwrap();
+    }
+    let (code, _, err) = tl_in(
+        h,
+        &[
+            "finetune",
+            "--model",
+            "mobilenetv2",
+            "--dataset",
+            &format!("{}/", h.join("one-class").display()),
+            "--name",
+            "x",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("a classifier needs at least two classes"),
+        "{err}"
+    );
     // open-nsfw is frozen only.
     let (code, _, err) = tl_in(
         h,

@@ -653,7 +653,7 @@ pub fn finetune_images(
             th,
         };
         if first > 0 && !params.augment.is_active() {
-            cache_frozen(&mut learner, &train)?;
+            cache_frozen(&mut learner, &train, run.frozen_store.as_ref())?;
         }
         let settings = params.common().settings(
             first,
@@ -672,9 +672,13 @@ pub fn finetune_images(
     })
 }
 
-/// Runs the frozen blocks once per training image and keeps their outputs, when they
-/// fit in [`FROZEN_CACHE_BYTES`].
-fn cache_frozen(l: &mut ImageLearner, train: &[usize]) -> Result<(), FinetuneError> {
+/// Runs the frozen blocks once per training image (or reads their outputs from the
+/// run's frozen store) and keeps them in memory, when they fit in [`FROZEN_CACHE_BYTES`].
+fn cache_frozen(
+    l: &mut ImageLearner,
+    train: &[usize],
+    store: Option<&tl_features::Store>,
+) -> Result<(), FinetuneError> {
     let r = l.spec.size as usize;
     let (mut h, mut w) = (r, r);
     for b in &l.net.blocks[..l.first] {
@@ -700,22 +704,25 @@ fn cache_frozen(l: &mut ImageLearner, train: &[usize]) -> Result<(), FinetuneErr
         return Ok(());
     }
     let t = Instant::now();
-    let mut rows = vec![Vec::new(); l.inputs.len()];
-    for idx in train.chunks(64) {
-        let x = preprocess_batch(l.inputs, idx, &l.spec)?;
-        let n = idx.len();
-        let x = conv::nchw_to_chwn(&x, n, 3, r * r);
-        let (y, _) = l.net.forward_blocks(x, n, (r, r), 0..l.first, l.th);
-        let per = h * w;
-        for (k, &i) in idx.iter().enumerate() {
-            rows[i] = conv::image_of_chwn(&y, c, per, n, k);
-        }
-    }
+    let (states, computed) = crate::frozen::frozen_image_states(
+        l.net,
+        l.inputs,
+        train,
+        &l.spec,
+        l.first,
+        c * h * w,
+        store,
+        l.th,
+    )?;
     tracing::info!(
-        "frozen blocks: {} images computed once ({:.1}s)",
+        "frozen blocks: {computed} of {} images computed, the rest cached ({:.1}s)",
         train.len(),
         t.elapsed().as_secs_f64()
     );
+    let mut rows = vec![Vec::new(); l.inputs.len()];
+    for (&i, v) in train.iter().zip(states) {
+        rows[i] = v;
+    }
     l.frozen = Some(rows);
     l.frozen_hw = (h, w);
     Ok(())

@@ -301,6 +301,64 @@ fn strategies_train_only_what_they_name() {
 }
 
 #[test]
+fn frozen_blocks_are_stored_once_and_read_back_to_the_same_weights() {
+    let (x, y) = dataset(64, 8);
+    let p = ImageParams {
+        strategy: Strategy::Top(2),
+        epochs: 2,
+        ..params()
+    };
+    let mut plain = net(5);
+    finetune_images(
+        &mut plain,
+        &x,
+        &y,
+        &spec(16),
+        &p,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunOptions {
+        frozen_store: Some(tl_features::Store::new(dir.path())),
+        ..Default::default()
+    };
+    let files = |d: &std::path::Path| walk(d).len();
+    for round in 0..2 {
+        let mut m = net(5);
+        finetune_images(&mut m, &x, &y, &spec(16), &p, &run, &mut |_, _| {}).unwrap();
+        assert_eq!(
+            m.params, plain.params,
+            "round {round}: stored states change nothing"
+        );
+    }
+    let stored = files(dir.path());
+    assert!(stored > 0, "the frozen blocks' outputs are in the store");
+    // Another boundary is another fingerprint: a new entry, never the old states.
+    let mut m = net(5);
+    let p3 = ImageParams {
+        strategy: Strategy::Top(3),
+        ..p.clone()
+    };
+    finetune_images(&mut m, &x, &y, &spec(16), &p3, &run, &mut |_, _| {}).unwrap();
+    assert!(files(dir.path()) > stored);
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
 fn bad_input_is_refused_with_a_clear_error() {
     let (x, y) = dataset(12, 7);
     let run = RunOptions::default();
