@@ -559,9 +559,12 @@ impl Manifest {
                 return err(
                     "model.trainable.architecture",
                     format!(
-                        "{:?} is not supported for {:?} models (known: {})",
+                        "{:?} is not supported for {} models (known: {})",
                         t.architecture,
-                        m.modality,
+                        match m.modality {
+                            Modality::Text => "text",
+                            Modality::Image => "image",
+                        },
                         quoted(known)
                     ),
                 );

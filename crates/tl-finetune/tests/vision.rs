@@ -127,3 +127,53 @@ fn exported_network_equals_the_engine_under_onnx_runtime() {
     eprintln!("export logits: max diff {d:.2e} (largest {m:.2})");
     assert!(d <= 1e-4 * m.max(1.0));
 }
+
+#[test]
+fn an_exported_network_loads_back_for_more_fine_tuning() {
+    let registry = Registry::builtin().unwrap();
+    let pre = load_pretrained_image(
+        registry.get("mobilenetv2").unwrap(),
+        &Cache::from_env(),
+        3,
+        0,
+    )
+    .unwrap();
+    let mut net = pre.model.clone();
+    // Stand-ins for training: every weight and statistic moved.
+    for (i, v) in net.params.iter_mut().enumerate() {
+        *v += 1e-3 * ((i % 7) as f32 - 3.0);
+    }
+    for v in net.stats.iter_mut() {
+        *v *= 1.01;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::at(dir.path());
+    let exported =
+        tl_finetune::export_image(&net, &pre, 48, &cache, "mnv2-reload", "test", "cargo test")
+            .unwrap();
+    let image = exported
+        .manifest
+        .model
+        .as_ref()
+        .unwrap()
+        .image
+        .as_ref()
+        .unwrap();
+    assert_eq!(image.size, 48);
+    let again = load_pretrained_image(&exported.manifest, &cache, 5, 1).unwrap();
+    let body = net.cls_w.start;
+    assert_eq!(
+        again.model.params[..body],
+        net.params[..body],
+        "every tuned weight"
+    );
+    assert_eq!(again.model.stats, net.stats, "every BatchNorm statistic");
+    assert_eq!(
+        again.model.classes, 5,
+        "a fresh classifier for the new task"
+    );
+    // The exported model is an ordinary asset: ONNX Runtime opens it from its manifest.
+    let b =
+        Backbone::from_manifest(&exported.manifest, &cache, &ExecutionConfig::default()).unwrap();
+    assert_eq!(b.dim(), 1280);
+}
