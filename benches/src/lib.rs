@@ -4,6 +4,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+/// The value after flag `name` on a command line (`--rows 512` gives `512`).
+pub fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
 /// Texts from a JSON array of strings.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -10,13 +10,8 @@
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tl_assets::{Cache, Registry};
+use tl_benches::arg;
 use tl_finetune::{FinetuneParams, RunOptions, Strategy, Threads};
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
