@@ -99,14 +99,21 @@ pub struct ConvNet {
     pub bn_momentum: f32,
 }
 
-/// One unit's conv output, output and BatchNorm cache.
-type Kept = (Vec<f32>, Vec<f32>, BnCache);
+/// What one unit keeps for the backward pass.
+struct Kept {
+    /// Convolution output (BatchNorm input).
+    z: Vec<f32>,
+    /// Unit output (after BatchNorm and ReLU6; before a block's shortcut).
+    y: Vec<f32>,
+    /// BatchNorm statistics used.
+    cache: BnCache,
+    /// Input (height, width).
+    in_hw: (usize, usize),
+}
 
 /// What one training forward pass keeps for the backward pass.
 pub struct Activations {
     n: usize,
-    /// Input (height, width) of the first kept block.
-    hw0: (usize, usize),
     /// The input of the first trainable block.
     input: Vec<f32>,
     /// Per unit of each trainable block: conv output, unit output, BatchNorm cache.
@@ -647,11 +654,10 @@ impl ConvNet {
         th: Threads,
     ) -> (Vec<f32>, (usize, usize)) {
         let (mut x, mut hw) = (x, hw);
-        let mut stats = self.stats.clone();
         for b in &self.blocks[range] {
             let input = if b.residual { Some(x.clone()) } else { None };
             for u in &b.units {
-                let (y, _, _, out_hw) = self.unit_forward(u, &x, n, hw, false, &mut stats, th);
+                let (y, _, _, out_hw) = self.unit_forward(u, &x, n, hw, None, th);
                 x = y;
                 hw = out_hw;
             }
@@ -662,15 +668,16 @@ impl ConvNet {
         (x, hw)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One unit. With `running` (the statistics buffer, in batch-statistics mode) the
+    /// batch normalises itself and the running averages are updated in it; without, the
+    /// network's running statistics normalise.
     fn unit_forward(
         &self,
         u: &Unit,
         x: &[f32],
         n: usize,
         hw: (usize, usize),
-        batch_stats: bool,
-        stats: &mut [f32],
+        running: Option<&mut [f32]>,
         th: Threads,
     ) -> (Vec<f32>, Vec<f32>, BnCache, (usize, usize)) {
         let s = Self::conv_shape(u, n, hw.0, hw.1);
@@ -683,19 +690,21 @@ impl ConvNet {
             conv::conv_forward(x, w, &mut z, &s, th);
         }
         let mut y = vec![0.0f32; z.len()];
-        let (mean, var) = split_stats(stats, &u.mean, &u.var);
-        let cache = conv::batch_norm_forward(
-            &z,
-            &self.params[u.gamma.clone()],
-            &self.params[u.beta.clone()],
-            mean,
-            var,
-            u.eps,
-            self.bn_momentum,
-            batch_stats,
-            &mut y,
-            n * ho * wo,
-        );
+        let m = n * ho * wo;
+        let (gamma, beta) = (&self.params[u.gamma.clone()], &self.params[u.beta.clone()]);
+        let cache = match running {
+            // Batch statistics normalise, and the running averages move towards them.
+            Some(stats) => {
+                let (mean, var) = conv::batch_statistics(&z, m);
+                let (rm, rv) = split_stats(stats, &u.mean, &u.var);
+                conv::update_running(rm, rv, &mean, &var, self.bn_momentum, m);
+                conv::batch_norm_forward(&z, gamma, beta, &mean, &var, u.eps, true, &mut y, m)
+            }
+            None => {
+                let (mean, var) = (&self.stats[u.mean.clone()], &self.stats[u.var.clone()]);
+                conv::batch_norm_forward(&z, gamma, beta, mean, var, u.eps, false, &mut y, m)
+            }
+        };
         if u.act {
             conv::relu6_forward(&mut y);
         }
@@ -744,33 +753,53 @@ impl ConvNet {
         key: u64,
         th: Threads,
     ) -> (Vec<f32>, Activations) {
-        let mut stats = std::mem::take(&mut self.stats);
-        let mut units = Vec::new();
-        let mut sums = Vec::new();
-        let mut cur = x.clone();
+        // Batch mode updates the running statistics; they leave `self` meanwhile, as
+        // the units read the parameters.
+        let mut stats = if batch_stats {
+            Some(std::mem::take(&mut self.stats))
+        } else {
+            None
+        };
+        let mut units: Vec<Vec<Kept>> = Vec::new();
+        let mut sums: Vec<Option<Vec<f32>>> = Vec::new();
         let mut cur_hw = hw;
         for b in &self.blocks[first..] {
-            let input = if b.residual { Some(cur.clone()) } else { None };
-            let mut kept = Vec::new();
+            let mut kept: Vec<Kept> = Vec::new();
             for u in &b.units {
+                // Each unit reads the tensor kept before it: no copies of activations.
+                let input = kept
+                    .last()
+                    .map_or_else(|| block_input(&x, &units, &sums), |k| &k.y);
                 let (y, z, cache, out_hw) =
-                    self.unit_forward(u, &cur, n, cur_hw, batch_stats, &mut stats, th);
-                kept.push((z, y.clone(), cache));
-                cur = y;
+                    self.unit_forward(u, input, n, cur_hw, stats.as_deref_mut(), th);
+                kept.push(Kept {
+                    z,
+                    y,
+                    cache,
+                    in_hw: cur_hw,
+                });
                 cur_hw = out_hw;
             }
-            if let Some(inp) = input {
-                add_into(&mut cur, &inp);
-                sums.push(Some(cur.clone()));
-            } else {
-                sums.push(None);
-            }
+            let sum = b.residual.then(|| {
+                let mut out = kept.last().expect("blocks have units").y.clone();
+                add_into(&mut out, block_input(&x, &units, &sums));
+                out
+            });
+            sums.push(sum);
             units.push(kept);
         }
-        self.stats = stats;
+        if let Some(stats) = stats {
+            self.stats = stats;
+        }
         let hw_last = cur_hw.0 * cur_hw.1;
         let mut pooled = vec![0.0f32; n * self.features];
-        conv::global_pool_forward(&cur, self.features, n, hw_last, &mut pooled);
+        conv::global_pool_forward(
+            block_input(&x, &units, &sums),
+            self.features,
+            n,
+            hw_last,
+            &mut pooled,
+        );
         let mask = if dropout > 0.0 {
             ops::dropout(&mut pooled, dropout, key)
         } else {
@@ -781,7 +810,6 @@ impl ConvNet {
             logits,
             Activations {
                 n,
-                hw0: hw,
                 input: x,
                 units,
                 sums,
@@ -828,37 +856,18 @@ impl ConvNet {
         }
         let mut d = vec![0.0f32; f * n * acts.last_hw];
         conv::global_pool_backward(&dpooled, f, n, acts.last_hw, &mut d);
-        // The input (h, w) of every kept unit, recomputed from the geometry.
-        let mut hws = Vec::new();
-        let mut hw = acts.hw0;
-        for b in &self.blocks[first..] {
-            let mut per = Vec::new();
-            for u in &b.units {
-                per.push(hw);
-                hw = Self::conv_shape(u, n, hw.0, hw.1).out_hw();
-            }
-            hws.push(per);
-        }
         for (bi, b) in self.blocks.iter().enumerate().skip(first).rev() {
             let kept = &acts.units[bi - first];
             let d_skip = if b.residual { Some(d.clone()) } else { None };
             for (ui, u) in b.units.iter().enumerate().rev() {
-                let (z, y, cache) = &kept[ui];
-                let input: &[f32] = if ui > 0 {
-                    &kept[ui - 1].1
-                } else if bi > first {
-                    let prev = bi - first - 1;
-                    match &acts.sums[prev] {
-                        Some(sum) => sum,
-                        None => &acts.units[prev].last().expect("blocks have units").1,
-                    }
-                } else {
-                    &acts.input
+                let Kept { z, y, cache, in_hw } = &kept[ui];
+                let input: &[f32] = match ui {
+                    0 => block_input(&acts.input, &acts.units[..bi - first], &acts.sums),
+                    _ => &kept[ui - 1].y,
                 };
                 if u.act {
                     conv::relu6_backward(y, &mut d);
                 }
-                let (hh, ww) = hws[bi - first][ui];
                 let m = y.len() / u.cout;
                 {
                     let (gg, gb) = two_ranges(grads, &u.gamma, &u.beta);
@@ -872,7 +881,7 @@ impl ConvNet {
                         m,
                     );
                 }
-                let s = Self::conv_shape(u, n, hh, ww);
+                let s = Self::conv_shape(u, n, in_hw.0, in_hw.1);
                 let lowest = bi == first && ui == 0;
                 let mut dx = if lowest {
                     Vec::new()
@@ -895,6 +904,22 @@ impl ConvNet {
                 add_into(&mut d, &skip);
             }
         }
+    }
+}
+
+/// The input of the block after those kept in `units`: the first trainable block's
+/// input, or the previous block's output (with its shortcut added, when it has one).
+fn block_input<'a>(
+    input: &'a [f32],
+    units: &'a [Vec<Kept>],
+    sums: &'a [Option<Vec<f32>>],
+) -> &'a [f32] {
+    let Some(k) = units.len().checked_sub(1) else {
+        return input;
+    };
+    match &sums[k] {
+        Some(sum) => sum,
+        None => &units[k].last().expect("blocks have units").y,
     }
 }
 

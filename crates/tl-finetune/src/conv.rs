@@ -363,47 +363,55 @@ pub struct BnCache {
     pub batch_stats: bool,
 }
 
-/// BatchNorm over `x[c][m]` into `y` (may alias nothing; `y` is written whole).
-/// With `batch_stats`, normalises by this batch's mean and (biased) variance and moves
-/// `running_mean`/`running_var` towards them by `momentum` (PyTorch's update, unbiased
-/// variance); otherwise uses the running statistics unchanged.
+/// Per-channel mean and biased variance of `x[c][m]` (summed in f64, one channel per
+/// task, so the result does not depend on the thread count).
+pub fn batch_statistics(x: &[f32], m: usize) -> (Vec<f32>, Vec<f32>) {
+    x.par_chunks(m)
+        .map(|row| {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
+            (mean as f32, var as f32)
+        })
+        .unzip()
+}
+
+/// Moves running statistics towards a batch's (`m` values per channel) by `momentum`,
+/// as PyTorch does (the running variance is the unbiased one).
+pub fn update_running(
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    mean: &[f32],
+    var: &[f32],
+    momentum: f32,
+    m: usize,
+) {
+    let unbias = if m > 1 {
+        m as f32 / (m - 1) as f32
+    } else {
+        1.0
+    };
+    for i in 0..mean.len() {
+        running_mean[i] = (1.0 - momentum) * running_mean[i] + momentum * mean[i];
+        running_var[i] = (1.0 - momentum) * running_var[i] + momentum * var[i] * unbias;
+    }
+}
+
+/// BatchNorm over `x[c][m]` into `y` (written whole), normalising by `mean` and `var`:
+/// the running statistics, or with `batch_stats` the batch's own from
+/// [`batch_statistics`] (their gradient then flows through the backward pass).
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
+    mean: &[f32],
+    var: &[f32],
     eps: f32,
-    momentum: f32,
     batch_stats: bool,
     y: &mut [f32],
     m: usize,
 ) -> BnCache {
-    let c = gamma.len();
-    let stats: Vec<(f32, f32)> = if batch_stats {
-        x.par_chunks(m)
-            .map(|row| {
-                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
-                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
-                (mean as f32, var as f32)
-            })
-            .collect()
-    } else {
-        (0..c).map(|i| (running_mean[i], running_var[i])).collect()
-    };
-    if batch_stats {
-        let unbias = if m > 1 {
-            m as f32 / (m - 1) as f32
-        } else {
-            1.0
-        };
-        for (i, &(mean, var)) in stats.iter().enumerate() {
-            running_mean[i] = (1.0 - momentum) * running_mean[i] + momentum * mean;
-            running_var[i] = (1.0 - momentum) * running_var[i] + momentum * var * unbias;
-        }
-    }
-    let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
-    let inv_std: Vec<f32> = stats.iter().map(|s| 1.0 / (s.1 + eps).sqrt()).collect();
+    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     y.par_chunks_mut(m)
         .zip(x.par_chunks(m))
         .enumerate()
@@ -415,7 +423,7 @@ pub fn batch_norm_forward(
             }
         });
     BnCache {
-        mean,
+        mean: mean.to_vec(),
         inv_std,
         batch_stats,
     }
