@@ -50,6 +50,53 @@ fn last_json(out: &str) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("printed {line:?}"))
 }
 
+/// One run of a bench side: its last printed JSON line, with its peak RSS added.
+fn measured(cmd: Command) -> Result<Value> {
+    let (out, _, rss) = run_measured(cmd)?;
+    let mut v = last_json(&out)?;
+    v["peak_rss_mb"] = json!(rss);
+    Ok(v)
+}
+
+/// `rounds` interleaved runs (A B A B) of `bench run WORKLOAD` and of the PyTorch
+/// `script WORKLOAD` (with `OMP_WAIT_POLICY=PASSIVE`), 2 threads each: both sides'
+/// results and the ratios of their first epoch's `rate` field.
+fn interleaved(
+    label: &str,
+    rounds: usize,
+    (bench, torch, script): (&Path, &Path, &Path),
+    workload: &Path,
+    rate: &str,
+) -> Result<(Vec<Value>, Vec<Value>, Vec<f64>)> {
+    let (mut rs, mut ps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        eprintln!("{label} (round {}/{rounds})", round + 1);
+        let mut r = Command::new(bench);
+        r.arg("run").arg(workload).args(["--threads", "2"]);
+        let rv = measured(r)?;
+        let mut p = Command::new(torch);
+        p.env("OMP_WAIT_POLICY", "PASSIVE")
+            .arg(script)
+            .arg(workload)
+            .args(["--threads", "2"]);
+        let pv = measured(p)?;
+        ratios.push(first_epoch(&rv, rate) / first_epoch(&pv, rate));
+        rs.push(rv);
+        ps.push(pv);
+    }
+    Ok((rs, ps, ratios))
+}
+
+/// Field `key` of a result's first epoch (0 when missing).
+fn first_epoch(v: &Value, key: &str) -> f64 {
+    v["epochs"][0][key].as_f64().unwrap_or(0.0)
+}
+
+/// The median of `f` over results.
+fn median_of(vs: &[Value], f: &dyn Fn(&Value) -> f64) -> f64 {
+    median(&mut vs.iter().map(f).collect::<Vec<_>>())
+}
+
 /// One epoch of full fine-tuning of all-MiniLM-L6-v2 on the sentiment training rows
 /// (2,100; 600 rows with `quick`), both stacks; then `top:2` on the Rust side.
 pub fn finetune_workload(
@@ -79,33 +126,14 @@ pub fn finetune_workload(
     prep(&workload, "full")?;
     prep(&top_workload, "top:2")?;
     let threads = 2;
-    let (mut rust, mut py, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds {
-        eprintln!("fine-tuning, full (round {}/{rounds})", round + 1);
-        let mut r = Command::new(&bench);
-        r.arg("run")
-            .arg(&workload)
-            .args(["--threads", &threads.to_string()]);
-        let (out, _, rss) = run_measured(r)?;
-        let mut rv = last_json(&out)?;
-        rv["peak_rss_mb"] = json!(rss);
-        let mut p = Command::new(&torch);
-        p.env("OMP_WAIT_POLICY", "PASSIVE")
-            .arg(root.join("tools/bench/finetune_torch.py"))
-            .arg(&workload)
-            .args(["--threads", &threads.to_string()]);
-        let (out, _, rss) = run_measured(p)?;
-        let mut pv = last_json(&out)?;
-        pv["peak_rss_mb"] = json!(rss);
-        let rate = |v: &Value| {
-            v["epochs"][0]["sentences_per_second"]
-                .as_f64()
-                .unwrap_or(0.0)
-        };
-        ratios.push(rate(&rv) / rate(&pv));
-        rust.push(rv);
-        py.push(pv);
-    }
+    let script = root.join("tools/bench/finetune_torch.py");
+    let (rust, py, ratios) = interleaved(
+        "fine-tuning, full",
+        rounds,
+        (&bench, &torch, &script),
+        &workload,
+        "sentences_per_second",
+    )?;
     eprintln!("fine-tuning, top:2");
     let mut t = Command::new(&bench);
     t.arg("run")
@@ -114,9 +142,8 @@ pub fn finetune_workload(
     let (out, _, top_rss) = run_measured(t)?;
     let top = last_json(&out)?;
 
-    let med =
-        |vs: &[Value], f: &dyn Fn(&Value) -> f64| median(&mut vs.iter().map(f).collect::<Vec<_>>());
-    let e = |k: &'static str| move |v: &Value| v["epochs"][0][k].as_f64().unwrap_or(0.0);
+    let med = median_of;
+    let e = |k: &'static str| move |v: &Value| first_epoch(v, k);
     // Same workload, so the same number of steps on both sides.
     let steps = py[0]["epochs"][0]["steps"].as_f64().unwrap_or(1.0);
     let step_ms = |vs: &[Value], k: &'static str| med(vs, &|v: &Value| 1000.0 * e(k)(v) / steps);
@@ -162,7 +189,6 @@ pub fn image_finetune_workload(
     let torch = torch_python(root, &cache)?;
     let bench = root.join("target/release/image-finetune-bench");
     let (rows, resolution) = (if quick { 512 } else { 2048 }, 64);
-    let threads = 2;
     let mut md = format!(
         "\n| fine-tuning image networks (fp32), 1 epoch on {rows} MNIST images at {resolution} px, batch 32, 2 threads, same weights, pixels and batches, frozen BatchNorm | tl-finetune | PyTorch (plain torch modules, fused AdamW, OMP_WAIT_POLICY=PASSIVE) | ratio |\n|---|---|---|---|\n"
     );
@@ -179,33 +205,16 @@ pub fn image_finetune_workload(
         if !ok {
             bail!("image-finetune-bench prepare failed");
         }
-        let (mut rust, mut py, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            eprintln!("image fine-tuning, {model} (round {}/{rounds})", round + 1);
-            let mut r = Command::new(&bench);
-            r.arg("run")
-                .arg(&dir)
-                .args(["--threads", &threads.to_string()]);
-            let (out, _, rss) = run_measured(r)?;
-            let mut rv = last_json(&out)?;
-            rv["peak_rss_mb"] = json!(rss);
-            let mut p = Command::new(&torch);
-            p.env("OMP_WAIT_POLICY", "PASSIVE")
-                .arg(root.join("tools/bench/image_finetune_torch.py"))
-                .arg(&dir)
-                .args(["--threads", &threads.to_string()]);
-            let (out, _, rss) = run_measured(p)?;
-            let mut pv = last_json(&out)?;
-            pv["peak_rss_mb"] = json!(rss);
-            let rate = |v: &Value| v["epochs"][0]["images_per_second"].as_f64().unwrap_or(0.0);
-            ratios.push(rate(&rv) / rate(&pv));
-            rust.push(rv);
-            py.push(pv);
-        }
-        let med = |vs: &[Value], f: &dyn Fn(&Value) -> f64| {
-            median(&mut vs.iter().map(f).collect::<Vec<_>>())
-        };
-        let e = |k: &'static str| move |v: &Value| v["epochs"][0][k].as_f64().unwrap_or(0.0);
+        let script = root.join("tools/bench/image_finetune_torch.py");
+        let (rust, py, ratios) = interleaved(
+            &format!("image fine-tuning, {model}"),
+            rounds,
+            (&bench, &torch, &script),
+            &dir,
+            "images_per_second",
+        )?;
+        let med = median_of;
+        let e = |k: &'static str| move |v: &Value| first_epoch(v, k);
         let steps = py[0]["epochs"][0]["steps"].as_f64().unwrap_or(1.0);
         let step_ms =
             |vs: &[Value], k: &'static str| med(vs, &|v: &Value| 1000.0 * e(k)(v) / steps);

@@ -622,22 +622,19 @@ fn tune_text(
             tl_backbone::OnError::Fail,
         )?
         .features;
-    let ours = pool.install(|| {
-        tl_finetune::sentence_vectors(
-            &model,
-            &check
-                .iter()
-                .map(|&i| test_seqs[i].clone())
-                .collect::<Vec<_>>(),
-            32,
-            th,
-        )
-    });
-    let worst = check_export(onnx.as_slice().unwrap_or(&[]), &ours, 1e-3, &exported.dir)?;
+    // The engine's vectors of every test row, computed once: the first rows check the
+    // export, all of them are scored below.
+    let h = model.config.hidden_size;
+    let test_vectors = pool.install(|| tl_finetune::sentence_vectors(&model, &test_seqs, 64, th));
+    let worst = check_export(
+        onnx.as_slice().unwrap_or(&[]),
+        &test_vectors[..check.len() * h],
+        1e-3,
+        &exported.dir,
+    )?;
 
     // The head on the tuned model: the jointly trained linear layer, or (contrastive) a
     // logistic regression fitted on the tuned vectors of the training rows.
-    let h = model.config.hidden_size;
     let as_matrix = |v: Vec<f32>| {
         ndarray::Array2::from_shape_vec((v.len() / h, h), v).expect("rows of width h")
     };
@@ -660,8 +657,7 @@ fn tune_text(
             report.train_rows,
         )?,
     };
-    let x_test =
-        as_matrix(pool.install(|| tl_finetune::sentence_vectors(&model, &test_seqs, 64, th)));
+    let x_test = as_matrix(test_vectors);
     let predictions = head.predict(x_test.view())?;
     Ok(Tuned {
         head,
@@ -813,15 +809,21 @@ fn tune_image(
     let onnx = backbone
         .embed_images(check, tl_backbone::OnError::Fail)?
         .features;
-    let ours = pool.install(|| tl_finetune::image_features(&net, check, &spec, 32, th))?;
-    let worst = check_export(onnx.as_slice().unwrap_or(&[]), &ours, 1e-3, &exported.dir)?;
+    // The engine's features of every test image, computed once: the first check the
+    // export, all of them are scored below.
+    let feats = pool.install(|| tl_finetune::image_features(&net, &test_x, &spec, 64, th))?;
+    let worst = check_export(
+        onnx.as_slice().unwrap_or(&[]),
+        &feats[..check.len() * net.features],
+        1e-3,
+        &exported.dir,
+    )?;
     let head = tl_finetune::image_head_classifier(
         &net,
         &ds.label_names,
         backbone.fingerprint(),
         report.train_rows,
     )?;
-    let feats = pool.install(|| tl_finetune::image_features(&net, &test_x, &spec, 64, th))?;
     let x_test = ndarray::Array2::from_shape_vec((test_x.len(), net.features), feats)
         .expect("rows of the feature width");
     let predictions = head.predict(x_test.view())?;

@@ -643,6 +643,14 @@ impl ConvNet {
         }
     }
 
+    /// The (height, width) blocks `range` turn an input of `hw` into.
+    pub fn output_hw(&self, hw: (usize, usize), range: Range<usize>) -> (usize, usize) {
+        self.blocks[range]
+            .iter()
+            .flat_map(|b| &b.units)
+            .fold(hw, |hw, u| Self::conv_shape(u, 1, hw.0, hw.1).out_hw())
+    }
+
     /// Runs blocks `range` on `x` (`[C][h, w, n]`) without keeping anything for a
     /// backward pass (running statistics), returning the output and its (h, w).
     pub fn forward_blocks(

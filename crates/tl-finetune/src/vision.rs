@@ -407,11 +407,23 @@ pub fn image_features(
     batch_size: usize,
     th: Threads,
 ) -> Result<Vec<f32>, FinetuneError> {
+    let all: Vec<usize> = (0..inputs.len()).collect();
+    features_at(net, inputs, &all, spec, batch_size, th)
+}
+
+/// [`image_features`] of images `rows` of `inputs`.
+fn features_at(
+    net: &ConvNet,
+    inputs: &[ImageInput],
+    rows: &[usize],
+    spec: &ImageSpec,
+    batch_size: usize,
+    th: Threads,
+) -> Result<Vec<f32>, FinetuneError> {
     let r = spec.size as usize;
     check_resolution(net, r)?;
-    let mut out = Vec::with_capacity(inputs.len() * net.features);
-    let all: Vec<usize> = (0..inputs.len()).collect();
-    for idx in all.chunks(batch_size.max(1)) {
+    let mut out = Vec::with_capacity(rows.len() * net.features);
+    for idx in rows.chunks(batch_size.max(1)) {
         let x = preprocess_batch(inputs, idx, spec)?;
         out.extend(net.features_of(&x, idx.len(), r, r, th));
     }
@@ -572,12 +584,13 @@ impl Learner for ImageLearner<'_> {
     }
 
     fn accuracy(&mut self, rows: &[usize]) -> Result<f64, FinetuneError> {
-        let sub: Vec<ImageInput> = rows.iter().map(|&i| self.inputs[i].clone()).collect();
-        let pred = predict_images(self.net, &sub, &self.spec, 64, self.th)?;
-        let right = pred
-            .iter()
+        let f = features_at(self.net, self.inputs, rows, &self.spec, 64, self.th)?;
+        let logits = self.net.logits_of(&f, rows.len(), self.th);
+        let right = logits
+            .chunks_exact(self.net.classes)
+            .map(argmax)
             .zip(rows)
-            .filter(|(p, i)| **p == self.labels[**i])
+            .filter(|(p, i)| *p == self.labels[**i])
             .count();
         Ok(right as f64 / rows.len().max(1) as f64)
     }
@@ -680,22 +693,7 @@ fn cache_frozen(
     store: Option<&tl_features::Store>,
 ) -> Result<(), FinetuneError> {
     let r = l.spec.size as usize;
-    let (mut h, mut w) = (r, r);
-    for b in &l.net.blocks[..l.first] {
-        for u in &b.units {
-            let s = conv::ConvShape {
-                n: 1,
-                cin: u.cin,
-                cout: u.cout,
-                h,
-                w,
-                k: u.k,
-                stride: u.stride,
-                padding: u.padding,
-            };
-            (h, w) = s.out_hw();
-        }
-    }
+    let (h, w) = l.net.output_hw((r, r), 0..l.first);
     let c = channels_at(l.net, l.first);
     if train.len() * c * h * w * 4 > FROZEN_CACHE_BYTES {
         tracing::info!(
