@@ -4,6 +4,7 @@
 mod bench;
 mod bench_finetune;
 mod fuzz;
+mod library;
 
 use std::process::Command;
 use std::time::Instant;
@@ -50,6 +51,14 @@ enum Cmd {
         /// PyTorch).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// The library as its users meet it: build and run the README's program in a fresh
+    /// workspace that depends on the crates by path, and `cargo package` every publishable
+    /// crate (part of `cargo xtask test`).
+    Library {
+        /// Also compile every package from its packaged files (slow: a build of the tree).
+        #[arg(long)]
+        verify: bool,
     },
     /// Fuzz every parser of outside data (tl-fuzz), each target in its own process under a
     /// memory limit and a hang watchdog; findings go to target/fuzz/<target>/.
@@ -104,6 +113,10 @@ fn main() -> Result<()> {
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { offline, args } => test(offline, &args)?,
+        Cmd::Library { verify } => {
+            library::users_eye()?;
+            library::package(verify)?;
+        }
         Cmd::Fuzz {
             seconds,
             seed,
@@ -307,6 +320,10 @@ fn test(offline: bool, args: &[String]) -> Result<()> {
         bail!("tl-backbone does not compile with the `cuda` feature ({status})");
     }
     eprintln!("tl-backbone compiles with the `cuda` feature");
+    // The library as a user meets it: the README's program in a fresh workspace, and every
+    // publishable crate packaged from its own files.
+    library::users_eye()?;
+    library::package(false)?;
     // Every parser of outside data, a few seconds each, in worker processes with a memory
     // limit and a hang watchdog (the long campaigns: `cargo xtask fuzz`).
     fuzz::fuzz(5, 0, 2, false, &[])

@@ -46,12 +46,12 @@ fn prepare(path: &std::path::Path, args: &[String]) -> Result<()> {
     let rows: usize = arg(args, "--rows").map_or(Ok(items.len()), |v| v.parse())?;
     let all: Vec<usize> = (0..items.len()).collect();
     let keep = if rows < items.len() {
-        tl_data::split::stratified_split(&labels, &all, 1.0 - rows as f64 / items.len() as f64, 1)?
+        tl_core::split::stratified_split(&labels, &all, 1.0 - rows as f64 / items.len() as f64, 1)?
             .0
     } else {
         all
     };
-    let (train, test) = tl_data::split::stratified_split(&labels, &keep, 0.3, 0)?;
+    let (train, test) = tl_core::split::stratified_split(&labels, &keep, 0.3, 0)?;
     let m = registry.get("all-minilm-l6-v2")?;
     let pre = tl_finetune::load_pretrained(m, &cache, 2)?;
     let tok =

@@ -45,7 +45,7 @@ fn rows(train_rows: usize, test_rows: usize) -> Result<Rows> {
             return Ok(idx);
         }
         let frac = n as f64 / idx.len() as f64;
-        Ok(tl_data::split::stratified_split(&ds.labels, &idx, frac, salt)?.1)
+        Ok(tl_core::split::stratified_split(&ds.labels, &idx, frac, salt)?.1)
     };
     let (train, test) = (take("train", train_rows, 1)?, take("test", test_rows, 2)?);
     let inputs = |idx: &[usize]| -> Vec<tl_backbone::ImageInput> {

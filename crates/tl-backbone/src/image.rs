@@ -356,3 +356,110 @@ mod tests {
         assert_eq!(geometry(28, 28, &spec(Resize::Stretch)), (224, 224, 0, 0));
     }
 }
+
+/// The embedding loop, as a method of [`crate::Backbone`].
+mod embed_loop {
+
+    use std::time::{Duration, Instant};
+
+    use ort::value::Tensor;
+    use rayon::prelude::*;
+
+    use crate::*;
+
+    impl crate::Backbone {
+        /// Embed images. Decoding and resizing of the next batch run on the rayon pool while
+        /// the current batch is inside ONNX Runtime.
+        pub fn embed_images(
+            &self,
+            images: &[ImageInput],
+            on_error: OnError,
+        ) -> Result<Embeddings, BackboneError> {
+            let start = Instant::now();
+            let Encoder::Image(spec) = &self.encoder else {
+                return Err(self.wrong_modality("texts"));
+            };
+            let mut result = self.empty(images.len());
+            let per = (spec.size * spec.size * 3) as usize;
+            let bs = self.config.batch_size;
+            let prepare =
+                |range: std::ops::Range<usize>| -> (Vec<f32>, Vec<Result<(), String>>, Duration) {
+                    let t0 = Instant::now();
+                    let mut buf = vec![0f32; range.len() * per];
+                    let status: Vec<Result<(), String>> = buf
+                        .par_chunks_mut(per)
+                        .zip(range.into_par_iter())
+                        .map(|(out, i)| {
+                            crate::image::decode(&images[i])
+                                .map(|img| crate::image::preprocess_into(&img, spec, out))
+                        })
+                        .collect();
+                    (buf, status, t0.elapsed())
+                };
+            let shape = |n: usize| -> Vec<usize> {
+                let s = spec.size as usize;
+                match spec.layout {
+                    tl_assets::manifest::Layout::Nchw => vec![n, 3, s, s],
+                    tl_assets::manifest::Layout::Nhwc => vec![n, s, s, 3],
+                }
+            };
+            let bar = self.bar(images.len());
+            let starts: Vec<usize> = (0..images.len()).step_by(bs).collect();
+            let range_of = |s: usize| s..(s + bs).min(images.len());
+            let mut next = starts.first().map(|&s| prepare(range_of(s)));
+            for (k, &s) in starts.iter().enumerate() {
+                let (buf, status, took) = next.take().expect("each batch is prepared ahead");
+                let range = range_of(s);
+                result.stats.timings.prepare += took;
+                for (j, st) in status.iter().enumerate() {
+                    if let Err(message) = st {
+                        let i = range.start + j;
+                        self.item_failed(
+                            &mut result,
+                            on_error,
+                            i,
+                            images[i].describe(),
+                            message.clone(),
+                        )?;
+                    }
+                }
+                let mut rows = Vec::with_capacity(range.len());
+                let mut data = Vec::with_capacity(buf.len());
+                for (j, st) in status.iter().enumerate() {
+                    if st.is_ok() {
+                        rows.push(range.start + j);
+                        data.extend_from_slice(&buf[j * per..(j + 1) * per]);
+                    }
+                }
+                drop(buf);
+                let following = starts.get(k + 1).map(|&s2| range_of(s2));
+                // Run this batch while the next one is decoded and resized.
+                let (ran, prepared) = rayon::join(
+                    || -> Result<(), BackboneError> {
+                        if rows.is_empty() {
+                            return Ok(());
+                        }
+                        let tensor = Tensor::from_array((shape(rows.len()), data))
+                            .map_err(|e| self.ort(e))?;
+                        let inputs = vec![(self.input_names[0].clone(), tensor.into_dyn())];
+                        let dim = self.spec.dim;
+                        self.run_batch(
+                            inputs,
+                            &rows,
+                            &mut result,
+                            |out, r, row| row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
+                            false,
+                        )
+                    },
+                    || following.map(&prepare),
+                );
+                ran?;
+                next = prepared;
+                bar.inc(range.len() as u64);
+            }
+            bar.finish_and_clear();
+            result.stats.timings.total = start.elapsed();
+            Ok(result)
+        }
+    }
+}

@@ -25,56 +25,35 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod config;
+mod error;
+mod fingerprint;
 mod image;
+mod output;
 mod runtime;
+mod session;
 mod text;
 
-use std::path::{Path, PathBuf};
+pub use config::{Device, ExecutionConfig, OnError, Optimization};
+pub use error::BackboneError;
+pub use fingerprint::{FINGERPRINT_VERSION, manifest_fingerprint};
+pub use output::{EmbedStats, Embeddings, ItemError, Timings};
+
+use fingerprint::fingerprint_of;
+use session::{open_session, shorten};
+
+use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ndarray::Array2;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{Tensor, ValueType};
-use rayon::prelude::*;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+use ort::value::ValueType;
 use tl_assets::manifest::{ImageSpec, Modality, ModelSpec, OutputRef, Pooling, TextSpec};
 use tl_assets::{Cache, Manifest};
 use tokenizers::Tokenizer;
 
 pub use image::{ImageInput, MAX_ALLOC, MAX_SIDE, RawImage};
-
-/// The fingerprint of `spec` with model (and tokenizer) files of these sha256 digests.
-fn fingerprint_of(spec: &ModelSpec, model_sha: &str, tok_sha: Option<&str>) -> String {
-    let fingerprint_input = FingerprintInput {
-        version: FINGERPRINT_VERSION,
-        model_sha256: model_sha,
-        tokenizer_sha256: tok_sha,
-        modality: spec.modality,
-        output: &spec.output,
-        dim: spec.dim,
-        text: spec.text.as_ref(),
-        image: spec.image.as_ref(),
-    };
-    let canonical = serde_json::to_vec(&fingerprint_input).expect("plain data serialises");
-    hex::encode(Sha256::digest(&canonical))[..32].to_string()
-}
-
-/// The fingerprint a [`Backbone`] opened from model manifest `m` has, computed from the
-/// manifest's pinned checksums without opening anything (a backbone re-hashes its files
-/// and refuses any that differ, so the two agree). None for a manifest without a model.
-/// Tells which model a saved classifier was trained on.
-pub fn manifest_fingerprint(m: &Manifest) -> Option<String> {
-    let spec = m.model.as_ref()?;
-    let model_sha = &m.file(&spec.onnx)?.sha256;
-    let tok_sha = match &spec.text {
-        Some(t) => Some(m.file(&t.tokenizer)?.sha256.as_str()),
-        None => None,
-    };
-    Some(fingerprint_of(spec, model_sha, tok_sha))
-}
 
 /// Decode and preprocess one image exactly as an image backbone with `spec` would:
 /// `size * size * 3` floats in the spec's layout and channel order. Errors describe
@@ -86,257 +65,6 @@ pub fn preprocess_image(input: &ImageInput, spec: &ImageSpec) -> Result<Vec<f32>
     Ok(out)
 }
 pub use runtime::{check_elf, environment, init_from, runtime_library_path};
-
-/// Version of the fingerprint recipe; bump when preprocessing code changes output.
-pub const FINGERPRINT_VERSION: u32 = 1;
-
-/// Everything that can go wrong in this crate.
-#[derive(Debug, thiserror::Error)]
-pub enum BackboneError {
-    /// The runtime library file is not where it was looked for.
-    #[error(
-        "ONNX Runtime library not found at {path}; run `cargo xtask fetch onnxruntime` or set ORT_DYLIB_PATH to a libonnxruntime.so 1.31"
-    )]
-    RuntimeMissing {
-        /// The path looked at.
-        path: PathBuf,
-    },
-    /// The library exists but could not be loaded or initialised.
-    #[error(
-        "loading ONNX Runtime from {path}: {message} (expected libonnxruntime 1.31.x for this platform)"
-    )]
-    RuntimeLoad {
-        /// The library path.
-        path: PathBuf,
-        /// The loader's message.
-        message: String,
-    },
-    /// A manifest problem.
-    #[error(transparent)]
-    Manifest(#[from] tl_assets::ManifestError),
-    /// A model file is missing or differs from its pinned checksum.
-    #[error("{path}: {problem}; run `cargo xtask fetch {asset}`")]
-    AssetFile {
-        /// Asset name.
-        asset: String,
-        /// The file.
-        path: PathBuf,
-        /// Missing or corrupt.
-        problem: String,
-    },
-    /// A model spec breaks a rule (a spec built in code, not read from a manifest).
-    #[error("invalid model spec: `{field}`: {message}")]
-    Spec {
-        /// The offending field.
-        field: String,
-        /// What was expected.
-        message: String,
-    },
-    /// The settings break a rule.
-    #[error("invalid setting `{field}`: {message}")]
-    Config {
-        /// The offending field.
-        field: &'static str,
-        /// What was expected.
-        message: String,
-    },
-    /// The graph does not match the model spec.
-    #[error("{model}: {message}")]
-    Graph {
-        /// Model name.
-        model: String,
-        /// What differs, with expected and found.
-        message: String,
-    },
-    /// The tokenizer file could not be loaded.
-    #[error("{path}: cannot load tokenizer: {message}")]
-    Tokenizer {
-        /// The tokenizer file.
-        path: PathBuf,
-        /// The loader's message.
-        message: String,
-    },
-    /// ONNX Runtime failed.
-    #[error("{model}: ONNX Runtime: {message}")]
-    Ort {
-        /// Model name.
-        model: String,
-        /// The runtime's message.
-        message: String,
-    },
-    /// An item could not be embedded (under [`OnError::Fail`]).
-    #[error("item {index} ({item}): {message}")]
-    Item {
-        /// Position of the item in the input.
-        index: usize,
-        /// The item, shortened.
-        item: String,
-        /// Why it failed.
-        message: String,
-    },
-    /// The called method does not fit the model's modality.
-    #[error("{model} is {} model: it embeds {expected}, and was given {}", if matches!(modality, Modality::Image) { "an image" } else { "a text" }, if *expected == "images" { "texts" } else { "images" })]
-    WrongModality {
-        /// Model name.
-        model: String,
-        /// The model's modality.
-        modality: Modality,
-        /// What the model embeds (`texts` or `images`; `embed_texts` / `embed_images`).
-        expected: &'static str,
-    },
-    /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
-
-/// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum Device {
-    /// The CPU execution provider.
-    #[default]
-    Cpu,
-    /// The CUDA execution provider on this GPU (needs the `cuda` feature and a CUDA
-    /// build of ONNX Runtime).
-    Cuda(i32),
-}
-
-/// Graph optimisation level of ONNX Runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum Optimization {
-    /// No graph rewrites.
-    Disable,
-    /// Redundancy elimination and constant folding.
-    Basic,
-    /// Plus node fusions.
-    Extended,
-    /// Everything, including layout optimisations.
-    #[default]
-    All,
-}
-
-/// What to do when one item cannot be embedded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Return the first item error.
-    Fail,
-    /// Embed the rest; the failed rows are NaN and listed in [`Embeddings::errors`].
-    Skip,
-}
-
-/// Execution settings. These do not change the output, so they are not part of the
-/// fingerprint.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ExecutionConfig {
-    /// Threads inside each operator; `None` = all cores.
-    pub intra_threads: Option<usize>,
-    /// Items per `session.run`.
-    pub batch_size: usize,
-    /// Graph optimisation level.
-    pub optimization: Optimization,
-    /// CPU or CUDA.
-    pub device: Device,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
-}
-
-impl Default for ExecutionConfig {
-    fn default() -> Self {
-        ExecutionConfig {
-            intra_threads: None,
-            batch_size: 32,
-            optimization: Optimization::All,
-            device: Device::Cpu,
-            progress: false,
-        }
-    }
-}
-
-impl ExecutionConfig {
-    /// Validate the settings.
-    pub fn check(&self) -> Result<(), BackboneError> {
-        if self.batch_size == 0 {
-            return Err(BackboneError::Config {
-                field: "batch_size",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.intra_threads == Some(0) {
-            return Err(BackboneError::Config {
-                field: "intra_threads",
-                message: "must be at least 1 (or unset for all cores)".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Time spent in each stage of an embedding call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Timings {
-    /// Tokenising, or decoding + resizing + normalising (summed over workers).
-    pub prepare: Duration,
-    /// Inside `session.run`.
-    pub run: Duration,
-    /// Pooling, normalisation and copying out.
-    pub pool: Duration,
-    /// Wall time of the whole call.
-    pub total: Duration,
-}
-
-/// Counters of an embedding call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct EmbedStats {
-    /// Items asked for.
-    pub items: usize,
-    /// `session.run` calls.
-    pub batches: usize,
-    /// Real (unpadded) tokens fed, text only.
-    pub real_tokens: usize,
-    /// Tokens fed including padding, text only.
-    pub processed_tokens: usize,
-    /// Where the time went.
-    pub timings: Timings,
-}
-
-impl EmbedStats {
-    /// Real tokens / processed tokens (1.0 for images or when nothing ran).
-    pub fn padding_efficiency(&self) -> f64 {
-        if self.processed_tokens == 0 {
-            1.0
-        } else {
-            self.real_tokens as f64 / self.processed_tokens as f64
-        }
-    }
-}
-
-/// One item that could not be embedded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemError {
-    /// Position in the input.
-    pub index: usize,
-    /// The item, shortened for messages.
-    pub item: String,
-    /// Why.
-    pub message: String,
-}
-
-/// The result of an embedding call.
-#[derive(Debug, Clone)]
-pub struct Embeddings {
-    /// One row per input item, in input order; rows of failed items are NaN.
-    pub features: Array2<f32>,
-    /// Extra outputs named in the manifest (e.g. ImageNet `logits`), rows as above.
-    pub extra: Vec<(String, Array2<f32>)>,
-    /// Items that failed (only under [`OnError::Skip`]).
-    pub errors: Vec<ItemError>,
-    /// Counters and timings.
-    pub stats: EmbedStats,
-}
 
 enum Encoder {
     Text {
@@ -370,18 +98,6 @@ impl std::fmt::Debug for Backbone {
             .field("spec", &self.spec)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Serialize)]
-struct FingerprintInput<'a> {
-    version: u32,
-    model_sha256: &'a str,
-    tokenizer_sha256: Option<&'a str>,
-    modality: Modality,
-    output: &'a OutputRef,
-    dim: usize,
-    text: Option<&'a TextSpec>,
-    image: Option<&'a ImageSpec>,
 }
 
 impl Backbone {
@@ -626,189 +342,6 @@ impl Backbone {
         &self.config
     }
 
-    /// Embed texts. Empty or whitespace-only texts embed the special tokens alone; long
-    /// texts are truncated at the model's maximum length.
-    pub fn embed_texts<S: AsRef<str> + Sync>(
-        &self,
-        texts: &[S],
-        on_error: OnError,
-    ) -> Result<Embeddings, BackboneError> {
-        let start = Instant::now();
-        let Encoder::Text { tokenizer, spec } = &self.encoder else {
-            return Err(self.wrong_modality("images"));
-        };
-        let mut result = self.empty(texts.len());
-        let t0 = Instant::now();
-        let tokens = text::tokenize(tokenizer, texts, spec.max_length);
-        result.stats.timings.prepare = t0.elapsed();
-        let mut lens = Vec::with_capacity(texts.len());
-        for (i, t) in tokens.iter().enumerate() {
-            match t {
-                Ok(t) => lens.push((i, t.ids.len())),
-                Err(message) => self.item_failed(
-                    &mut result,
-                    on_error,
-                    i,
-                    shorten(texts[i].as_ref()),
-                    message.clone(),
-                )?,
-            }
-        }
-        let bar = self.bar(lens.len());
-        for batch in text::length_batches(&lens, self.config.batch_size) {
-            let seq = batch
-                .iter()
-                .map(|&i| tokens[i].as_ref().map_or(0, |t| t.ids.len()))
-                .max()
-                .unwrap_or(0);
-            let n = batch.len();
-            let t0 = Instant::now();
-            let mut ids = vec![0i64; n * seq];
-            let mut mask = vec![0i64; n * seq];
-            let mut types = vec![0i64; n * seq];
-            for (r, &i) in batch.iter().enumerate() {
-                let t = tokens[i]
-                    .as_ref()
-                    .expect("only tokenised items are batched");
-                let len = t.ids.len();
-                ids[r * seq..r * seq + len].copy_from_slice(&t.ids);
-                mask[r * seq..r * seq + len].fill(1);
-                types[r * seq..r * seq + len].copy_from_slice(&t.type_ids);
-                result.stats.real_tokens += len;
-            }
-            result.stats.processed_tokens += n * seq;
-            result.stats.timings.prepare += t0.elapsed();
-            // Each graph input name appears once, so ids and type ids can be moved into
-            // their tensors; the mask is still needed for pooling.
-            let (mut ids, mut types) = (Some(ids), Some(types));
-            let mut inputs = Vec::with_capacity(self.input_names.len());
-            for name in &self.input_names {
-                let data = match name.as_str() {
-                    "input_ids" => ids.take().unwrap_or_default(),
-                    "attention_mask" => mask.clone(),
-                    _ => types.take().unwrap_or_default(),
-                };
-                let tensor = Tensor::from_array(([n, seq], data)).map_err(|e| self.ort(e))?;
-                inputs.push((name.clone(), tensor.into_dyn()));
-            }
-            let dim = self.spec.dim;
-            self.run_batch(
-                inputs,
-                &batch,
-                &mut result,
-                |out, r, row| match spec.pooling {
-                    Pooling::Mean => text::mean_pool(
-                        &out[r * seq * dim..(r + 1) * seq * dim],
-                        seq,
-                        dim,
-                        &mask[r * seq..(r + 1) * seq],
-                        row,
-                    ),
-                    Pooling::Cls => row.copy_from_slice(&out[r * seq * dim..r * seq * dim + dim]),
-                    Pooling::Output => row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
-                },
-                spec.normalize,
-            )?;
-            bar.inc(n as u64);
-        }
-        bar.finish_and_clear();
-        result.stats.timings.total = start.elapsed();
-        Ok(result)
-    }
-
-    /// Embed images. Decoding and resizing of the next batch run on the rayon pool while
-    /// the current batch is inside ONNX Runtime.
-    pub fn embed_images(
-        &self,
-        images: &[ImageInput],
-        on_error: OnError,
-    ) -> Result<Embeddings, BackboneError> {
-        let start = Instant::now();
-        let Encoder::Image(spec) = &self.encoder else {
-            return Err(self.wrong_modality("texts"));
-        };
-        let mut result = self.empty(images.len());
-        let per = (spec.size * spec.size * 3) as usize;
-        let bs = self.config.batch_size;
-        let prepare =
-            |range: std::ops::Range<usize>| -> (Vec<f32>, Vec<Result<(), String>>, Duration) {
-                let t0 = Instant::now();
-                let mut buf = vec![0f32; range.len() * per];
-                let status: Vec<Result<(), String>> = buf
-                    .par_chunks_mut(per)
-                    .zip(range.into_par_iter())
-                    .map(|(out, i)| {
-                        image::decode(&images[i]).map(|img| image::preprocess_into(&img, spec, out))
-                    })
-                    .collect();
-                (buf, status, t0.elapsed())
-            };
-        let shape = |n: usize| -> Vec<usize> {
-            let s = spec.size as usize;
-            match spec.layout {
-                tl_assets::manifest::Layout::Nchw => vec![n, 3, s, s],
-                tl_assets::manifest::Layout::Nhwc => vec![n, s, s, 3],
-            }
-        };
-        let bar = self.bar(images.len());
-        let starts: Vec<usize> = (0..images.len()).step_by(bs).collect();
-        let range_of = |s: usize| s..(s + bs).min(images.len());
-        let mut next = starts.first().map(|&s| prepare(range_of(s)));
-        for (k, &s) in starts.iter().enumerate() {
-            let (buf, status, took) = next.take().expect("each batch is prepared ahead");
-            let range = range_of(s);
-            result.stats.timings.prepare += took;
-            for (j, st) in status.iter().enumerate() {
-                if let Err(message) = st {
-                    let i = range.start + j;
-                    self.item_failed(
-                        &mut result,
-                        on_error,
-                        i,
-                        images[i].describe(),
-                        message.clone(),
-                    )?;
-                }
-            }
-            let mut rows = Vec::with_capacity(range.len());
-            let mut data = Vec::with_capacity(buf.len());
-            for (j, st) in status.iter().enumerate() {
-                if st.is_ok() {
-                    rows.push(range.start + j);
-                    data.extend_from_slice(&buf[j * per..(j + 1) * per]);
-                }
-            }
-            drop(buf);
-            let following = starts.get(k + 1).map(|&s2| range_of(s2));
-            // Run this batch while the next one is decoded and resized.
-            let (ran, prepared) = rayon::join(
-                || -> Result<(), BackboneError> {
-                    if rows.is_empty() {
-                        return Ok(());
-                    }
-                    let tensor =
-                        Tensor::from_array((shape(rows.len()), data)).map_err(|e| self.ort(e))?;
-                    let inputs = vec![(self.input_names[0].clone(), tensor.into_dyn())];
-                    let dim = self.spec.dim;
-                    self.run_batch(
-                        inputs,
-                        &rows,
-                        &mut result,
-                        |out, r, row| row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
-                        false,
-                    )
-                },
-                || following.map(&prepare),
-            );
-            ran?;
-            next = prepared;
-            bar.inc(range.len() as u64);
-        }
-        bar.finish_and_clear();
-        result.stats.timings.total = start.elapsed();
-        Ok(result)
-    }
-
     /// Run one batch and write its pooled rows to `rows` of `result`.
     fn run_batch(
         &self,
@@ -956,65 +489,4 @@ impl Backbone {
         bar.set_message(format!("embedding with {}", self.name));
         bar
     }
-}
-
-fn open_session(
-    name: &str,
-    onnx: &Path,
-    config: &ExecutionConfig,
-) -> Result<Session, BackboneError> {
-    let env = environment()?;
-    let ort_err = |e: &dyn std::fmt::Display| BackboneError::Ort {
-        model: name.to_string(),
-        message: e.to_string(),
-    };
-    let threads = config
-        .intra_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let level = match config.optimization {
-        Optimization::Disable => GraphOptimizationLevel::Disable,
-        Optimization::Basic => GraphOptimizationLevel::Level1,
-        Optimization::Extended => GraphOptimizationLevel::Level2,
-        Optimization::All => GraphOptimizationLevel::All,
-    };
-    let mut builder = Session::builder(env)
-        .map_err(|e| ort_err(&e))?
-        .with_intra_threads(threads)
-        .map_err(|e| ort_err(&e))?
-        .with_optimization_level(level)
-        .map_err(|e| ort_err(&e))?;
-    match config.device {
-        Device::Cpu => {}
-        #[cfg(feature = "cuda")]
-        Device::Cuda(id) => {
-            builder = builder
-                .with_execution_providers([ort::ep::CUDA::default()
-                    .with_device_id(id)
-                    .build()
-                    .error_on_failure()])
-                .map_err(|e| ort_err(&e))?;
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => {
-            return Err(BackboneError::Config {
-                field: "device",
-                message: "CUDA needs tl-backbone built with the `cuda` feature".into(),
-            });
-        }
-    }
-    if !onnx.is_file() {
-        return Err(BackboneError::Io {
-            path: onnx.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
-        });
-    }
-    builder.commit_from_file(onnx).map_err(|e| ort_err(&e))
-}
-
-fn shorten(s: &str) -> String {
-    let mut out: String = s.chars().take(60).collect();
-    if out.len() < s.len() {
-        out.push('…');
-    }
-    format!("{out:?}")
 }

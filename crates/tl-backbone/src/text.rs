@@ -115,11 +115,7 @@ pub(crate) fn mean_pool(states: &[f32], seq: usize, dim: usize, mask: &[i64], ou
     out.iter_mut().for_each(|v| *v /= count);
 }
 
-/// Scale to unit L2 norm (a zero vector stays zero).
-pub(crate) fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-}
+pub(crate) use tl_core::vector::l2_normalize;
 
 #[cfg(test)]
 mod tests {
@@ -148,5 +144,111 @@ mod tests {
         let mut z = [0.0, 0.0];
         l2_normalize(&mut z);
         assert_eq!(z, [0.0, 0.0]);
+    }
+}
+
+/// The embedding loop, as a method of [`crate::Backbone`].
+mod embed_loop {
+
+    use std::time::Instant;
+
+    use ort::value::Tensor;
+
+    use tl_assets::manifest::Pooling;
+
+    use crate::*;
+
+    impl crate::Backbone {
+        /// Embed texts. Empty or whitespace-only texts embed the special tokens alone; long
+        /// texts are truncated at the model's maximum length.
+        pub fn embed_texts<S: AsRef<str> + Sync>(
+            &self,
+            texts: &[S],
+            on_error: OnError,
+        ) -> Result<Embeddings, BackboneError> {
+            let start = Instant::now();
+            let Encoder::Text { tokenizer, spec } = &self.encoder else {
+                return Err(self.wrong_modality("images"));
+            };
+            let mut result = self.empty(texts.len());
+            let t0 = Instant::now();
+            let tokens = crate::text::tokenize(tokenizer, texts, spec.max_length);
+            result.stats.timings.prepare = t0.elapsed();
+            let mut lens = Vec::with_capacity(texts.len());
+            for (i, t) in tokens.iter().enumerate() {
+                match t {
+                    Ok(t) => lens.push((i, t.ids.len())),
+                    Err(message) => self.item_failed(
+                        &mut result,
+                        on_error,
+                        i,
+                        shorten(texts[i].as_ref()),
+                        message.clone(),
+                    )?,
+                }
+            }
+            let bar = self.bar(lens.len());
+            for batch in crate::text::length_batches(&lens, self.config.batch_size) {
+                let seq = batch
+                    .iter()
+                    .map(|&i| tokens[i].as_ref().map_or(0, |t| t.ids.len()))
+                    .max()
+                    .unwrap_or(0);
+                let n = batch.len();
+                let t0 = Instant::now();
+                let mut ids = vec![0i64; n * seq];
+                let mut mask = vec![0i64; n * seq];
+                let mut types = vec![0i64; n * seq];
+                for (r, &i) in batch.iter().enumerate() {
+                    let t = tokens[i]
+                        .as_ref()
+                        .expect("only tokenised items are batched");
+                    let len = t.ids.len();
+                    ids[r * seq..r * seq + len].copy_from_slice(&t.ids);
+                    mask[r * seq..r * seq + len].fill(1);
+                    types[r * seq..r * seq + len].copy_from_slice(&t.type_ids);
+                    result.stats.real_tokens += len;
+                }
+                result.stats.processed_tokens += n * seq;
+                result.stats.timings.prepare += t0.elapsed();
+                // Each graph input name appears once, so ids and type ids can be moved into
+                // their tensors; the mask is still needed for pooling.
+                let (mut ids, mut types) = (Some(ids), Some(types));
+                let mut inputs = Vec::with_capacity(self.input_names.len());
+                for name in &self.input_names {
+                    let data = match name.as_str() {
+                        "input_ids" => ids.take().unwrap_or_default(),
+                        "attention_mask" => mask.clone(),
+                        _ => types.take().unwrap_or_default(),
+                    };
+                    let tensor = Tensor::from_array(([n, seq], data)).map_err(|e| self.ort(e))?;
+                    inputs.push((name.clone(), tensor.into_dyn()));
+                }
+                let dim = self.spec.dim;
+                self.run_batch(
+                    inputs,
+                    &batch,
+                    &mut result,
+                    |out, r, row| match spec.pooling {
+                        Pooling::Mean => crate::text::mean_pool(
+                            &out[r * seq * dim..(r + 1) * seq * dim],
+                            seq,
+                            dim,
+                            &mask[r * seq..(r + 1) * seq],
+                            row,
+                        ),
+                        Pooling::Cls => {
+                            row.copy_from_slice(&out[r * seq * dim..r * seq * dim + dim])
+                        }
+                        Pooling::Output => row.copy_from_slice(&out[r * dim..(r + 1) * dim]),
+                    },
+                    spec.normalize,
+                )?;
+                bar.inc(n as u64);
+            }
+            bar.finish_and_clear();
+            result.stats.timings.total = start.elapsed();
+            Ok(result)
+        }
     }
 }

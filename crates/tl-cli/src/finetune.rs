@@ -213,7 +213,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     )?;
     let frozen_pred = frozen.predict(f_test.features.view())?;
     let frozen_acc =
-        tl_eval::metrics::accuracy_on(&y_test, &frozen_pred, &(0..test.len()).collect::<Vec<_>>());
+        tl_core::metrics::accuracy_on(&y_test, &frozen_pred, &(0..test.len()).collect::<Vec<_>>());
     out!(
         "before    {} frozen + logistic: accuracy {:.1}% ({:.1}s)",
         a.model,
@@ -232,7 +232,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         )?;
         let pred = fit.predict(tl_eval::raw_pixels(&ds, &test)?.view())?;
         let acc =
-            tl_eval::metrics::accuracy_on(&y_test, &pred, &(0..test.len()).collect::<Vec<_>>());
+            tl_core::metrics::accuracy_on(&y_test, &pred, &(0..test.len()).collect::<Vec<_>>());
         out!(
             "baseline  raw pixels + logistic: accuracy {:.1}% ({:.1}s)",
             100.0 * acc,
@@ -258,14 +258,14 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
     let tuned_pred = tuned.predictions;
 
     let all_test: Vec<usize> = (0..test.len()).collect();
-    let tuned_acc = tl_eval::metrics::accuracy_on(&y_test, &tuned_pred, &all_test);
+    let tuned_acc = tl_core::metrics::accuracy_on(&y_test, &tuned_pred, &all_test);
     let ci = |pred: &[usize]| {
-        tl_eval::metrics::bootstrap(test.len(), 1000, a.seed, |rows| {
-            tl_eval::metrics::accuracy_on(&y_test, pred, rows)
+        tl_core::metrics::bootstrap(test.len(), 1000, a.seed, |rows| {
+            tl_core::metrics::accuracy_on(&y_test, pred, rows)
         })
     };
     let (ci_frozen, ci_tuned) = (ci(&frozen_pred), ci(&tuned_pred));
-    let diff = tl_eval::metrics::paired_accuracy_difference(
+    let diff = tl_core::metrics::paired_accuracy_difference(
         &y_test,
         &tuned_pred,
         &frozen_pred,
@@ -293,7 +293,7 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
             pct(ci.high)
         );
     }
-    let d = tl_eval::metrics::Interval {
+    let d = tl_core::metrics::Interval {
         estimate: pct(diff.estimate),
         low: pct(diff.low),
         high: pct(diff.high),
@@ -308,14 +308,14 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
         )
     );
     let over_raw = raw.as_ref().map(|(raw_pred, _)| {
-        let diff = tl_eval::metrics::paired_accuracy_difference(
+        let diff = tl_core::metrics::paired_accuracy_difference(
             &y_test,
             &tuned_pred,
             raw_pred,
             1000,
             a.seed,
         );
-        let d = tl_eval::metrics::Interval {
+        let d = tl_core::metrics::Interval {
             estimate: pct(diff.estimate),
             low: pct(diff.low),
             high: pct(diff.high),
@@ -397,7 +397,7 @@ fn rows(ds: &Dataset, a: &FinetuneArgs) -> Result<(Vec<usize>, Vec<usize>)> {
         Ok(match n {
             Some(n) if n < idx.len() => {
                 let frac = n as f64 / idx.len() as f64;
-                tl_data::split::stratified_split(&ds.labels, &idx, frac, a.split_seed ^ salt)?.1
+                tl_core::split::stratified_split(&ds.labels, &idx, frac, a.split_seed ^ salt)?.1
             }
             _ => idx,
         })
@@ -410,13 +410,13 @@ fn rows(ds: &Dataset, a: &FinetuneArgs) -> Result<(Vec<usize>, Vec<usize>)> {
         _ => {
             let all: Vec<usize> = (0..ds.len()).collect();
             let (train, test) =
-                tl_data::split::stratified_split(&ds.labels, &all, a.test_fraction, a.split_seed)?;
+                tl_core::split::stratified_split(&ds.labels, &all, a.test_fraction, a.split_seed)?;
             (cap(train, a.train_rows, 1)?, cap(test, a.test_rows, 2)?)
         }
     };
     let train = match a.shots {
         Some(0) => bail!(UsageError("--shots must be at least 1".into())),
-        Some(k) => tl_data::split::per_class_subsample(&ds.labels, &train, k, a.seed)?,
+        Some(k) => tl_core::split::per_class_subsample(&ds.labels, &train, k, a.seed)?,
         None => train,
     };
     Ok((train, test))

@@ -46,7 +46,7 @@ fn write_out(args: std::fmt::Arguments) {
 }
 
 /// The default experiment, embedded so `tl run` works from any folder.
-const DEFAULT_EXPERIMENT: &str = include_str!("../../../experiments/sentiment.toml");
+const DEFAULT_EXPERIMENT: &str = include_str!("../experiments/sentiment.toml");
 
 #[derive(Parser)]
 #[command(

@@ -353,9 +353,14 @@ pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
     let out = embed_through_cache(&backbone, &items, false, false)?;
     let pred = clf.predict(out.features.view())?;
     let proba = clf.predict_proba(out.features.view())?;
-    let m = tl_eval::metrics::evaluate(&truth, &pred, Some(proba.view()), &clf.label_names);
-    let acc = tl_eval::metrics::bootstrap(truth.len(), a.bootstrap, 0, |rows| {
-        tl_eval::metrics::accuracy_on(&truth, &pred, rows)
+    let m = tl_core::metrics::evaluate(
+        &truth,
+        &pred,
+        proba.as_standard_layout().as_slice(),
+        &clf.label_names,
+    );
+    let acc = tl_core::metrics::bootstrap(truth.len(), a.bootstrap, 0, |rows| {
+        tl_core::metrics::accuracy_on(&truth, &pred, rows)
     });
     out!("rows      {} of {}", truth.len(), ds.name);
     out!(

@@ -58,7 +58,7 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
             Some(0) => bail!(UsageError("--limit must be at least 1".into())),
             Some(n) if n < idx.len() => {
                 let frac = n as f64 / idx.len() as f64;
-                idx = tl_data::split::stratified_split(&ds.labels, &idx, frac, 0)?.1;
+                idx = tl_core::split::stratified_split(&ds.labels, &idx, frac, 0)?.1;
             }
             _ => {}
         }

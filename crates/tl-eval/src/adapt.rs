@@ -5,7 +5,7 @@
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
-use tl_data::split::stratified_split;
+use tl_core::split::stratified_split;
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 use crate::EvalError;
@@ -164,7 +164,7 @@ pub fn importance_weights(
         ..LogisticParams::default()
     }));
     let all: Vec<usize> = (0..ns + nt).collect();
-    let folds = tl_data::split::stratified_kfold(&y, &all, DOMAIN_FOLDS, seed)
+    let folds = tl_core::split::stratified_kfold(&y, &all, DOMAIN_FOLDS, seed)
         .map_err(|e| EvalError::Config(format!("importance weighting: {e}")))?;
     let mut w = vec![0.0; ns];
     for fold in folds {

@@ -11,8 +11,8 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_assets::{Cache, Registry};
+use tl_core::split::{stratified_kfold, stratified_split};
 use tl_data::Dataset;
-use tl_data::split::{stratified_kfold, stratified_split};
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 use crate::EvalError;
@@ -22,8 +22,8 @@ use crate::experiment::{
     Observer, backbone_features, check_limits, check_name, default_batch, default_bootstrap,
     parse_experiment,
 };
-use crate::metrics::{Interval, accuracy_on, bootstrap, paired_accuracy_difference};
 use crate::report::{csv_field, write};
+use tl_core::metrics::{Interval, accuracy_on, bootstrap, paired_accuracy_difference};
 
 /// Version of [`AdaptationReport`]'s JSON.
 pub const ADAPTATION_SCHEMA_VERSION: u32 = 1;

@@ -9,17 +9,17 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_assets::{Cache, Registry};
 use tl_backbone::{Backbone, ExecutionConfig, OnError};
-use tl_data::split::{per_class_subsample, stratified_kfold, stratified_split};
+use tl_core::split::{per_class_subsample, stratified_kfold, stratified_split};
 use tl_data::{Dataset, Item};
 use tl_features::{CacheOptions, Store, embed_cached};
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
 
 use crate::EvalError;
 use crate::data::{TableSettings, load_dataset};
-use crate::metrics::{
+use crate::tfidf::{Tfidf, TfidfParams};
+use tl_core::metrics::{
     Interval, Metrics, accuracy_on, bootstrap, evaluate, macro_f1_on, paired_accuracy_difference,
 };
-use crate::tfidf::{Tfidf, TfidfParams};
 
 /// Which features stand for "before transfer".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -908,6 +908,12 @@ pub fn run(
             (vec![(tr, te.clone())], te)
         }
         Protocol::Cv { folds } => {
+            for (label, n) in tl_core::split::rare_classes(&ds.labels, &train_pool, *folds) {
+                tracing::warn!(
+                    "class {:?} has {n} examples, fewer than {folds} folds: some test folds lack it",
+                    ds.label_names.get(label).map_or("?", String::as_str)
+                );
+            }
             let f = stratified_kfold(&ds.labels, &train_pool, *folds, exp.seed)?;
             let mut all: Vec<usize> = f.iter().flat_map(|x| x.test.clone()).collect();
             all.sort_unstable();
@@ -947,7 +953,12 @@ pub fn run(
                 }
             }
             let fit_seconds = t.elapsed().as_secs_f64();
-            let metrics = evaluate(&truth, &pred, Some(proba.view()), &ds.label_names);
+            let metrics = evaluate(
+                &truth,
+                &pred,
+                proba.as_standard_layout().as_slice(),
+                &ds.label_names,
+            );
             let accuracy = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
                 accuracy_on(&truth, &pred, rows)
             });

@@ -8,23 +8,12 @@
 //! intervals, compares each backbone with the baseline by a paired bootstrap and states a plain
 //! verdict, ranks the backbones, and [`write_report`] writes JSON, Markdown, CSV and SVG.
 //!
-//! Metrics stand alone too:
-//!
-//! ```
-//! use tl_eval::metrics::{evaluate, roc_auc_score};
-//!
-//! let labels = vec!["neg".to_string(), "pos".to_string()];
-//! let m = evaluate(&[0, 0, 1, 1], &[0, 1, 1, 1], None, &labels);
-//! assert_eq!(m.accuracy, 0.75);
-//! assert_eq!(m.confusion, vec![vec![1, 1], vec![0, 2]]);
-//! assert_eq!(roc_auc_score(&[false, false, true, true], &[0.1, 0.4, 0.35, 0.8]), Some(0.75));
-//! ```
+//! The metrics and intervals come from `tl-core`, which has no dependencies.
 
 pub mod adapt;
 mod adaptation;
 pub mod data;
 mod experiment;
-pub mod metrics;
 mod report;
 pub mod tfidf;
 pub mod transfer;
@@ -39,10 +28,10 @@ pub use experiment::{
     Baseline, Comparison, Experiment, FewShot, FewShotPoint, Observer, Protocol,
     REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, raw_pixels, run, verdict,
 };
-pub use metrics::{Interval, Metrics};
 pub use report::{
     confusion_png, confusion_svg, learning_curve_png, learning_curve_svg, markdown, write_report,
 };
+pub use tl_core::{Interval, Metrics};
 
 /// Everything that can go wrong running an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +62,9 @@ pub enum EvalError {
     /// Loading a dataset failed.
     #[error(transparent)]
     Data(#[from] tl_data::DataError),
+    /// A split of the rows could not be made.
+    #[error(transparent)]
+    Split(#[from] tl_core::SplitError),
     /// The backbone failed.
     #[error(transparent)]
     Backbone(#[from] tl_backbone::BackboneError),

@@ -109,9 +109,8 @@ impl Tfidf {
                 };
                 row[j] = tf * self.idf[j];
             }
-            let norm = row.dot(&row).sqrt();
-            if norm > 0.0 {
-                row.mapv_inplace(|v| v / norm);
+            if let Some(values) = row.as_slice_mut() {
+                tl_core::vector::l2_normalize(values);
             }
         }
         out

@@ -154,11 +154,9 @@ pub fn knn_loo_accuracy(
     let n_classes = labels.iter().max().map_or(0, |m| m + 1);
     check_labels("kNN-LOO", features.nrows(), labels, n_classes)?;
     let mut z = features.mapv(f64::from);
-    for mut row in z.outer_iter_mut() {
-        let norm = row.dot(&row).sqrt();
-        if norm > 0.0 {
-            row.mapv_inplace(|x| x / norm);
-        }
+    let cols = z.ncols();
+    if let Some(values) = z.as_slice_mut() {
+        tl_core::vector::l2_normalize_rows(values, cols);
     }
     let n = z.nrows();
     let mut correct = 0usize;

@@ -3,7 +3,7 @@
 
 use ndarray::Array2;
 use serde_json::Value;
-use tl_eval::metrics::evaluate;
+use tl_core::metrics::evaluate;
 use tl_eval::tfidf::{Tfidf, TfidfParams};
 
 mod common;
@@ -50,7 +50,7 @@ fn metrics_match_sklearn() {
             r["seed"].as_u64().unwrap(),
         );
         let names: Vec<String> = (0..k).map(|c| c.to_string()).collect();
-        let m = evaluate(&t, &p, Some(pr.view()), &names);
+        let m = evaluate(&t, &p, pr.as_standard_layout().as_slice(), &names);
         close(m.accuracy, &r["accuracy"], "accuracy");
         close(
             m.balanced_accuracy,

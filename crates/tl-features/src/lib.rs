@@ -56,7 +56,7 @@ pub use embed::{
 pub use export::export_features;
 pub use store::{
     BackboneStore, BackboneSummary, COMPACT_ROWS, KEY_COLUMN, LookupStats, STALE_TEMP,
-    STORE_VERSION, Store, StoreManifest, VECTOR_COLUMN, is_read_only, write_atomic,
+    STORE_VERSION, Store, StoreManifest, VECTOR_COLUMN, is_read_only,
 };
 
 /// A cache key: BLAKE3 of (fingerprint, item kind, item content).

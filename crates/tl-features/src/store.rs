@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,7 +75,7 @@ fn sweep_stale_temps(dir: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if !name.to_string_lossy().starts_with(".tmp-") {
+        if !tl_core::fs::is_temp(&name.to_string_lossy()) {
             continue;
         }
         let old = entry
@@ -120,36 +120,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FeatureError + '_ {
     }
 }
 
-/// Writes `bytes` to `dir/name` so that a crash leaves either nothing or the whole file:
-/// a uniquely named temporary file in the same folder, fsync, rename, fsync of the folder.
-/// A failed write (a full disk, say) removes its temporary file. The one atomic write of
-/// the cache and of the fine-tuning runs (checkpoints, logs, exported models).
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, FeatureError> {
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}-{name}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    ));
+/// Writes `bytes` to `dir/name` crash-safely ([`tl_core::fs::write_atomic`]); errors name
+/// the destination.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, FeatureError> {
     let dest = dir.join(name);
-    // Errors name the file being written, not the temporary name it passes through.
-    let written = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io(&dest))?;
-        f.write_all(bytes).map_err(io(&dest))?;
-        f.sync_all().map_err(io(&dest))?;
-        drop(f);
-        fs::rename(&tmp, &dest).map_err(io(&dest))
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Ok(d) = fs::File::open(dir) {
-        // Persist the rename itself; not every filesystem supports syncing a folder.
-        let _ = d.sync_all();
-    }
+    tl_core::fs::write_atomic(&dest, bytes).map_err(io(&dest))?;
     Ok(dest)
 }
 

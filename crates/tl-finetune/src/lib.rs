@@ -170,18 +170,8 @@ impl FinetuneError {
     }
 }
 
-/// Writes `bytes` to `path` atomically (tl-features' write: temporary name, fsync,
-/// rename, folder fsync), so a killed process never leaves a half-written file there.
+/// Writes `bytes` to `path` crash-safely ([`tl_core::fs::write_atomic`]), so a killed
+/// process never leaves a half-written checkpoint or model there.
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FinetuneError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tl_features::write_atomic(dir, &name, bytes)
-        .map(|_| ())
-        .map_err(|e| FinetuneError::io(path, std::io::Error::other(e)))
+    tl_core::fs::write_atomic(path, bytes).map_err(|e| FinetuneError::io(path, e))
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tl_data::split::{Rng, stratified_split};
+use tl_core::{Rng, split::stratified_split};
 
 use crate::FinetuneError;
 use crate::bert::{Batch, BertClassifier, DropoutSpec, Slot};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tl_assets::manifest::{ImageSpec, Layout, Manifest};
 use tl_assets::{Cache, Fetcher};
 use tl_backbone::ImageInput;
-use tl_data::split::stratified_split;
+use tl_core::split::stratified_split;
 
 use crate::FinetuneError;
 use crate::bert::Slot;

@@ -53,7 +53,7 @@ const MAX_CORPUS: usize = 512;
 const MAX_INPUT: usize = 256 * 1024;
 
 /// The seeded generator of the whole workspace (SplitMix64, tl-data's).
-pub use tl_data::split::Rng;
+pub use tl_core::Rng;
 
 /// Uniform in `0..n` (`n > 0`).
 fn below(rng: &mut Rng, n: usize) -> usize {

@@ -1,12 +1,11 @@
 //! Fitting, predicting and saving a classifier.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
-use tl_data::split::stratified_kfold;
+use tl_core::split::stratified_kfold;
 
 use crate::HeadError;
 use crate::knn::{Centroid, Knn, softmax};
@@ -461,18 +460,13 @@ impl Classifier {
         serde_json::to_string(self).expect("classifier serialises")
     }
 
-    /// Saves to one JSON file, atomically (temporary file + rename).
+    /// Saves to one JSON file, crash-safely ([`tl_core::fs::write_atomic`]).
     pub fn save(&self, path: &Path) -> Result<(), HeadError> {
         let io = |e: std::io::Error| HeadError::Io {
             path: path.to_path_buf(),
             source: e,
         };
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(self.to_json().as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+        tl_core::fs::write_atomic(path, self.to_json().as_bytes()).map_err(io)
     }
 
     /// Loads a classifier saved by [`Classifier::save`].

@@ -10,12 +10,10 @@ use crate::params::{KnnParams, Metric, Weighting};
 const BLOCK: usize = 256;
 
 fn unit_rows(x: ArrayView2<f64>) -> Array2<f64> {
-    let mut out = x.to_owned();
-    for mut row in out.axis_iter_mut(Axis(0)) {
-        let norm = row.dot(&row).sqrt();
-        if norm > 0.0 {
-            row.mapv_inplace(|v| v / norm);
-        }
+    let mut out = x.as_standard_layout().into_owned();
+    let cols = out.ncols();
+    if let Some(values) = out.as_slice_mut() {
+        tl_core::vector::l2_normalize_rows(values, cols);
     }
     out
 }

@@ -4,7 +4,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tl_data::split::Rng;
+use tl_core::Rng;
 
 use crate::HeadError;
 use crate::la;

@@ -33,9 +33,8 @@ pub struct FittedPca {
 
 fn l2_rows(x: &mut Array2<f64>) {
     for mut row in x.axis_iter_mut(Axis(0)) {
-        let norm = row.dot(&row).sqrt();
-        if norm > 0.0 {
-            row.mapv_inplace(|v| v / norm);
+        if let Some(values) = row.as_slice_mut() {
+            tl_core::vector::l2_normalize(values);
         }
     }
 }

@@ -3,7 +3,7 @@
 use ndarray::{ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tl_data::split::stratified_kfold;
+use tl_core::split::stratified_kfold;
 
 use crate::HeadError;
 use crate::classifier::check_finite;

@@ -1,6 +1,9 @@
 //! Splits are deterministic (pinned indices), stratified, disjoint and complete.
 
-use tl_data::split::{Rng, per_class_subsample, stratified_kfold, stratified_split};
+use tl_core::{
+    Rng,
+    split::{per_class_subsample, stratified_kfold, stratified_split},
+};
 
 fn labels() -> Vec<usize> {
     // 3 classes of 6, 4 and 2 examples, interleaved.
@@ -119,4 +122,17 @@ fn k_per_class_takes_at_most_k_of_each() {
     // Growing k keeps the smaller subsample inside the larger one (nested curves).
     let s4 = per_class_subsample(&l, &all, 4, 5).unwrap();
     assert!(s.iter().all(|i| s4.contains(i)));
+}
+
+#[test]
+fn rare_classes_are_those_below_the_fold_count() {
+    let l = labels();
+    let all: Vec<usize> = (0..l.len()).collect();
+    assert_eq!(
+        tl_core::split::rare_classes(&l, &all, 5),
+        vec![(1, 4), (2, 2)]
+    );
+    assert_eq!(tl_core::split::rare_classes(&l, &all, 2), vec![]);
+    // Out-of-range rows are not counted (the split itself reports them).
+    assert_eq!(tl_core::split::rare_classes(&l, &[0, 99], 2), vec![(0, 1)]);
 }

@@ -1,11 +1,10 @@
 //! Classification metrics and bootstrap confidence intervals.
 
-use ndarray::ArrayView2;
-use serde::{Deserialize, Serialize};
-use tl_data::split::Rng;
+use crate::Rng;
 
 /// Precision, recall and F1 of one class.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClassMetrics {
     /// Label name.
     pub label: String,
@@ -20,7 +19,8 @@ pub struct ClassMetrics {
 }
 
 /// Everything measured on one set of predictions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Metrics {
     /// Rows evaluated.
     pub n: usize,
@@ -87,12 +87,12 @@ pub fn macro_f1_on(truth: &[usize], pred: &[usize], rows: &[usize], k: usize) ->
     safe_div(sum, classes as f64)
 }
 
-/// Computes every metric. `proba` (rows x labels) enables log loss, ECE and, for two labels,
-/// ROC-AUC and average precision.
+/// Computes every metric. `proba` (rows x labels, row-major) enables log loss, ECE and, for
+/// two labels, ROC-AUC and average precision.
 pub fn evaluate(
     truth: &[usize],
     pred: &[usize],
-    proba: Option<ArrayView2<f64>>,
+    proba: Option<&[f64]>,
     label_names: &[String],
 ) -> Metrics {
     // An index without a name (a caller's bug, never a panic) shows up as `label N`.
@@ -137,16 +137,16 @@ pub fn evaluate(
     let all: Vec<usize> = (0..n).collect();
     let (mut log_loss, mut ece, mut roc_auc, mut average_precision) = (None, None, None, None);
     // Probabilities of another shape than (rows, labels) are a caller's bug: no log loss.
-    if let Some(p) = proba.filter(|p| p.dim() == (n, k)) {
+    if let Some(p) = proba.filter(|p| p.len() == n * k) {
         let ll: f64 = truth
             .iter()
             .enumerate()
-            .map(|(i, &t)| -p[[i, t]].clamp(1e-15, 1.0).ln())
+            .map(|(i, &t)| -p[i * k + t].clamp(1e-15, 1.0).ln())
             .sum();
         log_loss = Some(safe_div(ll, n as f64));
-        ece = Some(expected_calibration_error(truth, p, 15));
+        ece = Some(expected_calibration_error(truth, p, k, 15));
         if k == 2 {
-            let scores: Vec<f64> = (0..n).map(|i| p[[i, 1]]).collect();
+            let scores: Vec<f64> = (0..n).map(|i| p[i * 2 + 1]).collect();
             let positive: Vec<bool> = truth.iter().map(|&t| t == 1).collect();
             roc_auc = roc_auc_score(&positive, &scores);
             average_precision = average_precision_score(&positive, &scores);
@@ -167,12 +167,17 @@ pub fn evaluate(
 }
 
 /// ECE: mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size.
-pub fn expected_calibration_error(truth: &[usize], proba: ArrayView2<f64>, bins: usize) -> f64 {
+/// `proba` holds `labels` probabilities per row of `truth`, row-major.
+pub fn expected_calibration_error(
+    truth: &[usize],
+    proba: &[f64],
+    labels: usize,
+    bins: usize,
+) -> f64 {
     let mut conf = vec![0.0; bins];
     let mut correct = vec![0.0; bins];
     let mut count = vec![0usize; bins];
-    for (i, &t) in truth.iter().enumerate() {
-        let row = proba.row(i);
+    for (&t, row) in truth.iter().zip(proba.chunks_exact(labels.max(1))) {
         let mut best = 0;
         for j in 0..row.len() {
             if row[j] > row[best] {
@@ -254,7 +259,8 @@ pub fn average_precision_score(positive: &[bool], scores: &[f64]) -> Option<f64>
 }
 
 /// A point estimate with a 95% percentile-bootstrap interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Interval {
     /// The statistic on the full sample.
     pub estimate: f64,

@@ -1,0 +1,199 @@
+//! The library as its users meet it: the README's program built in a fresh workspace that
+//! depends on the crates by path, and every publishable crate packaged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// The marker line above the README's user's-eye program.
+const MARKER: &str = "<!-- user's-eye program";
+
+/// The crates a registry user can depend on (the rest are `publish = false`: xtask, benches,
+/// the fuzzer).
+pub const PUBLISHED: &[&str] = &[
+    "tl-core",
+    "tl-assets",
+    "tl-data",
+    "tl-backbone",
+    "tl-features",
+    "tl-heads",
+    "tl-eval",
+    "tl-finetune",
+    "transfer-learning",
+    "tl-cli",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+/// The first Rust code block after the marker in `readme`.
+pub fn readme_program(readme: &str) -> Result<String> {
+    let after = readme
+        .split_once(MARKER)
+        .context("README.md has no user's-eye program marker")?
+        .1;
+    let body = after
+        .split_once("```rust\n")
+        .context("no ```rust block after the marker")?
+        .1;
+    let code = body
+        .split_once("\n```")
+        .context("the ```rust block is not closed")?
+        .0;
+    Ok(format!("{code}\n"))
+}
+
+/// Builds the README's program in a new workspace under a temporary folder and runs it from
+/// outside the checkout, with an empty `$TL_HOME` and a platform cache folder that links to
+/// this checkout's cache (so nothing is fetched twice, and the cache rule is exercised: a
+/// program outside the checkout uses the platform cache). It must print `["pos", "neg"]`,
+/// leave its classifier file in its working folder, and write nothing into the crates' source.
+pub fn users_eye() -> Result<()> {
+    let start = Instant::now();
+    let repo = repo();
+    let readme = std::fs::read_to_string(repo.join("README.md")).context("reading README.md")?;
+    let program = readme_program(&readme)?;
+    let tmp = std::env::temp_dir().join(format!("tl-users-eye-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let app = tmp.join("app");
+    std::fs::create_dir_all(app.join("src"))?;
+    let facade = repo.join("crates/transfer-learning");
+    // The same profile as this workspace's dependencies, so the shared target folder's
+    // compiled dependencies are reused instead of rebuilt.
+    std::fs::write(
+        app.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"users-eye\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
+             [dependencies]\ntransfer-learning = {{ path = {:?} }}\n\n\
+             [profile.dev]\ndebug = \"line-tables-only\"\n\n\
+             [profile.dev.package.\"*\"]\nopt-level = 2\ndebug = false\n\n[workspace]\n",
+            facade.display().to_string()
+        ),
+    )?;
+    std::fs::write(app.join("src/main.rs"), &program)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = repo.join("target");
+    let status = Command::new(&cargo)
+        .args(["build", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&app)
+        .status()
+        .context("running cargo build for the user's-eye program")?;
+    if !status.success() {
+        bail!("the README's library program does not build in a fresh workspace ({status})");
+    }
+    let run_dir = tmp.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    let exe = run_dir.join("users-eye");
+    std::fs::copy(target.join("debug/users-eye"), &exe).context("copying the program")?;
+    let xdg = tmp.join("xdg");
+    std::fs::create_dir_all(&xdg)?;
+    let cache = tl_assets::Cache::from_env();
+    let cache_root = cache
+        .root()
+        .canonicalize()
+        .with_context(|| format!("the cache {} is not there", cache.root().display()))?;
+    std::os::unix::fs::symlink(&cache_root, xdg.join("transfer-learning-rs"))?;
+    let out = Command::new(&exe)
+        .current_dir(&run_dir)
+        .env_remove("TL_HOME")
+        .env_remove("TL_FEATURES_DIR")
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("ORT_DYLIB_PATH")
+        .env("XDG_CACHE_HOME", &xdg)
+        .output()
+        .context("running the user's-eye program")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || stdout.trim() != r#"["pos", "neg"]"# {
+        bail!(
+            "the README's program printed {stdout:?} ({}), expected [\"pos\", \"neg\"]; stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !run_dir.join("sentiment.json").is_file() {
+        bail!("the README's program left no sentiment.json in its working folder");
+    }
+    let strays: Vec<_> = ["crates/transfer-learning/.tl-cache", "crates/.tl-cache"]
+        .iter()
+        .filter(|p| repo.join(p).exists())
+        .collect();
+    if !strays.is_empty() {
+        bail!("the program wrote into the crates' source: {strays:?}");
+    }
+    std::fs::remove_dir_all(&tmp).ok();
+    eprintln!(
+        "user's-eye program: built in a fresh workspace and printed {} ({:.0} s)",
+        stdout.trim(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `cargo package` for every publishable crate: each must build from its own packaged
+/// files alone (manifests and the default experiment are inside the crates that embed them).
+/// `verify` also compiles each package; without it the file lists and metadata are checked.
+pub fn package(verify: bool) -> Result<()> {
+    let start = Instant::now();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["package", "--quiet", "--allow-dirty"]);
+    for c in PUBLISHED {
+        cmd.args(["-p", c]);
+    }
+    if verify {
+        // The workspace's profile for dependencies, so the verification builds reuse the
+        // dependencies `cargo test` compiled instead of rebuilding the tree at opt-level 0.
+        cmd.args([
+            "--config",
+            "profile.dev.package.\"*\".opt-level=2",
+            "--config",
+            "profile.dev.package.\"*\".debug=false",
+            "--config",
+            "profile.dev.debug=\"line-tables-only\"",
+        ]);
+    } else {
+        cmd.arg("--no-verify");
+    }
+    let status = cmd
+        .current_dir(repo())
+        .status()
+        .context("running cargo package")?;
+    if !status.success() {
+        bail!("cargo package failed ({status})");
+    }
+    eprintln!(
+        "cargo package: {} crates packaged{} ({:.0} s)",
+        PUBLISHED.len(),
+        if verify {
+            " and built from their packages"
+        } else {
+            ""
+        },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_program_is_found_and_is_a_program() {
+        let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+        let p = readme_program(&readme).unwrap();
+        assert!(
+            p.contains("fn main()") && p.contains("transfer_learning"),
+            "{p}"
+        );
+        assert!(readme_program("no marker").is_err());
+        assert!(readme_program("<!-- user's-eye program -->\n```rust\nfn main() {}").is_err());
+    }
+}
