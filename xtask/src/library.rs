@@ -141,6 +141,13 @@ pub fn users_eye() -> Result<()> {
 /// `verify` also compiles each package; without it the file lists and metadata are checked.
 pub fn package(verify: bool) -> Result<()> {
     let start = Instant::now();
+    let outside = includes_outside_crates()?;
+    if !outside.is_empty() {
+        bail!(
+            "these crates embed files from outside themselves and would not build from their packages:\n{}",
+            outside.join("\n")
+        );
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.args(["package", "--quiet", "--allow-dirty"]);
@@ -181,9 +188,75 @@ pub fn package(verify: bool) -> Result<()> {
     Ok(())
 }
 
+/// `include_str!`/`include_bytes!` paths in the sources of the publishable crates that leave
+/// their crate (a packaged crate would not build): (file, line) of each.
+pub fn includes_outside_crates() -> Result<Vec<String>> {
+    let mut bad = Vec::new();
+    for c in PUBLISHED {
+        let dir = repo().join("crates").join(c);
+        let mut stack = vec![dir.join("src")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                let p = e?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if p.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&p)?;
+                for (i, line) in text.lines().enumerate() {
+                    let Some(at) = line
+                        .find("include_str!(\"")
+                        .or(line.find("include_bytes!(\""))
+                    else {
+                        continue;
+                    };
+                    let arg = &line[at..];
+                    let rel = arg.split('"').nth(1).unwrap_or("");
+                    let target = p.parent().unwrap_or(&d).join(rel);
+                    let inside = target
+                        .canonicalize()
+                        .map(|t| t.starts_with(dir.canonicalize().unwrap_or(dir.clone())))
+                        .unwrap_or(false);
+                    // A link inside the crate to a file outside it would be packaged as a
+                    // copy, but a path through `..` out of the crate would not.
+                    let escapes = {
+                        let mut depth: i32 = p
+                            .strip_prefix(&dir)
+                            .map(|r| r.components().count() as i32 - 1)
+                            .unwrap_or(0);
+                        let mut out = false;
+                        for part in rel.split('/') {
+                            match part {
+                                ".." => depth -= 1,
+                                "." | "" => {}
+                                _ => depth += 1,
+                            }
+                            out |= depth < 0;
+                        }
+                        out
+                    };
+                    if !inside || escapes {
+                        bad.push(format!("{}:{}: {rel}", p.display(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    Ok(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_published_crate_embeds_a_file_outside_itself() {
+        let bad = includes_outside_crates().unwrap();
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
 
     #[test]
     fn the_readme_program_is_found_and_is_a_program() {
