@@ -64,7 +64,7 @@ pub fn preprocess_image(input: &ImageInput, spec: &ImageSpec) -> Result<Vec<f32>
     image::preprocess_into(&img, spec, &mut out);
     Ok(out)
 }
-pub use runtime::{check_elf, environment, init_from, runtime_library_path};
+pub use runtime::{check_elf, environment, fetched_runtime_path, init_from, runtime_library_path};
 
 enum Encoder {
     Text {

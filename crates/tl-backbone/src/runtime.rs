@@ -18,9 +18,14 @@ pub fn runtime_library_path() -> Result<PathBuf, BackboneError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
+    fetched_runtime_path(&Cache::from_env())
+}
+
+/// Where the fetched runtime library lies in `cache` (whether or not it is there yet).
+pub fn fetched_runtime_path(cache: &Cache) -> Result<PathBuf, BackboneError> {
     let registry = Registry::builtin()?;
     let manifest = registry.get("onnxruntime")?;
-    Ok(Cache::from_env().file_path(manifest, &manifest.files[0].path))
+    Ok(cache.file_path(manifest, &manifest.files[0].path))
 }
 
 /// The process-wide ONNX Runtime environment, loading the library on first use from

@@ -123,9 +123,8 @@ impl Encoder {
         let fetcher = Fetcher::new(cache.clone()).progress(options.progress);
         // The runtime comes from the same cache as the model, unless ORT_DYLIB_PATH names one.
         if std::env::var_os("ORT_DYLIB_PATH").is_none_or(|p| p.is_empty()) {
-            let runtime = registry.get("onnxruntime")?;
-            fetcher.fetch(runtime)?;
-            tl_backbone::init_from(&cache.file_path(runtime, &runtime.files[0].path))?;
+            fetcher.fetch(registry.get("onnxruntime")?)?;
+            tl_backbone::init_from(&tl_backbone::fetched_runtime_path(cache)?)?;
         }
         fetcher.fetch(manifest)?;
         let backbone = Backbone::from_manifest(manifest, cache, &options.execution)?;
