@@ -16,10 +16,10 @@ use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
 
 use crate::EvalError;
 use crate::data::{TableSettings, load_dataset};
-use crate::tfidf::{Tfidf, TfidfParams};
 use tl_core::metrics::{
     Interval, Metrics, accuracy_on, bootstrap, evaluate, macro_f1_on, paired_accuracy_difference,
 };
+use tl_features::{Embedder, Inputs, RawPixels, Tfidf, TfidfParams};
 
 /// Which features stand for "before transfer".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -474,7 +474,10 @@ impl System {
                         Array2::zeros((test.len(), 1)),
                     ));
                 }
-                Ok((v.transform(&tr), v.transform(&texts(test))))
+                let embed = |t: Vec<&str>| -> Result<Array2<f32>, EvalError> {
+                    Ok(v.embed(&Inputs::Texts(t), OnError::Fail)?.features)
+                };
+                Ok((embed(tr)?, embed(texts(test))?))
             }
         }
     }
@@ -606,56 +609,33 @@ fn rows_of(ds: &Dataset, exp: &Experiment) -> Result<(Vec<usize>, Vec<usize>), E
 /// The raw-pixels baseline's features of rows `used`: pixels in [0, 1], as they are when
 /// every image has one size, else resized to 32 x 32 RGB.
 pub fn raw_pixels(ds: &Dataset, used: &[usize]) -> Result<Array2<f32>, EvalError> {
-    let first = used.first().map(|&i| &ds.items[i]);
-    let same_size = match first {
-        Some(Item::Pixels(p)) => used.iter().all(|&i| {
-            matches!(&ds.items[i], Item::Pixels(q) if q.width == p.width && q.height == p.height && q.channels == p.channels)
-        }),
-        _ => false,
-    };
-    if same_size {
-        let Some(Item::Pixels(p)) = first else {
-            unreachable!()
-        };
-        let d = p.data.len();
-        let mut x = Array2::zeros((used.len(), d));
-        for (r, &i) in used.iter().enumerate() {
-            if let Item::Pixels(q) = &ds.items[i] {
-                for (j, &b) in q.data.iter().enumerate() {
-                    x[[r, j]] = f32::from(b) / 255.0;
-                }
-            }
-        }
-        return Ok(x);
+    let items = used.iter().map(|&i| &ds.items[i]);
+    if matches!(used.first().map(|&i| &ds.items[i]), Some(Item::Text(_))) {
+        return Err(EvalError::Config(
+            "raw-pixels baseline on a text dataset; use baseline = \"tfidf\"".into(),
+        ));
     }
-    let spec = tl_assets::manifest::ImageSpec {
-        size: 32,
-        resize: tl_assets::manifest::Resize::Stretch,
-        // [0, 1], as documented and as the same-size path above: 0..255 made a dark-vs-bright
-        // folder score chance (the head's regulariser) and slowed every fit.
-        pixel_max: 1.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-        layout: tl_assets::manifest::Layout::Nchw,
-        channels: tl_assets::manifest::ChannelOrder::Rgb,
-    };
-    let rows: Vec<Vec<f32>> = used
-        .par_iter()
-        .map(|&i| {
-            let input = match tl_features::image_input(&ds.items[i]) {
-                Some(input) => input,
-                None => {
-                    return Err(EvalError::Config(
-                        "raw-pixels baseline on a text dataset; use baseline = \"tfidf\"".into(),
-                    ));
-                }
-            };
-            tl_backbone::preprocess_image(&input, &spec)
-                .map_err(|e| EvalError::Config(format!("row {i}: {}: {e}", input.describe())))
-        })
-        .collect::<Result<_, _>>()?;
-    let d = rows.first().map_or(0, Vec::len);
-    Ok(Array2::from_shape_vec((rows.len(), d), rows.concat()).expect("rows of equal length"))
+    let encoder = RawPixels::for_items(items.clone());
+    let out = encoder
+        .embed(&Inputs::from_items(items)?, OnError::Fail)
+        .map_err(|e| match e {
+            // Name the dataset row, not the position among the rows used.
+            tl_features::FeatureError::Options(m) => EvalError::Config(renumber(&m, used)),
+            e => e.into(),
+        })?;
+    Ok(out.features)
+}
+
+/// Rewrites a leading `item N:` (a position in `used`) as `row R:` (the dataset row).
+fn renumber(message: &str, used: &[usize]) -> String {
+    message
+        .strip_prefix("item ")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(n, rest)| Some((used.get(n.parse::<usize>().ok()?)?, rest)))
+        .map_or_else(
+            || message.to_string(),
+            |(row, rest)| format!("row {row}:{rest}"),
+        )
 }
 
 /// Progress and cache messages a run prints.

@@ -15,7 +15,6 @@ mod adaptation;
 pub mod data;
 mod experiment;
 mod report;
-pub mod tfidf;
 pub mod transfer;
 
 use std::path::PathBuf;
@@ -32,6 +31,8 @@ pub use report::{
     confusion_png, confusion_svg, learning_curve_png, learning_curve_svg, markdown, write_report,
 };
 pub use tl_core::{Interval, Metrics};
+/// The TF-IDF baseline (an [`tl_features::Embedder`] fitted per training part).
+pub use tl_features::tfidf;
 
 /// Everything that can go wrong running an evaluation.
 #[derive(Debug, thiserror::Error)]

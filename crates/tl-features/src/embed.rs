@@ -7,25 +7,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Axis};
-use tl_backbone::{Backbone, ImageInput, ItemError, OnError, RawImage};
+use tl_backbone::{ItemError, OnError};
 use tl_data::Item;
 
+use crate::embedder::{Embedder, Inputs};
 use crate::store::{LookupStats, STORE_VERSION, Store, StoreManifest};
 
-/// The backbone input of an image item (a file stays a path, read when decoded);
-/// none for a text. The one conversion from data items to image inputs.
-pub fn image_input(item: &Item) -> Option<ImageInput> {
-    match item {
-        Item::ImageFile(p) => Some(ImageInput::Path(p.clone())),
-        Item::Pixels(p) => Some(ImageInput::Pixels(RawImage {
-            width: p.width,
-            height: p.height,
-            channels: p.channels,
-            data: p.data.clone(),
-        })),
-        Item::Text(_) => None,
-    }
-}
 use crate::{FeatureError, Key};
 
 /// Compaction runs after a call that leaves more shards than this.
@@ -130,13 +117,13 @@ pub fn item_key(fingerprint: &str, item: &Item) -> Result<Key, FeatureError> {
     })
 }
 
-/// The store manifest describing a backbone.
-pub fn manifest_for(backbone: &Backbone) -> StoreManifest {
+/// The store manifest describing an encoder.
+pub fn manifest_for(backbone: &dyn Embedder) -> StoreManifest {
     StoreManifest {
         version: STORE_VERSION,
         fingerprint: backbone.fingerprint().to_string(),
         model: backbone.name().to_string(),
-        settings: serde_json::to_value(backbone.spec()).unwrap_or(serde_json::Value::Null),
+        settings: backbone.settings(),
         dim: backbone.dim(),
         dtype: "float32".into(),
     }
@@ -153,7 +140,7 @@ pub fn output_fingerprint(fingerprint: &str, output: &str) -> String {
 }
 
 /// The store manifest of one extra output (`width` values per item) of a backbone.
-pub fn manifest_for_output(backbone: &Backbone, output: &str, width: usize) -> StoreManifest {
+pub fn manifest_for_output(backbone: &dyn Embedder, output: &str, width: usize) -> StoreManifest {
     StoreManifest {
         version: STORE_VERSION,
         fingerprint: output_fingerprint(backbone.fingerprint(), output),
@@ -171,10 +158,11 @@ pub fn manifest_for_output(backbone: &Backbone, output: &str, width: usize) -> S
 /// `TL_PROGRESS_SECONDS` overrides it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-/// Embeds `items` with `backbone`, answering from `store` where it can and storing what it
-/// computes, one durable shard per `flush_every` items.
+/// Embeds `items` with `backbone` (any [`Embedder`]), answering from `store` where it can and
+/// storing what it computes, one durable shard per `flush_every` items. An encoder whose
+/// [`Embedder::caches`] is false is run on every item and the store is not touched.
 pub fn embed_cached(
-    backbone: &Backbone,
+    backbone: &dyn Embedder,
     store: &Store,
     items: &[Item],
     options: &CacheOptions,
@@ -184,6 +172,21 @@ pub fn embed_cached(
         return Err(FeatureError::Options(
             "flush_every must be at least 1".into(),
         ));
+    }
+    if !backbone.caches() {
+        let out = backbone.embed(&Inputs::from_items(items)?, options.on_error)?;
+        let compute_time = start.elapsed();
+        return Ok(CachedFeatures {
+            features: out.features,
+            extra: out.extra,
+            hits: 0,
+            computed: items.len(),
+            errors: out.errors,
+            lookup: LookupStats::default(),
+            lookup_time: Duration::ZERO,
+            compute_time,
+            elapsed: compute_time,
+        });
     }
     // Store 0 holds the features; stores 1.. the extra outputs, when asked for.
     let mut stores = vec![store.backbone(manifest_for(backbone))?];
@@ -380,57 +383,15 @@ pub fn embed_cached(
     })
 }
 
-/// Runs the backbone on one chunk. Image files are read once here and keyed from the bytes
+/// Runs the encoder on one chunk. Image files are read once here and keyed from the bytes
 /// actually embedded, so a file changed since the lookup is stored under its new content.
 fn embed_chunk(
-    backbone: &Backbone,
+    backbone: &dyn Embedder,
     items: &[Item],
     chunk: &[usize],
     on_error: OnError,
 ) -> Result<(tl_backbone::Embeddings, Vec<Key>), FeatureError> {
-    let fp = backbone.fingerprint();
-    match &items[chunk[0]] {
-        Item::Text(_) => {
-            let texts: Vec<&str> = chunk
-                .iter()
-                .map(|&i| match &items[i] {
-                    Item::Text(t) => Ok(t.as_str()),
-                    _ => Err(FeatureError::Options(format!(
-                        "item {i} is an image but the items started with texts"
-                    ))),
-                })
-                .collect::<Result<_, _>>()?;
-            let keys = texts.iter().map(|t| text_key(fp, t)).collect();
-            Ok((backbone.embed_texts(&texts, on_error)?, keys))
-        }
-        _ => {
-            let mut inputs = Vec::with_capacity(chunk.len());
-            let mut keys = Vec::with_capacity(chunk.len());
-            for &i in chunk {
-                match &items[i] {
-                    Item::ImageFile(p) => {
-                        let bytes = fs::read(p).map_err(|e| FeatureError::Io {
-                            path: p.clone(),
-                            source: e,
-                        })?;
-                        keys.push(encoded_key(fp, &bytes));
-                        inputs.push(ImageInput::Encoded {
-                            name: p.display().to_string(),
-                            bytes,
-                        });
-                    }
-                    Item::Pixels(p) => {
-                        keys.push(pixels_key(fp, p.width, p.height, p.channels, &p.data));
-                        inputs.extend(image_input(&items[i]));
-                    }
-                    Item::Text(_) => {
-                        return Err(FeatureError::Options(format!(
-                            "item {i} is a text but the items started with images"
-                        )));
-                    }
-                }
-            }
-            Ok((backbone.embed_images(&inputs, on_error)?, keys))
-        }
-    }
+    let inputs = Inputs::from_items(chunk.iter().map(|&i| &items[i]))?;
+    let keys = inputs.keys(backbone.fingerprint())?;
+    Ok((backbone.embed(&inputs, on_error)?, keys))
 }

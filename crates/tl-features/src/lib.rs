@@ -4,7 +4,9 @@
 //! it (heads, evaluation, model selection, adaptation) is cheap and repeated. [`embed_cached`]
 //! keys every item by BLAKE3 over the backbone fingerprint and the item's content (text bytes,
 //! image file bytes, pixel arrays), answers what it can from the [`Store`], computes only the
-//! misses and writes them as it goes.
+//! misses and writes them as it goes. Every feature system is an [`Embedder`]: ONNX backbones
+//! (pretrained, or fine-tuned and exported), the [`Tfidf`] and [`RawPixels`] baselines; the
+//! cheap or per-split ones are computed through the same call without being stored.
 //!
 //! Layout under `$TL_HOME/features/<fingerprint>/`: `manifest.json` (model, settings, dim, dtype,
 //! version), `shards/shard-<blake3 of the file>.parquet` (columns `key`: 64 hex chars,
@@ -44,20 +46,24 @@
 //! ```
 
 mod embed;
+mod embedder;
 mod export;
 mod store;
+pub mod tfidf;
 
 use std::path::PathBuf;
 
 pub use embed::{
-    CacheOptions, CachedFeatures, embed_cached, encoded_key, image_input, item_key, manifest_for,
+    CacheOptions, CachedFeatures, embed_cached, encoded_key, item_key, manifest_for,
     manifest_for_output, output_fingerprint, pixels_key, text_key,
 };
+pub use embedder::{Embedder, Inputs, RawPixels, image_input};
 pub use export::export_features;
 pub use store::{
     BackboneStore, BackboneSummary, COMPACT_ROWS, KEY_COLUMN, LookupStats, STALE_TEMP,
     STORE_VERSION, Store, StoreManifest, VECTOR_COLUMN, is_read_only,
 };
+pub use tfidf::{Tfidf, TfidfParams};
 
 /// A cache key: BLAKE3 of (fingerprint, item kind, item content).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,9 +1,14 @@
-//! TF-IDF bag of words: the text baseline that needs no pretrained model.
+//! TF-IDF bag of words: the text baseline that needs no pretrained model, an [`Embedder`]
+//! fitted on one training part.
 
 use std::collections::{BTreeMap, HashMap};
 
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
+use tl_backbone::{Embeddings, OnError};
+
+use crate::FeatureError;
+use crate::embedder::{Embedder, Inputs, plain_embeddings};
 
 /// Vectoriser settings (scikit-learn's `TfidfVectorizer` defaults, plus sublinear tf).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +39,8 @@ pub struct Tfidf {
     params: TfidfParams,
     vocab: HashMap<String, usize>,
     idf: Vec<f32>,
+    /// BLAKE3 of the settings, terms and idf: two fits agree on every vector iff it matches.
+    fingerprint: String,
 }
 
 /// Lowercased tokens of two or more word characters (scikit-learn's `\b\w\w+\b`).
@@ -74,14 +81,22 @@ impl Tfidf {
         let n = texts.len() as f32;
         let mut vocab = HashMap::with_capacity(terms.len());
         let mut idf = Vec::with_capacity(terms.len());
+        let mut h = blake3::Hasher::new();
+        h.update(b"tl-features/tfidf/1\0");
+        h.update(&[u8::from(params.sublinear_tf)]);
         for (i, (t, d, _)) in terms.into_iter().enumerate() {
+            let w = ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0;
+            h.update(t.as_bytes());
+            h.update(b"\0");
+            h.update(&w.to_le_bytes());
             vocab.insert(t, i);
-            idf.push(((1.0 + n) / (1.0 + d as f32)).ln() + 1.0);
+            idf.push(w);
         }
         Tfidf {
             params: params.clone(),
             vocab,
             idf,
+            fingerprint: format!("tfidf-{}", &h.finalize().to_hex()[..32]),
         }
     }
 
@@ -114,5 +129,31 @@ impl Tfidf {
             }
         }
         out
+    }
+}
+
+impl Embedder for Tfidf {
+    fn name(&self) -> &str {
+        "tfidf"
+    }
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+    fn dim(&self) -> usize {
+        Tfidf::dim(self)
+    }
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).unwrap_or(serde_json::Value::Null)
+    }
+    fn caches(&self) -> bool {
+        false
+    }
+    fn embed(&self, inputs: &Inputs<'_>, _on_error: OnError) -> Result<Embeddings, FeatureError> {
+        match inputs {
+            Inputs::Texts(t) => Ok(plain_embeddings(self.transform(t), Vec::new())),
+            Inputs::Images(_) => Err(FeatureError::Options(
+                "tfidf baseline on images; use the raw-pixels baseline".into(),
+            )),
+        }
     }
 }
