@@ -284,6 +284,33 @@ fn offline_tests(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The style gate of every change: formatting, and clippy with warnings as errors on every
+/// target (the library crates' `#![warn(missing_docs)]` included).
+fn lint(cargo: &str) -> Result<()> {
+    for args in [
+        &["fmt", "--all", "--check"][..],
+        &[
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ] {
+        let status = Command::new(cargo)
+            .args(args)
+            .status()
+            .with_context(|| format!("running cargo {}", args[0]))?;
+        if !status.success() {
+            bail!("cargo {} found problems ({status})", args.join(" "));
+        }
+    }
+    eprintln!("cargo fmt --check and cargo clippy -D warnings: clean");
+    Ok(())
+}
+
 fn test(offline: bool, args: &[String]) -> Result<()> {
     if offline {
         return offline_tests(args);
@@ -320,6 +347,7 @@ fn test(offline: bool, args: &[String]) -> Result<()> {
         bail!("tl-backbone does not compile with the `cuda` feature ({status})");
     }
     eprintln!("tl-backbone compiles with the `cuda` feature");
+    lint(&cargo)?;
     // The library as a user meets it: the README's program in a fresh workspace, and every
     // publishable crate packaged from its own files.
     library::users_eye()?;

@@ -26,6 +26,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod fetch;
 pub mod manifest;
 
@@ -35,6 +37,17 @@ pub use fetch::{
     FetchReport, Fetcher, FileOutcome, FileState, PYTHON_REQUIREMENTS, describe, sha256_file,
 };
 pub use manifest::{AssetKind, Manifest};
+
+/// Fetches `manifest` into `cache` when any of its files is missing or corrupt (otherwise only
+/// a quick check), logging the assets it fetched. What every command calls before it opens
+/// an asset.
+pub fn ensure_fetched(manifest: &Manifest, cache: &Cache) -> Result<(), FetchError> {
+    let report = Fetcher::new(cache.clone()).fetch(manifest)?;
+    if !report.was_noop() {
+        tracing::info!("fetched {}", manifest.name);
+    }
+    Ok(())
+}
 
 /// The manifests shipped with the toolkit: (path in the repository, text).
 const BUILTIN: &[(&str, &str)] = &[

@@ -57,13 +57,13 @@ pub(crate) fn adapt(registry: &Registry, a: &AdaptArgs) -> Result<()> {
     exp.table = a.table.settings();
     exp.check().map_err(UsageError)?;
     let cache = Cache::from_env();
-    tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)?;
+    tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)?;
     let report = tl_eval::run_adaptation(&exp, registry, &cache, true, &|line: &str| {
         eprintln!("{line}")
     })?;
     out_raw!("{}", tl_eval::adaptation_markdown(&report));
     if let Some(dir) = &a.out {
-        tl_eval::write_adaptation_report(&report, dir)?;
+        tl_eval::write_report(&report, dir)?;
         eprintln!("report    {}", dir.join("summary.md").display());
     }
     Ok(())

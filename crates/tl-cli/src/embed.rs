@@ -2,11 +2,11 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use tl_assets::{Cache, Registry};
-use tl_backbone::{Backbone, ExecutionConfig, ImageInput, OnError};
+use tl_backbone::{Backbone, ExecutionConfig, OnError};
 use tl_data::Item;
-use tl_features::{CacheOptions, Store, embed_cached};
+use tl_features::{CacheOptions, Embedder, Inputs, Store, embed_cached};
 
 use crate::{TableArgs, UsageError, ensure_model, load_dataset};
 
@@ -36,13 +36,7 @@ pub(crate) fn embed(
     }
     let m = ensure_model(registry, model)?;
     let ds = load_dataset(registry, dataset, table)?;
-    let mut indices: Vec<usize> = match split {
-        Some(s) => ds.split(s)?.to_vec(),
-        None => (0..ds.len()).collect(),
-    };
-    if let Some(n) = limit {
-        indices.truncate(n);
-    }
+    let indices = crate::model::selection(&ds, split, limit)?;
     let config = ExecutionConfig {
         batch_size,
         intra_threads: threads,
@@ -88,30 +82,12 @@ pub(crate) fn embed(
         print_separation(&out.features, &labels);
         return Ok(());
     }
-    let items: Vec<&Item> = indices.iter().map(|&i| &ds.items[i]).collect();
-    let out = match items.first() {
-        Some(Item::Text(_)) => {
-            let texts: Vec<&str> = items
-                .iter()
-                .map(|i| match i {
-                    Item::Text(t) => Ok(t.as_str()),
-                    _ => bail!("dataset {dataset} mixes texts and images"),
-                })
-                .collect::<Result<_>>()?;
-            backbone.embed_texts(&texts, OnError::Skip)?
-        }
-        Some(_) => {
-            let images: Vec<ImageInput> = items
-                .iter()
-                .map(|i| match tl_features::image_input(i) {
-                    Some(input) => Ok(input),
-                    None => bail!("dataset {dataset} mixes texts and images"),
-                })
-                .collect::<Result<_>>()?;
-            backbone.embed_images(&images, OnError::Skip)?
-        }
-        None => bail!("nothing to embed: the selection is empty"),
-    };
+    if indices.is_empty() {
+        bail!("nothing to embed: the selection is empty");
+    }
+    let inputs = Inputs::from_items(indices.iter().map(|&i| &ds.items[i]))
+        .with_context(|| format!("dataset {dataset}"))?;
+    let out = Embedder::embed(&backbone, &inputs, OnError::Skip)?;
     let s = &out.stats;
     let secs = s.timings.total.as_secs_f64();
     print_header(&backbone, &ds, indices.len());

@@ -203,8 +203,8 @@ pub(crate) fn finetune(registry: &Registry, a: &FinetuneArgs) -> Result<()> {
 
     // Before: frozen features + logistic regression, through the feature cache.
     let t = Instant::now();
-    let f_train = cached_features(registry, &a.model, &ds, &train, 32, false)?;
-    let f_test = cached_features(registry, &a.model, &ds, &test, 32, false)?;
+    let f_train = cached_features(registry, &a.model, &ds, &train)?;
+    let f_test = cached_features(registry, &a.model, &ds, &test)?;
     let frozen = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default())).fit(
         f_train.features.view(),
         &y_train,
@@ -395,11 +395,8 @@ fn rows(ds: &Dataset, a: &FinetuneArgs) -> Result<(Vec<usize>, Vec<usize>)> {
     // so `--train-rows 10000 --test-rows 2000` gives experiments/mnist.toml's rows).
     let cap = |idx: Vec<usize>, n: Option<usize>, salt: u64| -> Result<Vec<usize>> {
         Ok(match n {
-            Some(n) if n < idx.len() => {
-                let frac = n as f64 / idx.len() as f64;
-                tl_core::split::stratified_split(&ds.labels, &idx, frac, a.split_seed ^ salt)?.1
-            }
-            _ => idx,
+            Some(n) => tl_core::split::stratified_sample(&ds.labels, &idx, n, a.split_seed ^ salt)?,
+            None => idx,
         })
     };
     let (train, test) = match (ds.splits.get("train"), ds.splits.get("test")) {

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tl_assets::{Cache, Manifest, Registry};
 use tl_data::Dataset;
-use tl_eval::data::TableSettings;
+use tl_data::TableSettings;
 use tl_eval::{AdaptationExperiment, Experiment};
 use tl_features::Store;
 
@@ -90,7 +90,7 @@ enum Cmd {
         /// Split to embed (default: every item).
         #[arg(long)]
         split: Option<String>,
-        /// Embed at most this many items (the first ones).
+        /// A stratified sample of about this many rows (seed 0: the same rows in every command).
         #[arg(long)]
         limit: Option<usize>,
         /// Items per inference batch.
@@ -314,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
 /// Fetches the runtime and the model if needed and returns the model's manifest.
 fn ensure_model<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest> {
     let cache = Cache::from_env();
-    tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
+    tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
     let m = registry.get(model).map_err(|e| UsageError(e.to_string()))?;
     if m.model.is_none() {
@@ -323,15 +323,15 @@ fn ensure_model<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest>
             m.kind
         )));
     }
-    tl_eval::data::ensure_fetched(m, &cache).with_context(|| format!("fetching {model}"))?;
+    tl_assets::ensure_fetched(m, &cache).with_context(|| format!("fetching {model}"))?;
     Ok(m)
 }
 
 fn load_dataset(registry: &Registry, name: &str, table: &TableArgs) -> Result<Dataset> {
-    match tl_eval::data::load_dataset(registry, &Cache::from_env(), name, &table.settings()) {
+    match tl_data::load_dataset(registry, &Cache::from_env(), name, &table.settings()) {
         // An unknown name or a missing path is a bad argument (exit 2); a file that cannot
         // be read as data is a failed job (exit 1).
-        Err(tl_eval::EvalError::Config(message)) => bail!(UsageError(message)),
+        Err(tl_data::DataError::Resolve(message)) => bail!(UsageError(message)),
         r => Ok(r?),
     }
 }
@@ -448,14 +448,14 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
         let exp = AdaptationExperiment::from_toml(&text, &origin)?;
         let dir = out.unwrap_or_else(|| default_report_dir(&exp.name));
         check_report_dir(&dir)?;
-        tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
+        tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)
             .context("fetching the ONNX Runtime library")?;
         return run_adaptation_experiment(registry, &cache, &exp, &dir);
     }
     let exp = Experiment::from_toml(&text, &origin)?;
     let dir = out.unwrap_or_else(|| default_report_dir(&exp.name));
     check_report_dir(&dir)?;
-    tl_eval::data::ensure_fetched(registry.get("onnxruntime")?, &cache)
+    tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
     out!("experiment {}", exp.name);
     let report = tl_eval::run(&exp, registry, &cache, true, &|line: &str| out!("{line}"))?;
@@ -482,7 +482,7 @@ fn run_adaptation_experiment(
 ) -> Result<()> {
     out!("adaptation experiment {}", exp.name);
     let report = tl_eval::run_adaptation(exp, registry, cache, true, &|line: &str| out!("{line}"))?;
-    tl_eval::write_adaptation_report(&report, dir)?;
+    tl_eval::write_report(&report, dir)?;
     for m in &report.summary {
         out!(
             "summary   {:<18} {:<12} {:+5.2} points, gap recovered: mean {}, pooled {} ({} helps, {} hurts of {})",
@@ -550,7 +550,7 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                 Some(s) => ds.split(s)?.to_vec(),
                 None => (0..ds.len()).collect(),
             };
-            let features = model::cached_features(registry, &model, &ds, &indices, 32, false)?;
+            let features = model::cached_features(registry, &model, &ds, &indices)?;
             let ids: Vec<String> = indices.iter().map(|i| format!("{}:{i}", ds.name)).collect();
             let labels: Vec<String> = indices
                 .iter()

@@ -14,74 +14,66 @@ use crate::{TableArgs, UsageError, ensure_model, load_dataset};
 /// Features for `indices` of `ds`, through the cache, with the backbone's fingerprint.
 pub(crate) struct Features {
     pub(crate) features: ndarray::Array2<f32>,
-    /// The backbone's extra outputs (e.g. ImageNet logits), when asked for.
-    pub(crate) extra: Vec<(String, ndarray::Array2<f32>)>,
     pub(crate) fingerprint: String,
 }
 
 /// Embeds `items` with `backbone` through the feature cache in `$TL_HOME`; items that cannot
 /// be embedded are an error.
-fn embed_through_cache(
-    backbone: &Backbone,
-    items: &[Item],
-    progress: bool,
-    extra_outputs: bool,
-) -> Result<CachedFeatures> {
+fn embed_through_cache(backbone: &Backbone, items: &[Item]) -> Result<CachedFeatures> {
     Ok(embed_cached(
         backbone,
         &Store::from_cache(&Cache::from_env()),
         items,
         &CacheOptions {
-            progress,
             on_error: OnError::Fail,
-            extra_outputs,
             ..Default::default()
         },
     )?)
 }
 
+/// The features of `indices` of `ds` from `model` (fetched if needed) through the feature
+/// cache, as the experiment runners get them, with a line saying how many were cached.
 pub(crate) fn cached_features(
     registry: &Registry,
     model: &str,
     ds: &Dataset,
     indices: &[usize],
-    batch_size: usize,
-    extra_outputs: bool,
 ) -> Result<Features> {
-    let m = ensure_model(registry, model)?;
-    let cache = Cache::from_env();
-    let config = ExecutionConfig {
-        batch_size,
-        ..Default::default()
-    };
-    let backbone = Backbone::from_manifest(m, &cache, &config)?;
-    let items: Vec<Item> = indices.iter().map(|&i| ds.items[i].clone()).collect();
-    let out = embed_through_cache(&backbone, &items, true, extra_outputs)?;
-    eprintln!(
-        "features  {model}: {} cached, {} computed ({:.1}s)",
-        out.hits,
-        out.computed,
-        out.elapsed.as_secs_f64()
-    );
+    ensure_model(registry, model)?;
+    let note = |line: &str| eprintln!("{line}");
+    let f = tl_eval::runner::backbone_features(
+        model,
+        ds,
+        indices,
+        registry,
+        &Cache::from_env(),
+        32,
+        true,
+        &note,
+    )?;
     Ok(Features {
-        features: out.features,
-        extra: out.extra,
-        fingerprint: backbone.fingerprint().to_string(),
+        features: f.features,
+        fingerprint: f.info.fingerprint.unwrap_or_default(),
     })
 }
 
-fn selection(ds: &Dataset, split: Option<&str>, limit: Option<usize>) -> Result<Vec<usize>> {
-    let mut idx: Vec<usize> = match split {
+/// The rows a command works on: a split (default: every row), then `--limit`, which means
+/// the same in every command: a stratified sample of about that many rows (seed 0), never
+/// the first rows of a file that may be sorted by label.
+pub(crate) fn selection(
+    ds: &Dataset,
+    split: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Vec<usize>> {
+    let idx: Vec<usize> = match split {
         Some(s) => ds.split(s)?.to_vec(),
         None => (0..ds.len()).collect(),
     };
-    if let Some(n) = limit {
-        if n == 0 {
-            bail!(UsageError("--limit must be at least 1".into()));
-        }
-        idx.truncate(n);
+    match limit {
+        Some(0) => bail!(UsageError("--limit must be at least 1".into())),
+        Some(n) => Ok(tl_core::split::stratified_sample(&ds.labels, &idx, n, 0)?),
+        None => Ok(idx),
     }
-    Ok(idx)
 }
 
 /// Arguments of `tl fit`.
@@ -96,7 +88,7 @@ pub(crate) struct FitArgs {
     /// Split to train on (default: every item).
     #[arg(long)]
     split: Option<String>,
-    /// Train on at most this many items (the first ones).
+    /// A stratified sample of about this many rows (seed 0: the same rows in every command).
     #[arg(long)]
     limit: Option<usize>,
     /// logistic, linear-svm, knn, centroid or ridge.
@@ -153,7 +145,7 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
     crate::check_output_file(&a.out, "--out", &["json"])?;
     let ds = load_dataset(registry, &a.dataset, &a.table)?;
     let idx = selection(&ds, a.split.as_deref(), a.limit)?;
-    let f = cached_features(registry, &a.model, &ds, &idx, 32, false)?;
+    let f = cached_features(registry, &a.model, &ds, &idx)?;
     let y: Vec<usize> = idx.iter().map(|&i| ds.labels[i]).collect();
     let config = if a.search {
         let g = tl_heads::grid_search(
@@ -218,7 +210,7 @@ pub(crate) struct PredictArgs {
     /// Its split.
     #[arg(long)]
     split: Option<String>,
-    /// At most this many items.
+    /// A stratified sample of about this many rows (seed 0: the same rows in every command).
     #[arg(long)]
     limit: Option<usize>,
     #[command(flatten)]
@@ -303,7 +295,7 @@ pub(crate) fn predict(registry: &Registry, a: &PredictArgs) -> Result<()> {
         )),
         None => a.text.iter().cloned().map(Item::Text).collect(),
     };
-    let out = embed_through_cache(&backbone, &items, false, false)?;
+    let out = embed_through_cache(&backbone, &items)?;
     let proba = clf.predict_proba(out.features.view())?;
     let pred = clf.predict(out.features.view())?;
     out!("row,label,probability");
@@ -328,7 +320,7 @@ pub(crate) struct EvalArgs {
     /// Its split.
     #[arg(long)]
     split: Option<String>,
-    /// At most this many items.
+    /// A stratified sample of about this many rows (seed 0: the same rows in every command).
     #[arg(long)]
     limit: Option<usize>,
     /// Bootstrap resamples for the intervals.
@@ -350,7 +342,7 @@ pub(crate) fn eval(registry: &Registry, a: &EvalArgs) -> Result<()> {
         .collect();
     let truth = clf.encode_labels(&names)?;
     let items: Vec<Item> = idx.iter().map(|&i| ds.items[i].clone()).collect();
-    let out = embed_through_cache(&backbone, &items, false, false)?;
+    let out = embed_through_cache(&backbone, &items)?;
     let pred = clf.predict(out.features.view())?;
     let proba = clf.predict_proba(out.features.view())?;
     let m = tl_core::metrics::evaluate(

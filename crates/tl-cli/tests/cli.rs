@@ -1080,7 +1080,7 @@ fn tl_select_takes_leep_logits_from_an_earlier_tl_run() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("efficientnet-lite0: 12 cached, 0 computed"),
+        err.contains("efficientnet-lite0 on colours: 12 cached, 0 computed"),
         "logits from the feature cache: {err}"
     );
     assert!(stdout.contains("LEEP"), "{stdout}");

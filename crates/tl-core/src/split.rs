@@ -128,6 +128,31 @@ pub fn stratified_kfold(
         .collect())
 }
 
+/// A stratified random sample of about `n` items of `subset` (each class keeps its share,
+/// rounded per class), ascending; all of `subset` when it has at most `n` items. The one
+/// meaning of a row cap everywhere (`--limit`, `--train-rows`, an experiment's `subsample` or
+/// `limit`): it is the test side of [`stratified_split`] at fraction `n / len`, so equal
+/// arguments pick equal rows and features cached by one command are hits for another.
+pub fn stratified_sample(
+    labels: &[usize],
+    subset: &[usize],
+    n: usize,
+    seed: u64,
+) -> Result<Vec<usize>, SplitError> {
+    if n == 0 {
+        return Err(SplitError {
+            message: "a sample of 0 items keeps nothing; ask for at least 1".into(),
+        });
+    }
+    if n >= subset.len() {
+        let mut all = subset.to_vec();
+        all.sort_unstable();
+        return Ok(all);
+    }
+    let fraction = n as f64 / subset.len() as f64;
+    Ok(stratified_split(labels, subset, fraction, seed)?.1)
+}
+
 /// Up to `k` random examples of each class of `subset` (all of a class that has fewer),
 /// ascending. For few-shot learning curves.
 pub fn per_class_subsample(

@@ -2,7 +2,7 @@
 
 use tl_core::{
     Rng,
-    split::{per_class_subsample, stratified_kfold, stratified_split},
+    split::{per_class_subsample, stratified_kfold, stratified_sample, stratified_split},
 };
 
 fn labels() -> Vec<usize> {
@@ -135,4 +135,34 @@ fn rare_classes_are_those_below_the_fold_count() {
     assert_eq!(tl_core::split::rare_classes(&l, &all, 2), vec![]);
     // Out-of-range rows are not counted (the split itself reports them).
     assert_eq!(tl_core::split::rare_classes(&l, &[0, 99], 2), vec![(0, 1)]);
+}
+
+#[test]
+fn a_sample_is_the_test_side_of_a_split_and_keeps_class_shares() {
+    let l: Vec<usize> = (0..1000)
+        .map(|i| if i % 10 < 7 { 0 } else { 1 + i % 2 })
+        .collect();
+    let all: Vec<usize> = (0..l.len()).collect();
+    let sample = stratified_sample(&l, &all, 200, 5).unwrap();
+    assert_eq!(sample, stratified_split(&l, &all, 0.2, 5).unwrap().1);
+    assert_eq!(sample.len(), 200);
+    assert!(sample.windows(2).all(|w| w[0] < w[1]), "ascending");
+    let count = |c| sample.iter().filter(|&&i| l[i] == c).count();
+    assert_eq!([count(0), count(1), count(2)], [140, 20, 40]);
+    // Not the first rows: a cap of an ordered file (all of class 0 first) keeps every class.
+    let sorted: Vec<usize> = {
+        let mut v = all.clone();
+        v.sort_by_key(|&i| l[i]);
+        v
+    };
+    let capped = stratified_sample(&l, &sorted[..], 10, 0).unwrap();
+    assert!(
+        (0..3).all(|c| capped.iter().any(|&i| l[i] == c)),
+        "{capped:?}"
+    );
+    // A cap at or above the size keeps everything, in order; 0 is refused.
+    assert_eq!(stratified_sample(&l, &[9, 3, 5], 3, 0).unwrap(), [3, 5, 9]);
+    assert_eq!(stratified_sample(&l, &all, 5000, 0).unwrap(), all);
+    let e = stratified_sample(&l, &all, 0, 0).unwrap_err().to_string();
+    assert!(e.contains("0 items"), "{e}");
 }

@@ -23,9 +23,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod builtin;
 mod guard;
 mod images;
+mod resolve;
 mod summary;
 mod table;
 
@@ -38,6 +41,7 @@ pub use images::{
     MAX_IDX_BYTES, idx_labels_for, load_digits_csv_gz, load_idx, load_idx_dataset,
     load_image_folder, load_image_table,
 };
+pub use resolve::{DatasetSource, TableSettings, dataset_source, describe_source, load_dataset};
 pub use summary::Summary;
 pub use table::{TableFormat, TableOptions, load_table};
 
@@ -147,6 +151,13 @@ pub enum DataError {
     /// A manifest problem.
     #[error(transparent)]
     Manifest(#[from] tl_assets::ManifestError),
+    /// A dataset argument that names no file, folder or built-in dataset (the message lists
+    /// the known ones and says how to write a path).
+    #[error("{0}")]
+    Resolve(String),
+    /// Fetching a built-in dataset failed.
+    #[error(transparent)]
+    Fetch(#[from] tl_assets::FetchError),
 }
 
 impl DataError {

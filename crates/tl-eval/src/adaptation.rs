@@ -11,19 +11,19 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_assets::{Cache, Registry};
-use tl_core::split::{stratified_kfold, stratified_split};
+use tl_core::split::{stratified_kfold, stratified_sample};
 use tl_data::Dataset;
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 use crate::EvalError;
 use crate::adapt::{Method, reverse_validation};
-use crate::data::{TableSettings, load_dataset};
-use crate::experiment::{
+use crate::report::{Report, ReportFile, csv_field};
+use crate::runner::{
     Observer, backbone_features, check_limits, check_name, default_batch, default_bootstrap,
-    parse_experiment,
+    direction, parse_experiment,
 };
-use crate::report::{csv_field, write};
 use tl_core::metrics::{Interval, accuracy_on, bootstrap, paired_accuracy_difference};
+use tl_data::{TableSettings, load_dataset};
 
 /// Version of [`AdaptationReport`]'s JSON.
 pub const ADAPTATION_SCHEMA_VERSION: u32 = 1;
@@ -366,22 +366,9 @@ fn rows_of(ds: &Dataset, exp: &AdaptationExperiment) -> Result<Vec<usize>, EvalE
     Ok(match exp.limit {
         // The same stratified sample (seed ^ 2) as an evaluation experiment's test subsample,
         // so features cached by one are hits for the other.
-        Some(n) if n < rows.len() => {
-            let frac = n as f64 / rows.len() as f64;
-            stratified_split(&ds.labels, &rows, frac, exp.seed ^ 2)?.1
-        }
-        _ => rows,
+        Some(n) => stratified_sample(&ds.labels, &rows, n, exp.seed ^ 2)?,
+        None => rows,
     })
-}
-
-fn verdict(d: &Interval) -> &'static str {
-    if d.low > 0.0 {
-        "helps"
-    } else if d.high < 0.0 {
-        "hurts"
-    } else {
-        "no clear difference"
-    }
 }
 
 /// Runs an adaptation experiment: features through the cache, then for each backbone and pair
@@ -416,7 +403,7 @@ pub fn run_adaptation(
     for backbone in &exp.backbones {
         let mut features: HashMap<String, Array2<f32>> = HashMap::new();
         for (name, (ds, rows)) in &datasets {
-            let (_, x) = backbone_features(
+            let x = backbone_features(
                 backbone,
                 ds,
                 rows,
@@ -425,7 +412,8 @@ pub fn run_adaptation(
                 exp.batch_size,
                 progress,
                 obs,
-            )?;
+            )?
+            .features;
             features.insert(name.clone(), x);
         }
         for p in &exp.pairs {
@@ -587,7 +575,7 @@ fn run_pair(
             verdict: if pick.1 == Method::SourceOnly {
                 "-".into()
             } else {
-                verdict(&difference_points).into()
+                direction(&difference_points).into()
             },
             gap_recovered: (gap > 0.0).then(|| (accuracy.estimate - so_acc) / gap),
             accuracy,
@@ -768,43 +756,40 @@ pub fn adaptation_markdown(r: &AdaptationReport) -> String {
     s
 }
 
-/// Writes `report.json`, `summary.md` and `results.csv` (one row per backbone, pair and
-/// method) into `dir`.
-pub fn write_adaptation_report(r: &AdaptationReport, dir: &Path) -> Result<(), EvalError> {
-    std::fs::create_dir_all(dir).map_err(|e| EvalError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    write(
-        dir,
-        "report.json",
-        &serde_json::to_string_pretty(r).expect("report serialises"),
-    )?;
-    write(dir, "summary.md", &adaptation_markdown(r))?;
-    let mut csv = String::from(
-        "backbone,source,target,method,chosen,accuracy,accuracy_low,accuracy_high,difference_points,difference_low,difference_high,gap_recovered,bound,verdict\n",
-    );
-    for p in &r.pairs {
-        for m in &p.methods {
-            csv += &format!(
-                "{},{},{},{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{},{:.6},{}\n",
-                csv_field(&p.backbone),
-                csv_field(&p.source),
-                csv_field(&p.target),
-                m.method,
-                csv_field(&m.chosen.label()),
-                m.accuracy.estimate,
-                m.accuracy.low,
-                m.accuracy.high,
-                m.difference_points.estimate,
-                m.difference_points.low,
-                m.difference_points.high,
-                m.gap_recovered.map_or(String::new(), |g| format!("{g:.4}")),
-                p.bound.estimate,
-                m.verdict
-            );
+impl Report for AdaptationReport {
+    /// `report.json`, `summary.md` and `results.csv` (one row per backbone, pair and method).
+    fn files(&self) -> Result<Vec<ReportFile>, EvalError> {
+        let r = self;
+        let json = serde_json::to_string_pretty(r).expect("report serialises");
+        let mut files = vec![
+            ReportFile::text("report.json", json),
+            ReportFile::text("summary.md", adaptation_markdown(r)),
+        ];
+        let mut csv = String::from(
+            "backbone,source,target,method,chosen,accuracy,accuracy_low,accuracy_high,difference_points,difference_low,difference_high,gap_recovered,bound,verdict\n",
+        );
+        for p in &r.pairs {
+            for m in &p.methods {
+                csv += &format!(
+                    "{},{},{},{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{:.4},{},{:.6},{}\n",
+                    csv_field(&p.backbone),
+                    csv_field(&p.source),
+                    csv_field(&p.target),
+                    m.method,
+                    csv_field(&m.chosen.label()),
+                    m.accuracy.estimate,
+                    m.accuracy.low,
+                    m.accuracy.high,
+                    m.difference_points.estimate,
+                    m.difference_points.low,
+                    m.difference_points.high,
+                    m.gap_recovered.map_or(String::new(), |g| format!("{g:.4}")),
+                    p.bound.estimate,
+                    m.verdict
+                );
+            }
         }
+        files.push(ReportFile::text("results.csv", csv));
+        Ok(files)
     }
-    write(dir, "results.csv", &csv)?;
-    Ok(())
 }

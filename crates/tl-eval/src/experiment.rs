@@ -8,17 +8,20 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_assets::{Cache, Registry};
-use tl_backbone::{Backbone, ExecutionConfig, OnError};
-use tl_core::split::{per_class_subsample, stratified_kfold, stratified_split};
+use tl_backbone::OnError;
+use tl_core::split::{per_class_subsample, stratified_kfold, stratified_sample, stratified_split};
 use tl_data::{Dataset, Item};
-use tl_features::{CacheOptions, Store, embed_cached};
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
 
 use crate::EvalError;
-use crate::data::{TableSettings, load_dataset};
+use crate::runner::{
+    MAX_REPEATS, Observer, SystemInfo, backbone_features, check_limits, check_name, default_batch,
+    default_bootstrap, direction, parse_experiment,
+};
 use tl_core::metrics::{
     Interval, Metrics, accuracy_on, bootstrap, evaluate, macro_f1_on, paired_accuracy_difference,
 };
+use tl_data::{TableSettings, load_dataset};
 use tl_features::{Embedder, Inputs, RawPixels, Tfidf, TfidfParams};
 
 /// Which features stand for "before transfer".
@@ -241,67 +244,6 @@ pub struct Experiment {
 fn default_heads() -> Vec<HeadSpec> {
     vec![HeadSpec::Logistic(LogisticParams::default())]
 }
-pub(crate) fn default_bootstrap() -> usize {
-    1000
-}
-
-/// Most bootstrap resamples an experiment may ask for: 10^5 already pins a 95% interval
-/// to a small fraction of a point, and each resample costs a pass over the test rows.
-pub const MAX_BOOTSTRAP: usize = 100_000;
-/// Most few-shot draws per k.
-pub const MAX_REPEATS: usize = 1_000;
-/// Largest inference batch.
-pub const MAX_BATCH: usize = 4_096;
-
-/// Range checks of the settings both kinds of experiment share, before any work runs
-/// (a huge value used to abort after the results were printed, with no report).
-pub(crate) fn check_limits(bootstrap: usize, batch_size: usize) -> Result<(), String> {
-    if bootstrap > MAX_BOOTSTRAP {
-        return Err(format!(
-            "bootstrap: at most {MAX_BOOTSTRAP} resamples, got {bootstrap}"
-        ));
-    }
-    if batch_size == 0 || batch_size > MAX_BATCH {
-        return Err(format!(
-            "batch_size: must be in 1..={MAX_BATCH}, got {batch_size}"
-        ));
-    }
-    Ok(())
-}
-pub(crate) fn default_batch() -> usize {
-    32
-}
-
-/// Parses an experiment file's text and validates it with `check`; errors name the file and,
-/// from the TOML parser, the line and key. Shared by both kinds of experiment.
-pub(crate) fn parse_experiment<T: serde::de::DeserializeOwned>(
-    text: &str,
-    origin: &Path,
-    check: impl FnOnce(&T) -> Result<(), String>,
-) -> Result<T, EvalError> {
-    let err = |message: String| EvalError::Experiment {
-        path: origin.to_path_buf(),
-        message,
-    };
-    let exp: T = toml::from_str(text).map_err(|e| err(e.to_string()))?;
-    check(&exp).map_err(err)?;
-    Ok(exp)
-}
-
-/// An experiment name becomes a folder name: letters, digits, '-', '_' or '.'.
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!(
-            "name {name:?}: use letters, digits, '-', '_' or '.'"
-        ));
-    }
-    Ok(())
-}
-
 impl Experiment {
     /// Parses an experiment; errors name the file, the line and the key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Experiment, EvalError> {
@@ -405,25 +347,6 @@ enum Source {
 pub(crate) struct System {
     pub(crate) info: SystemInfo,
     source: Source,
-}
-
-/// What a report says about a feature system.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SystemInfo {
-    /// Display name (`tfidf`, `raw-pixels` or the model name).
-    pub name: String,
-    /// `baseline` or `backbone`.
-    pub kind: String,
-    /// Backbone fingerprint.
-    pub fingerprint: Option<String>,
-    /// Feature dimension (TF-IDF: on the full training set).
-    pub dim: usize,
-    /// Rows answered from the feature cache.
-    pub cache_hits: usize,
-    /// Rows computed by the backbone in this run.
-    pub computed: usize,
-    /// Seconds spent getting the features.
-    pub seconds: f64,
 }
 
 impl System {
@@ -583,12 +506,8 @@ fn rows_of(ds: &Dataset, exp: &Experiment) -> Result<(Vec<usize>, Vec<usize>), E
     let seed = exp.seed;
     let take = |idx: Vec<usize>, n: Option<usize>, salt: u64| -> Result<Vec<usize>, EvalError> {
         match n {
-            Some(n) if n < idx.len() => {
-                let frac = n as f64 / idx.len() as f64;
-                let (_, kept) = stratified_split(&ds.labels, &idx, frac, seed ^ salt)?;
-                Ok(kept)
-            }
-            _ => Ok(idx),
+            Some(n) => Ok(stratified_sample(&ds.labels, &idx, n, seed ^ salt)?),
+            None => Ok(idx),
         }
     };
     let sub = exp.subsample.unwrap_or(Subsample {
@@ -636,18 +555,6 @@ fn renumber(message: &str, used: &[usize]) -> String {
             || message.to_string(),
             |(row, rest)| format!("row {row}:{rest}"),
         )
-}
-
-/// Progress and cache messages a run prints.
-pub trait Observer: Sync {
-    /// One line of progress for a person.
-    fn note(&self, line: &str);
-}
-
-impl<F: Fn(&str) + Sync> Observer for F {
-    fn note(&self, line: &str) {
-        self(line)
-    }
 }
 
 fn build_systems(
@@ -713,7 +620,7 @@ fn build_systems(
         Baseline::None | Baseline::Auto => {}
     }
     for name in &exp.backbones {
-        let (info, x) = backbone_features(
+        let f = backbone_features(
             name,
             ds,
             used,
@@ -724,77 +631,14 @@ fn build_systems(
             obs,
         )?;
         systems.push(System {
-            info,
+            info: f.info,
             source: Source::Fixed {
                 rows: rows.clone(),
-                x,
+                x: f.features,
             },
         });
     }
     Ok(systems)
-}
-
-/// Features of `used` rows of `ds` from backbone `name`, through the feature cache (computing
-/// and storing only what is missing), with a note saying how many came from the cache.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backbone_features(
-    name: &str,
-    ds: &Dataset,
-    used: &[usize],
-    registry: &Registry,
-    cache: &Cache,
-    batch_size: usize,
-    progress: bool,
-    obs: &dyn Observer,
-) -> Result<(SystemInfo, Array2<f32>), EvalError> {
-    let m = registry
-        .get(name)
-        .map_err(|e| EvalError::Config(e.to_string()))?;
-    crate::data::ensure_fetched(m, cache)?;
-    let config = ExecutionConfig {
-        batch_size,
-        ..Default::default()
-    };
-    let t = Instant::now();
-    let backbone = Backbone::from_manifest(m, cache, &config)?;
-    let items: Vec<Item> = used.iter().map(|&i| ds.items[i].clone()).collect();
-    // The session computes a backbone's extra outputs (source-task logits) in the same pass:
-    // storing them costs a shard, and `tl select` then finds LEEP's logits cached.
-    let extra_outputs = !backbone.extra_outputs().is_empty()
-        && backbone.extra_outputs().iter().all(|(_, width)| *width > 0);
-    let out = embed_cached(
-        &backbone,
-        &Store::from_cache(cache),
-        &items,
-        &CacheOptions {
-            progress,
-            on_error: OnError::Fail,
-            extra_outputs,
-            ..Default::default()
-        },
-    )?;
-    let seconds = t.elapsed().as_secs_f64();
-    obs.note(&format!(
-        "features  {name} on {}: {} cached, {} computed ({seconds:.1}s{})",
-        ds.name,
-        out.hits,
-        out.computed,
-        if out.computed == 0 {
-            ", all from the feature cache"
-        } else {
-            ""
-        }
-    ));
-    let info = SystemInfo {
-        name: name.to_string(),
-        kind: "backbone".into(),
-        fingerprint: Some(backbone.fingerprint().to_string()),
-        dim: backbone.dim(),
-        cache_hits: out.hits,
-        computed: out.computed,
-        seconds,
-    };
-    Ok((info, out.features))
 }
 
 /// Fits `spec` on `train` rows of `system` and predicts `test` rows.
@@ -832,21 +676,11 @@ fn fit_predict(
 /// interval is above 0, hurts when below, else no clear difference. `what` is the
 /// technique compared: `transfer` (`tl run`), `fine-tuning` (`tl finetune`).
 pub fn verdict(system: &str, baseline: &str, d: &Interval, what: &str) -> String {
-    if d.low > 0.0 {
-        format!(
-            "{system} features: {:+.1} points [{:+.1}, {:+.1}] over {baseline}: {what} helps",
-            d.estimate, d.low, d.high
-        )
-    } else if d.high < 0.0 {
-        format!(
-            "{system} features: {:+.1} points [{:+.1}, {:+.1}] against {baseline}: {what} hurts here",
-            d.estimate, d.low, d.high
-        )
-    } else {
-        format!(
-            "{system} features: {:+.1} points [{:+.1}, {:+.1}] vs {baseline}: no clear difference",
-            d.estimate, d.low, d.high
-        )
+    let points = format!("{:+.1} points [{:+.1}, {:+.1}]", d.estimate, d.low, d.high);
+    match direction(d) {
+        "helps" => format!("{system} features: {points} over {baseline}: {what} helps"),
+        "hurts" => format!("{system} features: {points} against {baseline}: {what} hurts here"),
+        _ => format!("{system} features: {points} vs {baseline}: no clear difference"),
     }
 }
 
@@ -871,7 +705,7 @@ pub fn run(
     obs.note(&format!(
         "dataset   {} ({}): {} rows used, {} classes",
         ds.name,
-        crate::data::describe_source(&exp.dataset),
+        tl_data::describe_source(&exp.dataset),
         used.len(),
         ds.n_classes()
     ));

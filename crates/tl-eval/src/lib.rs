@@ -8,28 +8,84 @@
 //! intervals, compares each backbone with the baseline by a paired bootstrap and states a plain
 //! verdict, ranks the backbones, and [`write_report`] writes JSON, Markdown, CSV and SVG.
 //!
-//! The metrics and intervals come from `tl-core`, which has no dependencies.
+//! The metrics and intervals come from `tl-core`, which has no dependencies. The parts both
+//! runners share (the [`Observer`], experiment-file checks, backbone features through the
+//! cache, the verdict rule) are in [`runner`]; one writer, [`write_report`], writes either
+//! runner's [`Report`]. [`select`] ranks backbones before any head is trained, [`transfer`]
+//! holds its scores, and [`adapt`] the feature-level domain adaptation methods that
+//! [`run_adaptation`] compares.
+//!
+//! An experiment file is checked when it is read (errors name the file, line and key), and a
+//! verdict is a plain sentence over a paired interval:
+//!
+//! ```
+//! use std::path::Path;
+//! use tl_eval::{Experiment, Interval, Protocol, verdict};
+//!
+//! let exp = Experiment::from_toml(
+//!     r#"
+//!     name = "reviews"
+//!     dataset = "sentiment"            # or a file: "reviews.csv", an image folder
+//!     backbones = ["all-minilm-l6-v2"]
+//!     baseline = "tfidf"
+//!     protocol = { kind = "cv", folds = 5 }
+//!     "#,
+//!     Path::new("reviews.toml"),
+//! )?;
+//! assert_eq!(exp.protocol, Protocol::Cv { folds: 5 });
+//! let bad = Experiment::from_toml("name = \"x\"\nfolds = 5\n", Path::new("x.toml"));
+//! assert!(bad.unwrap_err().to_string().starts_with("x.toml: "));
+//!
+//! let d = Interval { estimate: 7.7, low: 6.3, high: 9.1 };
+//! assert_eq!(
+//!     verdict("all-minilm-l6-v2", "tfidf", &d, "transfer"),
+//!     "all-minilm-l6-v2 features: +7.7 points [+6.3, +9.1] over tfidf: transfer helps"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Running it fetches what is missing, embeds through the feature cache, fits and compares:
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! # let exp = tl_eval::Experiment::from_toml("name = \"r\"\ndataset = \"sentiment\"\n", Path::new("r.toml"))?;
+//! use tl_assets::{Cache, Registry};
+//!
+//! let note = |line: &str| eprintln!("{line}");
+//! let report = tl_eval::run(&exp, &Registry::builtin()?, &Cache::from_env(), true, &note)?;
+//! for c in &report.comparisons {
+//!     println!("{}", c.verdict);
+//! }
+//! tl_eval::write_report(&report, Path::new("runs/reviews"))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod adapt;
 mod adaptation;
-pub mod data;
 mod experiment;
+pub mod plot;
 mod report;
+pub mod runner;
+pub mod select;
 pub mod transfer;
 
 use std::path::PathBuf;
 
 pub use adaptation::{
     ADAPTATION_SCHEMA_VERSION, AdaptationExperiment, AdaptationReport, MethodGrid, MethodResult,
-    MethodSummary, Pair, PairResult, adaptation_markdown, run_adaptation, write_adaptation_report,
+    MethodSummary, Pair, PairResult, adaptation_markdown, run_adaptation,
 };
 pub use experiment::{
-    Baseline, Comparison, Experiment, FewShot, FewShotPoint, Observer, Protocol,
-    REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, SystemInfo, raw_pixels, run, verdict,
+    Baseline, Comparison, Experiment, FewShot, FewShotPoint, Protocol, REPORT_SCHEMA_VERSION,
+    RunReport, RunResult, Subsample, raw_pixels, run, verdict,
 };
 pub use report::{
-    confusion_png, confusion_svg, learning_curve_png, learning_curve_svg, markdown, write_report,
+    Report, ReportFile, confusion_png, confusion_svg, learning_curve_png, learning_curve_svg,
+    markdown, write_report,
 };
+pub use runner::{Observer, SystemInfo};
 pub use tl_core::{Interval, Metrics};
 /// The TF-IDF baseline (an [`tl_features::Embedder`] fitted per training part).
 pub use tl_features::tfidf;
@@ -75,4 +131,7 @@ pub enum EvalError {
     /// A head failed.
     #[error(transparent)]
     Head(#[from] tl_heads::HeadError),
+    /// A figure could not be drawn (names the stage: SVG, size, PNG).
+    #[error("figure: {0}")]
+    Figure(String),
 }

@@ -8,17 +8,52 @@ use std::path::{Path, PathBuf};
 use crate::EvalError;
 use crate::experiment::RunReport;
 
-pub(crate) fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, EvalError> {
-    write_bytes(dir, name, text.as_bytes())
+/// One file of a report folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportFile {
+    /// File name inside the folder.
+    pub name: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
 }
 
-fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, EvalError> {
-    let path = dir.join(name);
-    fs::write(&path, bytes).map_err(|e| EvalError::Io {
-        path: path.clone(),
+impl ReportFile {
+    /// A text file.
+    pub fn text(name: impl Into<String>, text: impl Into<String>) -> ReportFile {
+        ReportFile {
+            name: name.into(),
+            bytes: text.into().into_bytes(),
+        }
+    }
+}
+
+/// A result that is written as a folder of files. Both runners' reports ([`RunReport`],
+/// [`AdaptationReport`](crate::AdaptationReport)) are, so one writer, [`write_report`], serves
+/// both.
+pub trait Report {
+    /// The folder's files, `report.json` and `summary.md` first.
+    fn files(&self) -> Result<Vec<ReportFile>, EvalError>;
+}
+
+/// Writes every file of `report` into `dir` (created), each through the one crash-safe write
+/// (a killed run never leaves a half-written file), and returns the paths written.
+pub fn write_report(report: &impl Report, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+    fs::create_dir_all(dir).map_err(|e| EvalError::Io {
+        path: dir.to_path_buf(),
         source: e,
     })?;
-    Ok(path)
+    report
+        .files()?
+        .into_iter()
+        .map(|f| {
+            let path = dir.join(&f.name);
+            tl_core::fs::write_atomic(&path, &f.bytes).map_err(|e| EvalError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            Ok(path)
+        })
+        .collect()
 }
 
 pub(crate) fn csv_field(s: &str) -> String {
@@ -36,16 +71,19 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Writes every report file into `dir` (created) and returns the files written.
-pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
-    fs::create_dir_all(dir).map_err(|e| EvalError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
+impl Report for RunReport {
+    /// `report.json`, `summary.md`, `results.csv`, `per_class.csv`, with a few-shot curve
+    /// `few_shot.csv` and the learning curve (SVG, PNG), and one confusion heatmap per system.
+    fn files(&self) -> Result<Vec<ReportFile>, EvalError> {
+        run_report_files(self)
+    }
+}
+
+fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
     let mut files = Vec::new();
     let json = serde_json::to_string_pretty(report).expect("report serialises");
-    files.push(write(dir, "report.json", &json)?);
-    files.push(write(dir, "summary.md", &markdown(report))?);
+    files.push(ReportFile::text("report.json", json));
+    files.push(ReportFile::text("summary.md", markdown(report)));
 
     let mut csv = String::from(
         "system,head,accuracy,accuracy_low,accuracy_high,macro_f1,macro_f1_low,macro_f1_high,balanced_accuracy,log_loss,ece,roc_auc,average_precision,fit_seconds\n",
@@ -72,7 +110,7 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
             r.fit_seconds
         );
     }
-    files.push(write(dir, "results.csv", &csv)?);
+    files.push(ReportFile::text("results.csv", csv));
 
     let mut per_class = String::from("system,head,label,precision,recall,f1,support\n");
     for r in &report.results {
@@ -90,7 +128,7 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
             );
         }
     }
-    files.push(write(dir, "per_class.csv", &per_class)?);
+    files.push(ReportFile::text("per_class.csv", per_class));
 
     if !report.few_shot.is_empty() {
         let mut fs_csv = String::from("system,shots,mean,std,runs\n");
@@ -106,17 +144,15 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
                 runs.join(" ")
             );
         }
-        files.push(write(dir, "few_shot.csv", &fs_csv)?);
-        files.push(write(
-            dir,
+        files.push(ReportFile::text("few_shot.csv", fs_csv));
+        files.push(ReportFile::text(
             "learning_curve.svg",
-            &learning_curve_svg(report),
-        )?);
-        files.push(write_bytes(
-            dir,
-            "learning_curve.png",
-            &learning_curve_png(report),
-        )?);
+            learning_curve_svg(report),
+        ));
+        files.push(ReportFile {
+            name: "learning_curve.png".into(),
+            bytes: learning_curve_png(report)?,
+        });
     }
     let first_head = report.results.first().map(|r| r.head_spec.clone());
     for r in report
@@ -129,16 +165,14 @@ pub fn write_report(report: &RunReport, dir: &Path) -> Result<Vec<PathBuf>, Eval
             r.system
                 .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
         );
-        files.push(write(
-            dir,
-            &name,
-            &confusion_svg(&r.system, &r.metrics.confusion, &report.label_names),
-        )?);
-        files.push(write_bytes(
-            dir,
-            &name.replace(".svg", ".png"),
-            &confusion_png(&r.metrics.confusion),
-        )?);
+        files.push(ReportFile::text(
+            name.clone(),
+            confusion_svg(&r.system, &r.metrics.confusion, &report.label_names),
+        ));
+        files.push(ReportFile {
+            name: name.replace(".svg", ".png"),
+            bytes: confusion_png(&r.system, &r.metrics.confusion, &report.label_names)?,
+        });
     }
     Ok(files)
 }
@@ -430,9 +464,19 @@ pub fn learning_curve_svg(report: &RunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">examples per class</text>",
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">labelled examples per class (log scale{})</text>",
         (left + w - right) / 2.0,
-        h - 18.0
+        h - 18.0,
+        if l.shots.contains(&0) {
+            "; all = every training row"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "<text transform=\"translate(18,{:.1}) rotate(-90)\" text-anchor=\"middle\">test accuracy (mean ± sd over draws)</text>",
+        (top + h - bottom) / 2.0
     );
     for (si, (sys, pts)) in l.series(report).into_iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
@@ -446,12 +490,19 @@ pub fn learning_curve_svg(report: &RunReport) -> String {
             path.join(" ")
         );
         for (x, m, sd) in &pts {
+            let (y0, y1) = (l.py((m + sd).min(1.0)), l.py((m - sd).max(l.ymin)));
+            // A bar of no length (every draw scored the same) has nothing to stroke.
+            if y1 - y0 >= 0.5 {
+                let _ = write!(
+                    s,
+                    "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{y0:.1}\" y2=\"{y1:.1}\" stroke=\"{color}\"/>",
+                    l.px(*x)
+                );
+            }
             let _ = writeln!(
                 s,
-                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{color}\"/><circle cx=\"{0:.1}\" cy=\"{3:.1}\" r=\"3.5\" fill=\"{color}\"/>",
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{color}\"/>",
                 l.px(*x),
-                l.py((m + sd).min(1.0)),
-                l.py((m - sd).max(l.ymin)),
                 l.py(*m)
             );
         }
@@ -470,18 +521,43 @@ pub fn learning_curve_svg(report: &RunReport) -> String {
     s
 }
 
-/// A confusion-matrix heatmap, rows = true class, cells shaded by row-normalised counts.
+/// Width of `text` at `size` px in DejaVu Sans, the figures' font (0.62 em per character is
+/// its average; the margins are sized from it so that nothing is clipped).
+fn text_width(text: &str, size: f64) -> f64 {
+    text.chars().count() as f64 * 0.62 * size
+}
+
+/// A confusion-matrix heatmap, rows = true class, cells shaded by row-normalised counts, each
+/// cell's count written in it when the cells are large enough (fewer than about 20 classes).
 pub fn confusion_svg(system: &str, confusion: &[Vec<usize>], labels: &[String]) -> String {
     let k = labels.len().max(1);
     let cell = (480.0 / k as f64).clamp(14.0, 60.0);
-    let left = 150.0;
-    let top = 60.0;
+    let label_w = labels
+        .iter()
+        .map(|l| text_width(l, 11.0))
+        .fold(0.0, f64::max);
+    let top = 64.0;
     let size = cell * k as f64;
-    let (w, h) = (left + size + 30.0, top + size + 140.0);
+    // Column labels are turned 60 degrees: they reach sin(60) of their length below the grid.
+    let bottom = 0.87 * label_w + 46.0;
+    let title = format!("Confusion matrix: {system}");
+    let subtitle = "rows: true class, columns: predicted; shade: share of the row";
+    let plot_w = 34.0 + label_w + size + 30.0;
+    let w = plot_w
+        .max(text_width(&title, 14.0) + 40.0)
+        .max(text_width(subtitle, 11.0) + 40.0);
+    // Centred under a title wider than the grid and its labels.
+    let axis_x = 14.0 + (w - plot_w) / 2.0;
+    let left = axis_x + 20.0 + label_w;
+    let h = top + size + bottom;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">Confusion matrix: {} (rows: true, columns: predicted)</text>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w:.0}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n<text x=\"{:.1}\" y=\"42\" text-anchor=\"middle\" fill=\"#555\">{subtitle}</text>\n<text transform=\"translate({axis_x:.1},{:.1}) rotate(-90)\" text-anchor=\"middle\">true class</text>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">predicted class</text>\n",
         w / 2.0,
-        xml(system)
+        xml(&title),
+        w / 2.0,
+        top + size / 2.0,
+        left + size / 2.0,
+        h - 10.0
     );
     for (t, row) in confusion.iter().enumerate() {
         let total: usize = row.iter().sum();
@@ -529,127 +605,16 @@ pub fn confusion_svg(system: &str, confusion: &[Vec<usize>], labels: &[String]) 
     s
 }
 
-/// A small raster canvas for the PNG versions of the plots. There is no font in a pure-Rust
-/// build without system fonts, so PNGs carry shapes and colours only; the SVGs carry the labels.
-struct Canvas {
-    img: image::RgbImage,
+/// The learning curve as PNG: [`learning_curve_svg`] rasterised, every label included.
+pub fn learning_curve_png(report: &RunReport) -> Result<Vec<u8>, EvalError> {
+    crate::plot::svg_to_png(&learning_curve_svg(report))
 }
 
-fn hex_rgb(hex: &str) -> image::Rgb<u8> {
-    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0);
-    image::Rgb([(v >> 16) as u8, (v >> 8) as u8, v as u8])
-}
-
-impl Canvas {
-    fn new(w: u32, h: u32) -> Canvas {
-        Canvas {
-            img: image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255])),
-        }
-    }
-
-    fn rect(&mut self, x0: f64, y0: f64, x1: f64, y1: f64, c: image::Rgb<u8>) {
-        let (w, h) = self.img.dimensions();
-        let clamp = |v: f64, m: u32| (v.round().max(0.0) as u32).min(m);
-        for y in clamp(y0.min(y1), h)..clamp(y0.max(y1), h) {
-            for x in clamp(x0.min(x1), w)..clamp(x0.max(x1), w) {
-                self.img.put_pixel(x, y, c);
-            }
-        }
-    }
-
-    /// A line of the given width, drawn as overlapping squares along its length.
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), width: f64, c: image::Rgb<u8>) {
-        let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
-        let r = width / 2.0;
-        for i in 0..=steps {
-            let t = i as f64 / steps as f64;
-            let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
-            self.rect(x - r, y - r, x + r, y + r, c);
-        }
-    }
-
-    fn png(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.img
-            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .expect("encoding to memory");
-        out
-    }
-}
-
-/// The learning curve as a PNG (same geometry and colours as the SVG, no text).
-pub fn learning_curve_png(report: &RunReport) -> Vec<u8> {
-    let l = CurveLayout::new(report);
-    let (w, h, left, right, top, bottom) = (l.w, l.h, l.left, l.right, l.top, l.bottom);
-    let mut c = Canvas::new(w as u32, h as u32);
-    let black = image::Rgb([0, 0, 0]);
-    for y in l.grid() {
-        c.line(
-            (left, l.py(y)),
-            (w - right, l.py(y)),
-            1.0,
-            image::Rgb([221, 221, 221]),
-        );
-    }
-    for &k in &l.shots {
-        let x = l.px(l.xval(k));
-        c.line((x, h - bottom), (x, h - bottom + 6.0), 1.0, black);
-    }
-    c.line((left, h - bottom), (w - right, h - bottom), 1.5, black);
-    c.line((left, top), (left, h - bottom), 1.5, black);
-    for (si, (_, pts)) in l.series(report).into_iter().enumerate() {
-        let color = hex_rgb(PALETTE[si % PALETTE.len()]);
-        for pair in pts.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            c.line((l.px(a.0), l.py(a.1)), (l.px(b.0), l.py(b.1)), 2.5, color);
-        }
-        for (x, m, sd) in &pts {
-            let (x, y) = (l.px(*x), l.py(*m));
-            c.line(
-                (x, l.py((m + sd).min(1.0))),
-                (x, l.py((m - sd).max(l.ymin))),
-                1.0,
-                color,
-            );
-            c.rect(x - 4.0, y - 4.0, x + 4.0, y + 4.0, color);
-        }
-        let ly = top + 20.0 + 20.0 * si as f64;
-        c.rect(
-            w - right + 14.0,
-            ly - 6.0,
-            w - right + 28.0,
-            ly + 2.0,
-            color,
-        );
-    }
-    c.png()
-}
-
-/// The confusion heatmap as a PNG (rows true, columns predicted, shaded by row share).
-pub fn confusion_png(confusion: &[Vec<usize>]) -> Vec<u8> {
-    let k = confusion.len().max(1);
-    let cell = (480 / k).clamp(14, 60) as f64;
-    let size = cell * k as f64;
-    let mut c = Canvas::new((size + 20.0) as u32, (size + 20.0) as u32);
-    for (t, row) in confusion.iter().enumerate() {
-        let total: usize = row.iter().sum();
-        for (p, &n) in row.iter().enumerate() {
-            let frac = if total > 0 {
-                n as f64 / total as f64
-            } else {
-                0.0
-            };
-            let shade = (255.0 * (1.0 - frac)).round() as u8;
-            let (x, y) = (10.0 + p as f64 * cell, 10.0 + t as f64 * cell);
-            c.rect(x, y, x + cell, y + cell, image::Rgb([238, 238, 238]));
-            c.rect(
-                x + 1.0,
-                y + 1.0,
-                x + cell - 1.0,
-                y + cell - 1.0,
-                image::Rgb([shade, shade, 255]),
-            );
-        }
-    }
-    c.png()
+/// A confusion heatmap as PNG: [`confusion_svg`] rasterised, every label included.
+pub fn confusion_png(
+    system: &str,
+    confusion: &[Vec<usize>],
+    labels: &[String],
+) -> Result<Vec<u8>, EvalError> {
+    crate::plot::svg_to_png(&confusion_svg(system, confusion, labels))
 }

@@ -48,18 +48,13 @@ impl<'a> Inputs<'a> {
                 Item::Pixels(_) => images.extend(image_input(item)),
             }
             if !texts.is_empty() && !images.is_empty() {
+                // The item just pushed is the odd one out: the ones before it agreed.
+                let (this, before) = match item {
+                    Item::Text(_) => ("a text", "images"),
+                    Item::ImageFile(_) | Item::Pixels(_) => ("an image", "texts"),
+                };
                 return Err(FeatureError::Options(format!(
-                    "item {i} is {} but the items before it are {}",
-                    if texts.len() > images.len() {
-                        "an image"
-                    } else {
-                        "a text"
-                    },
-                    if texts.len() > images.len() {
-                        "texts"
-                    } else {
-                        "images"
-                    },
+                    "item {i} is {this} but the items before it are {before}"
                 )));
             }
         }
@@ -333,7 +328,22 @@ mod tests {
     fn mixed_items_are_refused_naming_the_item() {
         let items = [Item::Text("a".into()), pixels(2, 0)];
         let err = Inputs::from_items(&items).unwrap_err().to_string();
-        assert!(err.contains("item 1 is an image"), "{err}");
+        assert!(
+            err.contains("item 1 is an image but the items before it are texts"),
+            "{err}"
+        );
+        let items = [pixels(2, 0), pixels(2, 1), Item::Text("b".into())];
+        let err = Inputs::from_items(&items).unwrap_err().to_string();
+        assert!(
+            err.contains("item 2 is a text but the items before it are images"),
+            "{err}"
+        );
+        let items = [pixels(2, 0), Item::Text("b".into()), Item::Text("c".into())];
+        let err = Inputs::from_items(&items).unwrap_err().to_string();
+        assert!(
+            err.contains("item 1 is a text but the items before it are images"),
+            "{err}"
+        );
     }
 
     #[test]

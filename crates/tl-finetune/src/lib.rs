@@ -77,6 +77,8 @@
 //! # Ok::<(), tl_finetune::FinetuneError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bert;
 pub mod cnn;
 pub mod conv;

@@ -26,6 +26,8 @@
 //! # Ok::<(), tl_heads::HeadError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod classifier;
 mod knn;
 mod la;

@@ -39,7 +39,7 @@ use tl_assets::manifest::Modality;
 use tl_assets::{Fetcher, Registry};
 use tl_backbone::{Backbone, OnError};
 use tl_data::Item;
-use tl_features::{CacheOptions, Store, embed_cached, image_input};
+use tl_features::{CacheOptions, Embedder, Inputs, Store, embed_cached};
 
 pub use tl_assets::Cache;
 pub use tl_backbone::ExecutionConfig;
@@ -146,20 +146,8 @@ impl Encoder {
                 Ok(embed_cached(&self.backbone, store, items, &options)?.features)
             }
             None => {
-                let texts: Vec<&str> = items
-                    .iter()
-                    .filter_map(|i| match i {
-                        Item::Text(t) => Some(t.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                let out = if texts.len() == items.len() {
-                    self.backbone.embed_texts(&texts, OnError::Fail)?
-                } else {
-                    let images: Vec<_> = items.iter().filter_map(image_input).collect();
-                    self.backbone.embed_images(&images, OnError::Fail)?
-                };
-                Ok(out.features)
+                let inputs = Inputs::from_items(items)?;
+                Ok(Embedder::embed(&self.backbone, &inputs, OnError::Fail)?.features)
             }
         }
     }

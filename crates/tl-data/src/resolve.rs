@@ -1,13 +1,14 @@
 //! Resolving a dataset argument: a built-in name (fetched on first use), `sentiment` (all three
-//! sentiment domains), a table file or an image folder.
+//! sentiment domains), a table file, an image folder or IDX files. Every command and both
+//! kinds of experiment go through [`load_dataset`], so one argument means one dataset
+//! everywhere.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tl_assets::{Cache, Fetcher, Manifest, Registry};
-use tl_data::{Dataset, TableOptions};
+use tl_assets::{Cache, Registry, ensure_fetched};
 
-use crate::EvalError;
+use crate::{DataError, Dataset, TableOptions};
 
 /// Column names for table files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,15 +31,6 @@ impl Default for TableSettings {
             split_column: d.split_column,
         }
     }
-}
-
-/// Fetches `m` if any of its files is missing or corrupt (a quick check otherwise).
-pub fn ensure_fetched(m: &Manifest, cache: &Cache) -> Result<(), EvalError> {
-    let report = Fetcher::new(cache.clone()).fetch(m)?;
-    if !report.was_noop() {
-        tracing::info!("fetched {}", m.name);
-    }
-    Ok(())
 }
 
 /// What a dataset argument names, by [`dataset_source`]'s rule.
@@ -78,7 +70,7 @@ pub fn load_dataset(
     cache: &Cache,
     name: &str,
     table: &TableSettings,
-) -> Result<Dataset, EvalError> {
+) -> Result<Dataset, DataError> {
     let name = match dataset_source(name) {
         DatasetSource::Builtin(n) => n,
         DatasetSource::Path(path) => return load_path(path, table),
@@ -86,9 +78,9 @@ pub fn load_dataset(
     load_builtin_named(registry, cache, name)
 }
 
-fn load_path(path: &Path, table: &TableSettings) -> Result<Dataset, EvalError> {
+fn load_path(path: &Path, table: &TableSettings) -> Result<Dataset, DataError> {
     if !path.exists() {
-        return Err(EvalError::Config(format!(
+        return Err(DataError::Resolve(format!(
             "dataset {}: no such file or folder",
             path.display()
         )));
@@ -98,12 +90,12 @@ fn load_path(path: &Path, table: &TableSettings) -> Result<Dataset, EvalError> {
         && std::fs::read_dir(path).is_ok_and(|entries| {
             entries
                 .flatten()
-                .any(|e| tl_data::idx_labels_for(&e.path()).is_some())
+                .any(|e| crate::idx_labels_for(&e.path()).is_some())
         });
-    Ok(if idx_folder || tl_data::idx_labels_for(path).is_some() {
-        tl_data::load_idx_dataset(path)?
+    Ok(if idx_folder || crate::idx_labels_for(path).is_some() {
+        crate::load_idx_dataset(path)?
     } else if path.is_dir() {
-        tl_data::load_image_folder(path)?
+        crate::load_image_folder(path)?
     } else {
         let opts = TableOptions {
             text_column: table.text_column.clone(),
@@ -111,7 +103,7 @@ fn load_path(path: &Path, table: &TableSettings) -> Result<Dataset, EvalError> {
             split_column: table.split_column.clone(),
             ..TableOptions::default()
         };
-        tl_data::load_table(path, &opts)?
+        crate::load_table(path, &opts)?
     })
 }
 
@@ -129,7 +121,7 @@ fn load_builtin_named(
     registry: &Registry,
     cache: &Cache,
     name: &str,
-) -> Result<Dataset, EvalError> {
+) -> Result<Dataset, DataError> {
     let names: Vec<String> = if name == "sentiment" {
         ["amazon", "imdb", "yelp"]
             .iter()
@@ -151,13 +143,13 @@ fn load_builtin_named(
             } else {
                 String::new()
             };
-            EvalError::Config(format!(
+            DataError::Resolve(format!(
                 "dataset {name:?} is neither a file nor a known dataset{local}; known: sentiment, {}; a path needs a '/' or an extension",
                 known.join(", ")
             ))
         })?;
         if m.dataset.is_none() {
-            return Err(EvalError::Config(format!(
+            return Err(DataError::Resolve(format!(
                 "{n} is a {:?} asset, not a dataset",
                 m.kind
             )));
@@ -168,7 +160,7 @@ fn load_builtin_named(
             );
         }
         ensure_fetched(m, cache)?;
-        parts.push(tl_data::load_builtin(m, cache)?);
+        parts.push(crate::load_builtin(m, cache)?);
     }
     if parts.len() == 1 {
         Ok(parts.remove(0))
