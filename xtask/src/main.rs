@@ -55,6 +55,9 @@ enum Cmd {
     /// The library as its users meet it: build and run the README's program in a fresh
     /// workspace that depends on the crates by path, and `cargo package` every publishable
     /// crate (part of `cargo xtask test`).
+    /// Check that the `tl` binary and the test build enable the same features of every
+    /// package they share (else the README's two commands compile polars twice).
+    Features,
     Library {
         /// Also compile every package from its packaged files (slow: a build of the tree).
         #[arg(long)]
@@ -113,6 +116,9 @@ fn main() -> Result<()> {
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { offline, args } => test(offline, &args)?,
+        Cmd::Features => {
+            check_unified_features(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))?
+        }
         Cmd::Library { verify } => {
             library::users_eye()?;
             library::package(verify)?;
@@ -311,6 +317,73 @@ fn lint(cargo: &str) -> Result<()> {
     Ok(())
 }
 
+/// Each package's enabled features, as `cargo tree --format "{p}|{f}"` prints them.
+fn features_of(
+    cargo: &str,
+    args: &[&str],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let out = Command::new(cargo)
+        .arg("tree")
+        .args(args)
+        .args(["--prefix", "none", "--format", "{p}|{f}"])
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut map = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((package, features)) = line.trim_end_matches(" (*)").split_once('|') else {
+            continue;
+        };
+        let entry = map.entry(package.to_string()).or_default();
+        entry.extend(
+            features
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(String::from),
+        );
+        entry.sort();
+        entry.dedup();
+    }
+    Ok(map)
+}
+
+/// The README's two commands must share one build of the heavy crates: every package that the
+/// `tl` binary uses must have the same features in it as in the test build (which adds
+/// dev-dependencies and the other members), or polars and its dependents compile twice.
+fn check_unified_features(cargo: &str) -> Result<()> {
+    let cli = features_of(cargo, &["-p", "tl-cli", "-e", "normal,build"])?;
+    let all = features_of(cargo, &["--workspace", "-e", "normal,build,dev"])?;
+    let differ: Vec<String> = cli
+        .iter()
+        .filter_map(|(p, f)| {
+            let g = all.get(p)?;
+            (g != f).then(|| {
+                let extra: Vec<&String> = g.iter().filter(|x| !f.contains(x)).collect();
+                format!("{p}: the test build adds {extra:?}")
+            })
+        })
+        .collect();
+    if !differ.is_empty() {
+        bail!(
+            "`cargo run -p tl-cli` and the test build would compile these packages (and all that \
+             depend on them) twice; ask for the same features in crates/tl-cli/Cargo.toml's \
+             unification block:\n  {}",
+            differ.join("\n  ")
+        );
+    }
+    eprintln!(
+        "features unified: the tl binary and the test build share all {} packages",
+        cli.len()
+    );
+    Ok(())
+}
+
 fn test(offline: bool, args: &[String]) -> Result<()> {
     if offline {
         return offline_tests(args);
@@ -348,6 +421,7 @@ fn test(offline: bool, args: &[String]) -> Result<()> {
     }
     eprintln!("tl-backbone compiles with the `cuda` feature");
     lint(&cargo)?;
+    check_unified_features(&cargo)?;
     // The library as a user meets it: the README's program in a fresh workspace, and every
     // publishable crate packaged from its own files.
     library::users_eye()?;
