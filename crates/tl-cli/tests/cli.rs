@@ -326,8 +326,34 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
     }
     std::fs::write(&target, csv).unwrap();
     let (s, t) = (source.to_str().unwrap(), target.to_str().unwrap());
-    let (code, out, err) = tl(&["adapt", "--source", s, "--target", t]);
+    let folder = d.path().join("adapt-report");
+    let (code, out, err) = tl(&[
+        "adapt",
+        "--source",
+        s,
+        "--target",
+        t,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
+    // The folder holds what the console showed, through the one report writer.
+    let summary = std::fs::read_to_string(folder.join("summary.md")).unwrap();
+    assert!(
+        out.contains(summary.trim()),
+        "summary.md is the printed report"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["schema_version"], 1);
+    let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
+    assert!(csv.starts_with("backbone,source,target,method,"), "{csv}");
+    assert_eq!(
+        csv.lines().count(),
+        1 + json["pairs"][0]["methods"].as_array().unwrap().len(),
+        "{csv}"
+    );
     for line in [
         "| source-only |",
         "| standardize |",
