@@ -460,10 +460,8 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
     out!("experiment {}", exp.name);
     let report = tl_eval::run(&exp, registry, &cache, true, &|line: &str| out!("{line}"))?;
     let files = tl_eval::write_report(&report, &dir)?;
-    if let Some(best) = report.ranking.first()
-        && report.ranking.len() > 1
-    {
-        out!("ranking   {} (best: {best})", report.ranking.join(" > "));
+    if let Some(sentence) = tl_eval::ranking_sentence(&report.ranking, &report.pairwise) {
+        out!("ranking   {sentence}");
     }
     out!(
         "report    {} ({} files, run took {:.1}s)",

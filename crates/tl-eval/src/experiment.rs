@@ -446,6 +446,63 @@ pub struct Comparison {
     pub verdict: String,
 }
 
+/// The ranking's leader against another backbone, on identical rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pairwise {
+    /// The leader (first in the ranking).
+    pub system: String,
+    /// The backbone it is compared with.
+    pub other: String,
+    /// Head.
+    pub head: String,
+    /// Accuracy difference (leader minus other) in points with its paired-bootstrap interval.
+    pub difference_points: Interval,
+}
+
+/// The ranking as a sentence that claims no more than the data shows: a backbone is `best`
+/// only when its paired interval against every other backbone lies above 0; otherwise the
+/// leader is named as tied with those whose interval includes 0. None for fewer than two
+/// backbones.
+pub fn ranking_sentence(ranking: &[String], pairwise: &[Pairwise]) -> Option<String> {
+    let leader = ranking.first().filter(|_| ranking.len() > 1)?;
+    let order = ranking.join(" > ");
+    let detail: Vec<String> = pairwise
+        .iter()
+        .map(|p| {
+            let d = &p.difference_points;
+            format!(
+                "{:+.1} points [{:+.1}, {:+.1}] over {}",
+                d.estimate, d.low, d.high, p.other
+            )
+        })
+        .collect();
+    let tied: Vec<&str> = pairwise
+        .iter()
+        .filter(|p| direction(&p.difference_points) != "helps")
+        .map(|p| p.other.as_str())
+        .collect();
+    Some(if pairwise.is_empty() {
+        format!("{order} (no pairwise intervals in this report: an order, not a verdict)")
+    } else if tied.is_empty() {
+        format!("{order} (best: {leader}, {})", detail.join("; "))
+    } else {
+        format!(
+            "{order} (no clear best: {leader} is tied with {}; {})",
+            tied.join(", "),
+            detail.join("; ")
+        )
+    })
+}
+
+/// A fraction's interval in points.
+fn in_points(d: Interval) -> Interval {
+    Interval {
+        estimate: 100.0 * d.estimate,
+        low: 100.0 * d.low,
+        high: 100.0 * d.high,
+    }
+}
+
 /// One point of a learning curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FewShotPoint {
@@ -486,6 +543,10 @@ pub struct RunReport {
     pub comparisons: Vec<Comparison>,
     /// Backbone names best first by accuracy with the first head.
     pub ranking: Vec<String>,
+    /// The leader of `ranking` against each other backbone (first head, paired bootstrap on
+    /// the same rows): the evidence behind [`ranking_sentence`].
+    #[serde(default)]
+    pub pairwise: Vec<Pairwise>,
     /// Learning curve points.
     pub few_shot: Vec<FewShotPoint>,
     /// Wall time of the run.
@@ -829,11 +890,7 @@ pub fn run(
                     exp.bootstrap,
                     exp.seed,
                 );
-                let d = Interval {
-                    estimate: 100.0 * d.estimate,
-                    low: 100.0 * d.low,
-                    high: 100.0 * d.high,
-                };
+                let d = in_points(d);
                 let v = verdict(&s.info.name, &base.info.name, &d, "transfer");
                 obs.note(&format!("verdict   {v} ({})", spec.kind()));
                 comparisons.push(Comparison {
@@ -857,6 +914,30 @@ pub fn run(
         .map(|r| (r.system.clone(), r.accuracy.estimate))
         .collect();
     ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let first_head = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.system == name && r.head_spec == exp.heads[0])
+            .expect("every pair ran")
+    };
+    let pairwise: Vec<Pairwise> = match ranking.split_first() {
+        Some(((leader, _), others)) => others
+            .iter()
+            .map(|(other, _)| Pairwise {
+                system: leader.clone(),
+                other: other.clone(),
+                head: exp.heads[0].kind().to_string(),
+                difference_points: in_points(paired_accuracy_difference(
+                    &truth,
+                    &first_head(leader).predictions,
+                    &first_head(other).predictions,
+                    exp.bootstrap,
+                    exp.seed,
+                )),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
 
     let few_shot = match &exp.few_shot {
         None => Vec::new(),
@@ -874,6 +955,7 @@ pub fn run(
         results,
         comparisons,
         ranking: ranking.into_iter().map(|r| r.0).collect(),
+        pairwise,
         few_shot,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -958,6 +1040,43 @@ fn few_shot_curve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_needs_an_interval_above_zero_against_every_other_backbone() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pair = |other: &str, estimate: f64, low: f64, high: f64| Pairwise {
+            system: "a".into(),
+            other: other.into(),
+            head: "logistic".into(),
+            difference_points: Interval {
+                estimate,
+                low,
+                high,
+            },
+        };
+        assert_eq!(ranking_sentence(&names(&["a"]), &[]), None);
+        let clear = [pair("b", 3.0, 1.2, 4.9), pair("c", 5.0, 3.1, 6.8)];
+        assert_eq!(
+            ranking_sentence(&names(&["a", "b", "c"]), &clear).unwrap(),
+            "a > b > c (best: a, +3.0 points [+1.2, +4.9] over b; +5.0 points [+3.1, +6.8] over c)"
+        );
+        // One image ahead is not "best": the interval includes 0.
+        let close = [pair("b", 0.1, -0.9, 1.1), pair("c", 5.0, 3.1, 6.8)];
+        let s = ranking_sentence(&names(&["a", "b", "c"]), &close).unwrap();
+        assert!(
+            s.starts_with(
+                "a > b > c (no clear best: a is tied with b; +0.1 points [-0.9, +1.1] over b"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("(best: a"), "{s}");
+        // Without the evidence (a report from before pairwise intervals) nothing is claimed.
+        let s = ranking_sentence(&names(&["a", "b"]), &[]).unwrap();
+        assert_eq!(
+            s,
+            "a > b (no pairwise intervals in this report: an order, not a verdict)"
+        );
+    }
 
     #[test]
     fn raw_pixels_are_in_zero_one_on_every_path() {

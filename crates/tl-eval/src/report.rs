@@ -244,12 +244,8 @@ pub fn markdown(report: &RunReport) -> String {
             );
         }
     }
-    if report.ranking.len() > 1 {
-        let _ = writeln!(
-            s,
-            "\nBackbones ranked on this data: {}.",
-            report.ranking.join(" > ")
-        );
+    if let Some(sentence) = crate::ranking_sentence(&report.ranking, &report.pairwise) {
+        let _ = writeln!(s, "\nBackbones ranked on this data: {sentence}.");
     }
     if !report.few_shot.is_empty() {
         let mut shots: Vec<usize> = report.few_shot.iter().map(|p| p.shots).collect();
