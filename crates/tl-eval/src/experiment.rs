@@ -16,7 +16,7 @@ use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
 use crate::EvalError;
 use crate::runner::{
     MAX_REPEATS, Observer, SystemInfo, backbone_features, check_limits, check_name, default_batch,
-    default_bootstrap, direction, parse_experiment,
+    default_bootstrap, direction, head_labels, parse_experiment,
 };
 use tl_core::metrics::{
     Interval, Metrics, accuracy_on, bootstrap, evaluate, macro_f1_on, paired_accuracy_difference,
@@ -800,9 +800,10 @@ pub fn run(
     let truth: Vec<usize> = test_rows.iter().map(|&i| ds.labels[i]).collect();
     let k = ds.label_names.len();
 
+    let head_names = head_labels(&exp.heads);
     let mut results = Vec::new();
     for system in &systems {
-        for spec in &exp.heads {
+        for (spec, head_name) in exp.heads.iter().zip(&head_names) {
             let t = Instant::now();
             let outs: Vec<Result<FoldOutput, EvalError>> = folds
                 .par_iter()
@@ -843,7 +844,7 @@ pub fn run(
             obs.note(&format!(
                 "result    {:<24} {:<10} accuracy {:.1}% [{:.1}, {:.1}]  macro-F1 {:.1}%  ({fit_seconds:.1}s)",
                 system.info.name,
-                spec.kind(),
+                head_name,
                 100.0 * accuracy.estimate,
                 100.0 * accuracy.low,
                 100.0 * accuracy.high,
@@ -853,14 +854,14 @@ pub fn run(
                 obs.note(&format!(
                     "warning   {} {}: {} of {} fits: {first}",
                     system.info.name,
-                    spec.kind(),
+                    head_name,
                     warnings.len(),
                     folds.len()
                 ));
             }
             results.push(RunResult {
                 system: system.info.name.clone(),
-                head: spec.kind().to_string(),
+                head: head_name.clone(),
                 head_spec: spec.clone(),
                 metrics,
                 accuracy,
@@ -875,7 +876,7 @@ pub fn run(
     let mut comparisons = Vec::new();
     if let Some(base) = systems.iter().find(|s| s.info.kind == "baseline") {
         for s in systems.iter().filter(|s| s.info.kind == "backbone") {
-            for spec in &exp.heads {
+            for (spec, head_name) in exp.heads.iter().zip(&head_names) {
                 let find = |name: &str| {
                     results
                         .iter()
@@ -892,11 +893,11 @@ pub fn run(
                 );
                 let d = in_points(d);
                 let v = verdict(&s.info.name, &base.info.name, &d, "transfer");
-                obs.note(&format!("verdict   {v} ({})", spec.kind()));
+                obs.note(&format!("verdict   {v} ({head_name})"));
                 comparisons.push(Comparison {
                     system: s.info.name.clone(),
                     baseline: base.info.name.clone(),
-                    head: spec.kind().to_string(),
+                    head: head_name.clone(),
                     difference_points: d,
                     verdict: v,
                 });
@@ -926,7 +927,7 @@ pub fn run(
             .map(|(other, _)| Pairwise {
                 system: leader.clone(),
                 other: other.clone(),
-                head: exp.heads[0].kind().to_string(),
+                head: head_names[0].clone(),
                 difference_points: in_points(paired_accuracy_difference(
                     &truth,
                     &first_head(leader).predictions,

@@ -154,24 +154,32 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
             bytes: learning_curve_png(report)?,
         });
     }
-    let first_head = report.results.first().map(|r| r.head_spec.clone());
-    for r in report
-        .results
-        .iter()
-        .filter(|r| Some(&r.head_spec) == first_head.as_ref())
-    {
-        let name = format!(
-            "confusion_{}.svg",
-            r.system
-                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
-        );
+    // One heatmap per result; with several heads the head is in the name and the title.
+    let several_heads = report.experiment.heads.len() > 1;
+    let file_part = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+    for r in &report.results {
+        let (name, title) = if several_heads {
+            (
+                format!(
+                    "confusion_{}_{}.svg",
+                    file_part(&r.system),
+                    file_part(&r.head)
+                ),
+                format!("{} / {}", r.system, r.head),
+            )
+        } else {
+            (
+                format!("confusion_{}.svg", file_part(&r.system)),
+                r.system.clone(),
+            )
+        };
         files.push(ReportFile::text(
             name.clone(),
-            confusion_svg(&r.system, &r.metrics.confusion, &report.label_names),
+            confusion_svg(&title, &r.metrics.confusion, &report.label_names),
         ));
         files.push(ReportFile {
             name: name.replace(".svg", ".png"),
-            bytes: confusion_png(&r.system, &r.metrics.confusion, &report.label_names)?,
+            bytes: confusion_png(&title, &r.metrics.confusion, &report.label_names)?,
         });
     }
     Ok(files)

@@ -14,6 +14,7 @@ use tl_backbone::{Backbone, ExecutionConfig, OnError};
 use tl_core::Interval;
 use tl_data::{Dataset, Item};
 use tl_features::{CacheOptions, Store, embed_cached};
+use tl_heads::HeadSpec;
 
 use crate::EvalError;
 
@@ -27,6 +28,32 @@ pub fn direction(d: &Interval) -> &'static str {
     } else {
         "no clear difference"
     }
+}
+
+/// How each head of an experiment is named in the console, reports, CSV and figure files:
+/// its kind when no other head of the file has that kind, else [`HeadSpec::label`] with its
+/// hyperparameters (`logistic C=1`, `logistic C=10`), and `#2`, `#3`... on heads whose labels
+/// are still equal, so two results never share a name.
+pub fn head_labels(heads: &[HeadSpec]) -> Vec<String> {
+    let base: Vec<String> = heads
+        .iter()
+        .map(|h| {
+            if heads.iter().filter(|o| o.kind() == h.kind()).count() > 1 {
+                h.label()
+            } else {
+                h.kind().to_string()
+            }
+        })
+        .collect();
+    base.iter()
+        .enumerate()
+        .map(
+            |(i, label)| match base[..i].iter().filter(|l| *l == label).count() {
+                0 => label.clone(),
+                before => format!("{label} #{}", before + 1),
+            },
+        )
+        .collect()
 }
 
 /// Default bootstrap resamples of an experiment.
@@ -200,4 +227,39 @@ pub fn backbone_features(
         features: out.features,
         extra: out.extra,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tl_heads::{KnnParams, LogisticParams};
+
+    use super::*;
+
+    #[test]
+    fn heads_of_one_kind_are_told_apart_and_no_two_share_a_name() {
+        let logistic = |c: f64| {
+            HeadSpec::Logistic(LogisticParams {
+                c,
+                ..LogisticParams::default()
+            })
+        };
+        let knn = HeadSpec::Knn(KnnParams::default());
+        assert_eq!(
+            head_labels(&[logistic(1.0), knn.clone()]),
+            ["logistic", "knn"]
+        );
+        assert_eq!(
+            head_labels(&[logistic(1.0), knn.clone(), logistic(10.0)]),
+            ["logistic C=1", "knn", "logistic C=10"]
+        );
+        // Equal up to a setting the label does not show (the iteration limit): numbered.
+        let long = HeadSpec::Logistic(LogisticParams {
+            max_iter: 5000,
+            ..LogisticParams::default()
+        });
+        assert_eq!(
+            head_labels(&[logistic(1.0), long.clone(), long]),
+            ["logistic C=1", "logistic C=1 #2", "logistic C=1 #3"]
+        );
+    }
 }

@@ -206,7 +206,7 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         "kind = \"holdout\"\ntest_fraction = 0.25",
     ] {
         let text = format!(
-            "name = \"t\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 200\n[[heads]]\nkind = \"logistic\"\n[[heads]]\nkind = \"knn\"\nk = 3\n[protocol]\n{protocol}\n[few_shot]\nshots = [1, 4, 0]\nrepeats = 3\n",
+            "name = \"t\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 200\n[[heads]]\nkind = \"logistic\"\n[[heads]]\nkind = \"knn\"\nk = 3\n[[heads]]\nkind = \"logistic\"\nc = 10.0\n[protocol]\n{protocol}\n[few_shot]\nshots = [1, 4, 0]\nrepeats = 3\n",
             table.to_str().unwrap()
         );
         let exp = parse(&text).unwrap();
@@ -215,7 +215,9 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
             notes.lock().unwrap().push(l.to_string())
         })
         .unwrap();
-        assert_eq!(report.results.len(), 2);
+        // Two logistic heads are told apart by their C everywhere; the lone knn keeps its kind.
+        let heads: Vec<&str> = report.results.iter().map(|r| r.head.as_str()).collect();
+        assert_eq!(heads, ["logistic C=1", "knn", "logistic C=10"]);
         for r in &report.results {
             assert!(
                 r.accuracy.estimate > 0.9,
@@ -233,7 +235,22 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         let out = dir.path().join("report");
         let files = write_report(&report, &out).unwrap();
         assert!(files.iter().any(|f| f.ends_with("learning_curve.svg")));
-        for png in ["learning_curve.png", "confusion_tfidf.png"] {
+        // One confusion heatmap per result, the head in its name and title.
+        for head in ["logistic_C_1", "knn", "logistic_C_10"] {
+            assert!(
+                files
+                    .iter()
+                    .any(|f| f.ends_with(format!("confusion_tfidf_{head}.png")))
+            );
+        }
+        let svg = std::fs::read_to_string(out.join("confusion_tfidf_logistic_C_10.svg")).unwrap();
+        assert!(
+            svg.contains("Confusion matrix: tfidf / logistic C=10"),
+            "{svg}"
+        );
+        let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+        assert!(csv.contains("\ntfidf,logistic C=10,"), "{csv}");
+        for png in ["learning_curve.png", "confusion_tfidf_knn.png"] {
             // Each PNG is its SVG drawn at twice the size, text included: the title band
             // (the top 30 SVG units) carries ink, as it did not when PNGs had no font.
             let img = image::open(out.join(png)).unwrap().to_rgb8();
@@ -263,7 +280,7 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         assert_eq!(json["schema_version"], 1);
         let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
         assert!(md.contains("| tfidf | knn |"), "{md}");
-        let svg = std::fs::read_to_string(out.join("confusion_tfidf.svg")).unwrap();
+        let svg = std::fs::read_to_string(out.join("confusion_tfidf_knn.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
 }

@@ -155,6 +155,30 @@ impl HeadSpec {
         }
     }
 
+    /// The kind with the hyperparameters that set it apart from another head of the same kind
+    /// (`logistic C=10`, `knn k=5 euclidean distance`, `ridge alpha=0.1`).
+    pub fn label(&self) -> String {
+        let metric = |m: &Metric| match m {
+            Metric::Euclidean => "euclidean",
+            Metric::Cosine => "cosine",
+        };
+        match self {
+            HeadSpec::Logistic(p) => format!("logistic C={}", p.c),
+            HeadSpec::LinearSvm(p) => format!("linear-svm C={}", p.c),
+            HeadSpec::Knn(p) => format!(
+                "knn k={} {} {}",
+                p.k,
+                metric(&p.metric),
+                match p.weighting {
+                    Weighting::Uniform => "uniform",
+                    Weighting::Distance => "distance",
+                }
+            ),
+            HeadSpec::Centroid(p) => format!("centroid {}", metric(&p.metric)),
+            HeadSpec::Ridge(p) => format!("ridge alpha={}", p.alpha),
+        }
+    }
+
     /// A head of the given kind with default hyperparameters.
     pub fn from_kind(kind: &str) -> Result<HeadSpec, HeadError> {
         Ok(match kind {
