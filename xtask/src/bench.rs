@@ -158,7 +158,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         fetcher.fetch(registry.get(name)?)?;
     }
     let python = fetcher.python_env()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let status = Command::new(&cargo)
         .args([
             "build",

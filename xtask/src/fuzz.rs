@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 fn worker() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     // The test build makes target/debug/tl-fuzz for tl-fuzz's integration tests; building
     // it that way (the whole workspace's test features) reuses the suite's artefacts, where
     // `cargo build -p tl-fuzz` unifies features differently and compiles polars again.

@@ -77,7 +77,7 @@ pub fn users_eye() -> Result<()> {
         ),
     )?;
     std::fs::write(app.join("src/main.rs"), &program)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let target = repo.join("target");
     let status = Command::new(&cargo)
         .args(["build", "--quiet"])
@@ -148,7 +148,7 @@ pub fn package(verify: bool) -> Result<()> {
             outside.join("\n")
         );
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let mut cmd = Command::new(&cargo);
     cmd.args(["package", "--quiet", "--allow-dirty"]);
     for c in PUBLISHED {

@@ -116,9 +116,7 @@ fn main() -> Result<()> {
         }
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { offline, args } => test(offline, &args)?,
-        Cmd::Features => {
-            check_unified_features(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))?
-        }
+        Cmd::Features => check_unified_features(&cargo())?,
         Cmd::Library { verify } => {
             library::users_eye()?;
             library::package(verify)?;
@@ -260,7 +258,7 @@ const OFFLINE_TESTS: &[&str] = &[
 ];
 
 fn offline_tests(args: &[String]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let start = Instant::now();
     // One workspace-wide invocation: the same features as the full suite, so nothing is
     // compiled again (per-package `-p` runs unify features differently and rebuild polars).
@@ -288,6 +286,12 @@ fn offline_tests(args: &[String]) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The cargo that runs this task (`CARGO`, set by `cargo xtask`), so nested builds use the
+/// same toolchain.
+pub(crate) fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 /// The style gate of every change: formatting, and clippy with warnings as errors on every
@@ -395,7 +399,7 @@ fn test(offline: bool, args: &[String]) -> Result<()> {
     Fetcher::new(Cache::from_env())
         .python_env()
         .context("creating the helper Python virtualenv")?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo();
     let status = Command::new(&cargo)
         .args(["test", "--workspace"])
         .args(args)

@@ -313,8 +313,17 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Fetches the runtime and the model if needed and returns the model's manifest.
 fn ensure_model<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest> {
-    let cache = Cache::from_env();
-    tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)
+    let m = model_manifest(registry, model)?;
+    tl_assets::ensure_fetched(m, &Cache::from_env())
+        .with_context(|| format!("fetching {model}"))?;
+    Ok(m)
+}
+
+/// Fetches the runtime if needed and returns the model's manifest (an unknown name or a
+/// non-model is a usage error), leaving the model itself to the library call that opens it
+/// through the cache (`tl_eval::runner::backbone_features` fetches and verifies it).
+fn model_manifest<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest> {
+    tl_assets::ensure_fetched(registry.get("onnxruntime")?, &Cache::from_env())
         .context("fetching the ONNX Runtime library")?;
     let m = registry.get(model).map_err(|e| UsageError(e.to_string()))?;
     if m.model.is_none() {
@@ -323,7 +332,6 @@ fn ensure_model<'r>(registry: &'r Registry, model: &str) -> Result<&'r Manifest>
             m.kind
         )));
     }
-    tl_assets::ensure_fetched(m, &cache).with_context(|| format!("fetching {model}"))?;
     Ok(m)
 }
 

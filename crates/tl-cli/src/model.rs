@@ -9,7 +9,7 @@ use tl_data::{Dataset, Item};
 use tl_features::{CacheOptions, CachedFeatures, Store, embed_cached};
 use tl_heads::{ClassWeight, Classifier, FeatureMeta, HeadConfig, HeadSpec, Pca, Preprocess};
 
-use crate::{TableArgs, UsageError, ensure_model, load_dataset};
+use crate::{TableArgs, UsageError, ensure_model, load_dataset, model_manifest};
 
 /// Features for `indices` of `ds`, through the cache, with the backbone's fingerprint.
 pub(crate) struct Features {
@@ -39,7 +39,7 @@ pub(crate) fn cached_features(
     ds: &Dataset,
     indices: &[usize],
 ) -> Result<Features> {
-    ensure_model(registry, model)?;
+    model_manifest(registry, model)?;
     let note = |line: &str| eprintln!("{line}");
     let f = tl_eval::runner::backbone_features(
         model,

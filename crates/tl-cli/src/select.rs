@@ -6,7 +6,7 @@ use anyhow::Result;
 use tl_assets::{Cache, Registry};
 use tl_eval::select::{SCORES, SelectOptions, agreement, select_backbones};
 
-use crate::{TableArgs, ensure_model, load_dataset};
+use crate::{TableArgs, load_dataset, model_manifest};
 
 /// Arguments of `tl select`.
 #[derive(clap::Args)]
@@ -32,7 +32,7 @@ pub(crate) struct SelectArgs {
 
 pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
     for b in &a.backbones {
-        ensure_model(registry, b)?;
+        model_manifest(registry, b)?;
     }
     let cache = Cache::from_env();
     let options = SelectOptions {

@@ -468,13 +468,7 @@ pub fn ranking_sentence(ranking: &[String], pairwise: &[Pairwise]) -> Option<Str
     let order = ranking.join(" > ");
     let detail: Vec<String> = pairwise
         .iter()
-        .map(|p| {
-            let d = &p.difference_points;
-            format!(
-                "{:+.1} points [{:+.1}, {:+.1}] over {}",
-                d.estimate, d.low, d.high, p.other
-            )
-        })
+        .map(|p| format!("{} over {}", points(&p.difference_points), p.other))
         .collect();
     let tied: Vec<&str> = pairwise
         .iter()
@@ -492,6 +486,11 @@ pub fn ranking_sentence(ranking: &[String], pairwise: &[Pairwise]) -> Option<Str
             detail.join("; ")
         )
     })
+}
+
+/// A difference in points with its interval, as every verdict and ranking line writes it.
+fn points(d: &Interval) -> String {
+    format!("{:+.1} points [{:+.1}, {:+.1}]", d.estimate, d.low, d.high)
 }
 
 /// A fraction's interval in points.
@@ -737,7 +736,7 @@ fn fit_predict(
 /// interval is above 0, hurts when below, else no clear difference. `what` is the
 /// technique compared: `transfer` (`tl run`), `fine-tuning` (`tl finetune`).
 pub fn verdict(system: &str, baseline: &str, d: &Interval, what: &str) -> String {
-    let points = format!("{:+.1} points [{:+.1}, {:+.1}]", d.estimate, d.low, d.high);
+    let points = points(d);
     match direction(d) {
         "helps" => format!("{system} features: {points} over {baseline}: {what} helps"),
         "hurts" => format!("{system} features: {points} against {baseline}: {what} hurts here"),
@@ -873,25 +872,29 @@ pub fn run(
         }
     }
 
+    // Every comparison (backbone vs baseline, ranking leader vs the others) is one paired
+    // bootstrap over the same test rows, in points.
+    let difference = |a: &str, b: &str, spec: &HeadSpec| {
+        let predictions = |name: &str| {
+            &results
+                .iter()
+                .find(|r| r.system == name && r.head_spec == *spec)
+                .expect("every pair ran")
+                .predictions
+        };
+        in_points(paired_accuracy_difference(
+            &truth,
+            predictions(a),
+            predictions(b),
+            exp.bootstrap,
+            exp.seed,
+        ))
+    };
     let mut comparisons = Vec::new();
     if let Some(base) = systems.iter().find(|s| s.info.kind == "baseline") {
         for s in systems.iter().filter(|s| s.info.kind == "backbone") {
             for (spec, head_name) in exp.heads.iter().zip(&head_names) {
-                let find = |name: &str| {
-                    results
-                        .iter()
-                        .find(|r| r.system == name && r.head_spec == *spec)
-                        .expect("every pair ran")
-                };
-                let (a, b) = (find(&s.info.name), find(&base.info.name));
-                let d = paired_accuracy_difference(
-                    &truth,
-                    &a.predictions,
-                    &b.predictions,
-                    exp.bootstrap,
-                    exp.seed,
-                );
-                let d = in_points(d);
+                let d = difference(&s.info.name, &base.info.name, spec);
                 let v = verdict(&s.info.name, &base.info.name, &d, "transfer");
                 obs.note(&format!("verdict   {v} ({head_name})"));
                 comparisons.push(Comparison {
@@ -915,12 +918,6 @@ pub fn run(
         .map(|r| (r.system.clone(), r.accuracy.estimate))
         .collect();
     ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let first_head = |name: &str| {
-        results
-            .iter()
-            .find(|r| r.system == name && r.head_spec == exp.heads[0])
-            .expect("every pair ran")
-    };
     let pairwise: Vec<Pairwise> = match ranking.split_first() {
         Some(((leader, _), others)) => others
             .iter()
@@ -928,13 +925,7 @@ pub fn run(
                 system: leader.clone(),
                 other: other.clone(),
                 head: head_names[0].clone(),
-                difference_points: in_points(paired_accuracy_difference(
-                    &truth,
-                    &first_head(leader).predictions,
-                    &first_head(other).predictions,
-                    exp.bootstrap,
-                    exp.seed,
-                )),
+                difference_points: difference(leader, other, &exp.heads[0]),
             })
             .collect(),
         None => Vec::new(),

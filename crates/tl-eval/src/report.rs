@@ -79,6 +79,15 @@ impl Report for RunReport {
     }
 }
 
+/// A figure's two files, `<stem>.svg` and `<stem>.png`, the PNG rasterised from that same SVG.
+fn figure(stem: &str, svg: String) -> Result<[ReportFile; 2], EvalError> {
+    let png = ReportFile {
+        name: format!("{stem}.png"),
+        bytes: crate::plot::svg_to_png(&svg)?,
+    };
+    Ok([ReportFile::text(format!("{stem}.svg"), svg), png])
+}
+
 fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
     let mut files = Vec::new();
     let json = serde_json::to_string_pretty(report).expect("report serialises");
@@ -145,42 +154,25 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
             );
         }
         files.push(ReportFile::text("few_shot.csv", fs_csv));
-        files.push(ReportFile::text(
-            "learning_curve.svg",
-            learning_curve_svg(report),
-        ));
-        files.push(ReportFile {
-            name: "learning_curve.png".into(),
-            bytes: learning_curve_png(report)?,
-        });
+        files.extend(figure("learning_curve", learning_curve_svg(report))?);
     }
     // One heatmap per result; with several heads the head is in the name and the title.
     let several_heads = report.experiment.heads.len() > 1;
     let file_part = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
     for r in &report.results {
-        let (name, title) = if several_heads {
+        let (stem, title) = if several_heads {
             (
-                format!(
-                    "confusion_{}_{}.svg",
-                    file_part(&r.system),
-                    file_part(&r.head)
-                ),
+                format!("confusion_{}_{}", file_part(&r.system), file_part(&r.head)),
                 format!("{} / {}", r.system, r.head),
             )
         } else {
             (
-                format!("confusion_{}.svg", file_part(&r.system)),
+                format!("confusion_{}", file_part(&r.system)),
                 r.system.clone(),
             )
         };
-        files.push(ReportFile::text(
-            name.clone(),
-            confusion_svg(&title, &r.metrics.confusion, &report.label_names),
-        ));
-        files.push(ReportFile {
-            name: name.replace(".svg", ".png"),
-            bytes: confusion_png(&title, &r.metrics.confusion, &report.label_names)?,
-        });
+        let svg = confusion_svg(&title, &r.metrics.confusion, &report.label_names);
+        files.extend(figure(&stem, svg)?);
     }
     Ok(files)
 }
