@@ -5,6 +5,7 @@ mod bench;
 mod bench_finetune;
 mod fuzz;
 mod library;
+mod python;
 
 use std::process::Command;
 use std::time::Instant;
@@ -52,12 +53,29 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Check that the `tl` binary, the Python wheel and the test build enable the same
+    /// features of every package they share (else polars compiles twice).
+    Features,
+    /// Build the Python package (an abi3 wheel for CPython >= 3.9) into target/wheels/ with
+    /// maturin from the helper virtualenv.
+    #[command(
+        after_help = "Examples:\n  cargo xtask wheel\n  pip install target/wheels/transfer_learning_rs-*.whl"
+    )]
+    Wheel {
+        /// The dev profile (seconds after a test build) instead of an optimised release build.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Build the dev wheel, install it into the helper virtualenv and run the Python tests,
+    /// the Ray ones on a local cluster (part of `cargo xtask test`).
+    Pytest {
+        /// Extra arguments passed to pytest (`-k ray`, `-x`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The library as its users meet it: build and run the README's program in a fresh
     /// workspace that depends on the crates by path, and `cargo package` every publishable
     /// crate (part of `cargo xtask test`).
-    /// Check that the `tl` binary and the test build enable the same features of every
-    /// package they share (else the README's two commands compile polars twice).
-    Features,
     Library {
         /// Also compile every package from its packaged files (slow: a build of the tree).
         #[arg(long)]
@@ -117,6 +135,10 @@ fn main() -> Result<()> {
         Cmd::Assets { manifests } => assets(&registry(manifests.as_deref())?)?,
         Cmd::Test { offline, args } => test(offline, &args)?,
         Cmd::Features => check_unified_features(&cargo())?,
+        Cmd::Wheel { dev } => {
+            python::wheel(!dev)?;
+        }
+        Cmd::Pytest { args } => python::pytest(&args)?,
         Cmd::Library { verify } => {
             library::users_eye()?;
             library::package(verify)?;
@@ -358,33 +380,36 @@ fn features_of(
 }
 
 /// The README's two commands must share one build of the heavy crates: every package that the
-/// `tl` binary uses must have the same features in it as in the test build (which adds
-/// dev-dependencies and the other members), or polars and its dependents compile twice.
+/// `tl` binary (or the Python wheel, which `cargo xtask wheel` builds alone) uses must have the
+/// same features in it as in the test build (which adds dev-dependencies and the other
+/// members), or polars and its dependents compile twice.
 fn check_unified_features(cargo: &str) -> Result<()> {
-    let cli = features_of(cargo, &["-p", "tl-cli", "-e", "normal,build"])?;
     let all = features_of(cargo, &["--workspace", "-e", "normal,build,dev"])?;
-    let differ: Vec<String> = cli
-        .iter()
-        .filter_map(|(p, f)| {
-            let g = all.get(p)?;
-            (g != f).then(|| {
-                let extra: Vec<&String> = g.iter().filter(|x| !f.contains(x)).collect();
-                format!("{p}: the test build adds {extra:?}")
+    for package in ["tl-cli", "tl-python"] {
+        let alone = features_of(cargo, &["-p", package, "-e", "normal,build"])?;
+        let differ: Vec<String> = alone
+            .iter()
+            .filter_map(|(p, f)| {
+                let g = all.get(p)?;
+                (g != f).then(|| {
+                    let extra: Vec<&String> = g.iter().filter(|x| !f.contains(x)).collect();
+                    format!("{p}: the test build adds {extra:?}")
+                })
             })
-        })
-        .collect();
-    if !differ.is_empty() {
-        bail!(
-            "`cargo run -p tl-cli` and the test build would compile these packages (and all that \
-             depend on them) twice; ask for the same features in crates/tl-cli/Cargo.toml's \
-             unification block:\n  {}",
-            differ.join("\n  ")
+            .collect();
+        if !differ.is_empty() {
+            bail!(
+                "a build of {package} alone and the test build would compile these packages (and \
+                 all that depend on them) twice; ask for the same features in \
+                 crates/{package}/Cargo.toml's unification block:\n  {}",
+                differ.join("\n  ")
+            );
+        }
+        eprintln!(
+            "features unified: {package} and the test build share all {} packages",
+            alone.len()
         );
     }
-    eprintln!(
-        "features unified: the tl binary and the test build share all {} packages",
-        cli.len()
-    );
     Ok(())
 }
 
@@ -426,6 +451,9 @@ fn test(offline: bool, args: &[String]) -> Result<()> {
     eprintln!("tl-backbone compiles with the `cuda` feature");
     lint(&cargo)?;
     check_unified_features(&cargo)?;
+    // The Python package as its users meet it: built, installed, and tested from Python,
+    // with distributed extraction on a real local Ray cluster.
+    python::pytest(&[])?;
     // The library as a user meets it: the README's program in a fresh workspace, and every
     // publishable crate packaged from its own files.
     library::users_eye()?;

@@ -6,8 +6,9 @@ use sha2::{Digest, Sha256};
 use tl_assets::Manifest;
 use tl_assets::manifest::{ImageSpec, Modality, ModelSpec, OutputRef, TextSpec};
 
-/// Version of the fingerprint recipe; bump when preprocessing code changes output.
-pub const FINGERPRINT_VERSION: u32 = 1;
+/// Version of the fingerprint recipe; bump when preprocessing or batching code changes output
+/// (2: text batches of one length, so vectors no longer depend on their batch).
+pub const FINGERPRINT_VERSION: u32 = 2;
 
 /// The fingerprint of `spec` with model (and tokenizer) files of these sha256 digests.
 pub(crate) fn fingerprint_of(spec: &ModelSpec, model_sha: &str, tok_sha: Option<&str>) -> String {

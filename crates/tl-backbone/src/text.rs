@@ -88,15 +88,31 @@ fn encode_prefix(
     tok.encode(text, true).map_err(|e| e.to_string())
 }
 
-/// Indices of `lens` ordered by length, cut into batches of at most `batch` items.
-/// Sorting keeps sequences of similar length together so padding waste stays small.
+/// Indices of `lens` in batches of at most `batch` items that all have the same length, so
+/// that no batch is padded.
+///
+/// Why exact lengths: ONNX Runtime's kernels round differently when a sequence is padded
+/// (the masked positions still enter the vectorised sums) and when a batch holds one item
+/// (another matrix-product path), so a vector used to depend by a few ulps on which other
+/// texts shared its batch. Batches of one length and at least two rows make each vector a
+/// function of the model and the text alone: the same bits in one process or split over
+/// many workers, and in whatever order the texts come. A length held by one text alone is
+/// run as a batch of two copies of it. Padding waste, which length sorting only reduced,
+/// is gone; the price is one more run per distinct length.
 pub(crate) fn length_batches(lens: &[(usize, usize)], batch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<(usize, usize)> = lens.to_vec();
     order.sort_by_key(|&(i, len)| (len, i));
-    order
-        .chunks(batch.max(1))
-        .map(|c| c.iter().map(|&(i, _)| i).collect())
-        .collect()
+    let mut batches = Vec::new();
+    for group in order.chunk_by(|a, b| a.1 == b.1) {
+        for c in group.chunks(batch.max(2)) {
+            let mut b: Vec<usize> = c.iter().map(|&(i, _)| i).collect();
+            if b.len() == 1 {
+                b.push(b[0]);
+            }
+            batches.push(b);
+        }
+    }
+    batches
 }
 
 /// Mean of token states over the attention mask, as sentence-transformers computes it.
@@ -122,10 +138,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_are_sorted_by_length_and_cover_every_index_once() {
-        let lens: Vec<(usize, usize)> = [5, 1, 9, 1, 3, 7, 2].into_iter().enumerate().collect();
+    fn batches_hold_one_length_and_at_least_two_rows() {
+        let lens: Vec<(usize, usize)> = [5, 1, 9, 1, 3, 5, 1, 5, 5]
+            .into_iter()
+            .enumerate()
+            .collect();
         let b = length_batches(&lens, 3);
-        assert_eq!(b, vec![vec![1, 3, 6], vec![4, 0, 5], vec![2]]);
+        // Length 1: rows 1, 3, 6; length 3: row 4 alone (run twice); length 5: rows 0, 5, 7,
+        // 8 in batches of at most 3; length 9: row 2 alone.
+        assert_eq!(
+            b,
+            vec![
+                vec![1, 3, 6],
+                vec![4, 4],
+                vec![0, 5, 7],
+                vec![8, 8],
+                vec![2, 2]
+            ]
+        );
+        // A batch size of 1 still pairs rows: a batch of one takes another kernel path.
+        assert_eq!(length_batches(&lens[..2], 1), vec![vec![1, 1], vec![0, 0]]);
     }
 
     #[test]
@@ -195,6 +227,12 @@ mod embed_loop {
                     .max()
                     .unwrap_or(0);
                 let n = batch.len();
+                // A lone text is run as two copies (see `length_batches`); count it once.
+                let unique = if batch.windows(2).all(|w| w[0] == w[1]) {
+                    1
+                } else {
+                    n
+                };
                 let t0 = Instant::now();
                 let mut ids = vec![0i64; n * seq];
                 let mut mask = vec![0i64; n * seq];
@@ -207,7 +245,9 @@ mod embed_loop {
                     ids[r * seq..r * seq + len].copy_from_slice(&t.ids);
                     mask[r * seq..r * seq + len].fill(1);
                     types[r * seq..r * seq + len].copy_from_slice(&t.type_ids);
-                    result.stats.real_tokens += len;
+                    if r < unique {
+                        result.stats.real_tokens += len;
+                    }
                 }
                 result.stats.processed_tokens += n * seq;
                 result.stats.timings.prepare += t0.elapsed();
@@ -244,7 +284,7 @@ mod embed_loop {
                     },
                     spec.normalize,
                 )?;
-                bar.inc(n as u64);
+                bar.inc(unique as u64);
             }
             bar.finish_and_clear();
             result.stats.timings.total = start.elapsed();

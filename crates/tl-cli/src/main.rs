@@ -77,7 +77,7 @@ enum Cmd {
     /// Embed a dataset with a backbone (through the feature cache) and report timing and class
     /// separation.
     #[command(
-        after_help = "Examples:\n  tl embed\n  tl embed --model paraphrase-minilm-l3-v2 --dataset sentiment-imdb\n  tl embed --model efficientnet-lite0 --dataset optdigits --batch-size 64\n  tl embed --model all-minilm-l6-v2 --dataset reviews.csv --text-column review\n  tl embed --no-cache     # measure raw extraction throughput"
+        after_help = "Examples:\n  tl embed\n  tl embed --model paraphrase-minilm-l3-v2 --dataset sentiment-imdb\n  tl embed --model efficientnet-lite0 --dataset optdigits --batch-size 64\n  tl embed --model all-minilm-l6-v2 --dataset reviews.csv --text-column review\n  tl embed --no-cache     # measure raw extraction throughput\n  tl embed --dataset reviews.parquet --ray --workers 8 > pipeline.py   # the same on a Ray cluster"
     )]
     Embed {
         /// Backbone name (see `cargo xtask assets`).
@@ -102,6 +102,13 @@ enum Cmd {
         /// Bypass the feature cache and print throughput details.
         #[arg(long)]
         no_cache: bool,
+        /// Print the same extraction as a Ray pipeline (a Python script for
+        /// `transfer_learning.ray`) instead of running it here.
+        #[arg(long, conflicts_with = "no_cache")]
+        ray: bool,
+        /// Ray actors in the printed pipeline (each with `--threads` CPUs, default 1).
+        #[arg(long, default_value_t = 2, requires = "ray")]
+        workers: usize,
         #[command(flatten)]
         table: TableArgs,
     },
@@ -277,12 +284,22 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Embed {
             model,
             dataset,
+            ray: true,
+            workers,
+            threads,
+            table,
+            ..
+        } => embed::ray_pipeline(&registry, &model, &dataset, workers, threads, &table),
+        Cmd::Embed {
+            model,
+            dataset,
             split,
             limit,
             batch_size,
             threads,
             no_cache,
             table,
+            ..
         } => embed::embed(
             &registry,
             &model,

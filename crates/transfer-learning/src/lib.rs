@@ -39,10 +39,11 @@ use tl_assets::manifest::Modality;
 use tl_assets::{Fetcher, Registry};
 use tl_backbone::{Backbone, OnError};
 use tl_data::Item;
-use tl_features::{CacheOptions, Embedder, Inputs, Store, embed_cached};
+use tl_features::{CacheOptions, Embedder, Inputs, Store, embed_cached, manifest_for};
 
 pub use tl_assets::Cache;
 pub use tl_backbone::ExecutionConfig;
+pub use tl_features::CachedFeatures;
 pub use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 /// What can go wrong; each message names the model, file or row concerned.
@@ -92,6 +93,20 @@ impl Default for Options {
     }
 }
 
+/// Fetches the ONNX Runtime library into `cache` (verified, once) and loads it, unless
+/// `ORT_DYLIB_PATH` names one. The embedders call it; call it yourself before using the
+/// lower layers (`tl-eval`'s runners) with a cache other than [`Cache::from_env`].
+pub fn prepare_runtime(cache: &Cache, progress: bool) -> Result<(), Error> {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none_or(|p| p.is_empty()) {
+        let registry = Registry::builtin()?;
+        Fetcher::new(cache.clone())
+            .progress(progress)
+            .fetch(registry.get("onnxruntime")?)?;
+        tl_backbone::init_from(&tl_backbone::fetched_runtime_path(cache)?)?;
+    }
+    Ok(())
+}
+
 /// An opened backbone and where its vectors are cached.
 struct Encoder {
     backbone: Backbone,
@@ -120,13 +135,10 @@ impl Encoder {
                 "{model} is {is} model: open it with {right}, not {wrong}"
             )));
         }
-        let fetcher = Fetcher::new(cache.clone()).progress(options.progress);
-        // The runtime comes from the same cache as the model, unless ORT_DYLIB_PATH names one.
-        if std::env::var_os("ORT_DYLIB_PATH").is_none_or(|p| p.is_empty()) {
-            fetcher.fetch(registry.get("onnxruntime")?)?;
-            tl_backbone::init_from(&tl_backbone::fetched_runtime_path(cache)?)?;
-        }
-        fetcher.fetch(manifest)?;
+        prepare_runtime(cache, options.progress)?;
+        Fetcher::new(cache.clone())
+            .progress(options.progress)
+            .fetch(manifest)?;
         let backbone = Backbone::from_manifest(manifest, cache, &options.execution)?;
         let store = options.cache_features.then(|| Store::from_cache(cache));
         Ok(Encoder {
@@ -137,20 +149,71 @@ impl Encoder {
     }
 
     fn embed(&self, items: &[Item]) -> Result<Array2<f32>, Error> {
+        Ok(self.embed_cached(items)?.features)
+    }
+
+    fn embed_cached(&self, items: &[Item]) -> Result<CachedFeatures, Error> {
         match &self.store {
             Some(store) => {
                 let options = CacheOptions {
                     progress: self.progress,
                     ..CacheOptions::default()
                 };
-                Ok(embed_cached(&self.backbone, store, items, &options)?.features)
+                Ok(embed_cached(&self.backbone, store, items, &options)?)
             }
             None => {
+                let start = std::time::Instant::now();
                 let inputs = Inputs::from_items(items)?;
-                Ok(Embedder::embed(&self.backbone, &inputs, OnError::Fail)?.features)
+                let out = Embedder::embed(&self.backbone, &inputs, OnError::Fail)?;
+                Ok(CachedFeatures {
+                    features: out.features,
+                    extra: out.extra,
+                    hits: 0,
+                    computed: items.len(),
+                    errors: out.errors,
+                    lookup: Default::default(),
+                    lookup_time: std::time::Duration::ZERO,
+                    compute_time: start.elapsed(),
+                    elapsed: start.elapsed(),
+                })
             }
         }
     }
+
+    fn keys(&self, items: &[Item]) -> Result<Vec<String>, Error> {
+        let keys = Inputs::from_items(items)?.keys(self.backbone.fingerprint())?;
+        Ok(keys.iter().map(|k| k.to_hex()).collect())
+    }
+
+    fn lookup(&self, items: &[Item]) -> Result<(Array2<f32>, Vec<bool>), Error> {
+        let store = self.store.as_ref().ok_or_else(|| {
+            Error::Input(
+                "the feature cache is off for this embedder (cache_features = false): nothing to look up"
+                    .into(),
+            )
+        })?;
+        let keys = Inputs::from_items(items)?.keys(self.backbone.fingerprint())?;
+        let mut out = Array2::from_elem((keys.len(), self.backbone.dim()), f32::NAN);
+        let mut found = vec![false; keys.len()];
+        store
+            .backbone(manifest_for(&self.backbone))?
+            .lookup(&keys, &mut out, &mut found)?;
+        Ok((out, found))
+    }
+}
+
+fn texts_to_items<S: AsRef<str>>(texts: &[S]) -> Vec<Item> {
+    texts
+        .iter()
+        .map(|t| Item::Text(t.as_ref().to_string()))
+        .collect()
+}
+
+fn paths_to_items<P: AsRef<Path>>(paths: &[P]) -> Vec<Item> {
+    paths
+        .iter()
+        .map(|p| Item::ImageFile(PathBuf::from(p.as_ref())))
+        .collect()
 }
 
 /// A text encoder: sentences in, one L2-normalised vector per sentence out (for the built-in
@@ -171,16 +234,35 @@ impl TextEmbedder {
 
     /// One row per text, in order.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Array2<f32>, Error> {
-        let items: Vec<Item> = texts
-            .iter()
-            .map(|t| Item::Text(t.as_ref().to_string()))
-            .collect();
-        self.0.embed(&items)
+        self.0.embed(&texts_to_items(texts))
+    }
+
+    /// [`embed`](Self::embed), with what the cache answered and what was computed.
+    pub fn embed_cached<S: AsRef<str>>(&self, texts: &[S]) -> Result<CachedFeatures, Error> {
+        self.0.embed_cached(&texts_to_items(texts))
+    }
+
+    /// Each text's feature-cache key (64 hex characters), as the cache's `key` column holds
+    /// it: a BLAKE3 hash of the model's fingerprint and the text.
+    pub fn keys<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<String>, Error> {
+        self.0.keys(&texts_to_items(texts))
+    }
+
+    /// The cached vectors of `texts`, computing nothing: rows of texts not in the cache are
+    /// NaN and their flag false.
+    pub fn lookup<S: AsRef<str>>(&self, texts: &[S]) -> Result<(Array2<f32>, Vec<bool>), Error> {
+        self.0.lookup(&texts_to_items(texts))
     }
 
     /// The width of the vectors.
     pub fn dim(&self) -> usize {
         self.0.backbone.dim()
+    }
+
+    /// What the vectors depend on (model files and settings): the feature cache's folder
+    /// name, recorded by [`Classifier::fit_for`].
+    pub fn fingerprint(&self) -> &str {
+        self.0.backbone.fingerprint()
     }
 
     /// The backbone underneath (name, fingerprint, spec, lower-level embedding calls).
@@ -207,16 +289,34 @@ impl ImageEmbedder {
     /// One row per image file (JPEG, PNG, WebP, GIF, BMP), in order. A file that cannot be
     /// read or decoded is an error naming it.
     pub fn embed_paths<P: AsRef<Path>>(&self, paths: &[P]) -> Result<Array2<f32>, Error> {
-        let items: Vec<Item> = paths
-            .iter()
-            .map(|p| Item::ImageFile(PathBuf::from(p.as_ref())))
-            .collect();
-        self.0.embed(&items)
+        self.0.embed(&paths_to_items(paths))
+    }
+
+    /// [`embed_paths`](Self::embed_paths), with what the cache answered and what was computed.
+    pub fn embed_cached<P: AsRef<Path>>(&self, paths: &[P]) -> Result<CachedFeatures, Error> {
+        self.0.embed_cached(&paths_to_items(paths))
+    }
+
+    /// Each image's feature-cache key: a BLAKE3 hash of the model's fingerprint and the
+    /// file's bytes (so a renamed file keeps its key).
+    pub fn keys<P: AsRef<Path>>(&self, paths: &[P]) -> Result<Vec<String>, Error> {
+        self.0.keys(&paths_to_items(paths))
+    }
+
+    /// The cached vectors of the images, computing nothing (NaN rows, false flags for misses).
+    pub fn lookup<P: AsRef<Path>>(&self, paths: &[P]) -> Result<(Array2<f32>, Vec<bool>), Error> {
+        self.0.lookup(&paths_to_items(paths))
     }
 
     /// The width of the vectors.
     pub fn dim(&self) -> usize {
         self.0.backbone.dim()
+    }
+
+    /// What the vectors depend on: the feature cache's folder name, recorded by
+    /// [`Classifier::fit_for`].
+    pub fn fingerprint(&self) -> &str {
+        self.0.backbone.fingerprint()
     }
 
     /// The backbone underneath.
@@ -250,6 +350,18 @@ impl Classifier {
         features: impl Into<ArrayView2<'a, f32>>,
         labels: &[L],
     ) -> Result<Classifier, Error> {
+        Classifier::fit_for(None, head, features, labels)
+    }
+
+    /// [`fit_with`](Self::fit_with) on the vectors of a known model: the classifier records
+    /// its fingerprint ([`TextEmbedder::fingerprint`]), so `tl predict` finds the model by
+    /// itself.
+    pub fn fit_for<'a, L: AsRef<str>>(
+        fingerprint: Option<&str>,
+        head: &HeadConfig,
+        features: impl Into<ArrayView2<'a, f32>>,
+        labels: &[L],
+    ) -> Result<Classifier, Error> {
         let x = features.into();
         if x.nrows() != labels.len() {
             return Err(Error::Input(format!(
@@ -269,7 +381,7 @@ impl Classifier {
                     .unwrap_or(0)
             })
             .collect();
-        let inner = head.fit(x, &y, &names, None)?;
+        let inner = head.fit(x, &y, &names, fingerprint)?;
         Ok(Classifier { inner })
     }
 
