@@ -131,7 +131,11 @@ pub fn pytest(args: &[String]) -> Result<()> {
         bail!("cargo build -p tl-cli failed ({status})");
     }
     let repo = repo();
-    let tl = repo.join("target").join("debug").join("tl");
+    // Where cargo put it: CARGO_TARGET_DIR (relative to the repository) when set.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| repo.join("target"), |d| repo.join(d));
+    let tl = target.join("debug").join("tl");
     let mut child = Command::new(&python)
         .current_dir(&repo)
         .args([
