@@ -10,6 +10,14 @@ use tl_features::{CacheOptions, Embedder, Inputs, Store, embed_cached};
 
 use crate::{TableArgs, UsageError, ensure_model, load_dataset, model_manifest};
 
+/// Checked before any work: 2048 threads on 2 cores turned 0.4 s into minutes.
+fn check_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads.filter(|t| !(1..=256).contains(t)) {
+        bail!(UsageError(format!("--threads must be in 1..=256, got {t}")));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn embed(
     registry: &Registry,
@@ -22,10 +30,7 @@ pub(crate) fn embed(
     table: &TableArgs,
     no_cache: bool,
 ) -> Result<()> {
-    // Checked before any work: 2048 threads on 2 cores turned 0.4 s into minutes.
-    if let Some(t) = threads.filter(|t| !(1..=256).contains(t)) {
-        bail!(UsageError(format!("--threads must be in 1..=256, got {t}")));
-    }
+    check_threads(threads)?;
     if !(1..=4096).contains(&batch_size) {
         bail!(UsageError(format!(
             "--batch-size must be in 1..=4096, got {batch_size}"
@@ -202,12 +207,8 @@ pub(crate) fn ray_pipeline(
             "--workers must be in 1..=4096, got {workers}"
         )));
     }
+    check_threads(threads)?;
     let threads = threads.unwrap_or(1);
-    if !(1..=256).contains(&threads) {
-        bail!(UsageError(format!(
-            "--threads must be in 1..=256, got {threads}"
-        )));
-    }
     let m = model_manifest(registry, model)?;
     let modality = match m.model.as_ref().map(|s| s.modality) {
         Some(tl_assets::manifest::Modality::Image) => "image",
@@ -252,27 +253,33 @@ pub(crate) fn ray_pipeline(
             .to_string()
     };
     let py = |s: &str| format!("{s:?}");
-    let text_col = &table.text_column;
-    let reader = match ext.as_deref() {
-        Some("csv") if is_file => format!("ds = ray.data.read_csv({})\n", py(&abs())),
-        Some("tsv" | "tab") if is_file => format!(
+    // Table files are read by Ray's own readers, in parallel, and their text column is the
+    // one to embed; everything else is listed in the driver, one `column` per item.
+    let ray_reader = match ext.as_deref() {
+        _ if !is_file => None,
+        Some("csv") => Some(format!("ds = ray.data.read_csv({})\n", py(&abs()))),
+        Some("tsv" | "tab") => Some(format!(
             "import pyarrow.csv\n\nds = ray.data.read_csv(\n    {},\n    parse_options=pyarrow.csv.ParseOptions(delimiter=\"\\t\"),\n)\n",
             py(&abs())
-        ),
-        Some("parquet" | "pq") if is_file => {
-            format!("ds = ray.data.read_parquet({})\n", py(&abs()))
-        }
-        Some("jsonl" | "ndjson") if is_file => {
-            format!("ds = ray.data.read_json({})\n", py(&abs()))
-        }
-        _ => {
-            let mut args = py(dataset);
-            if is_file {
-                args = py(&abs());
-                args.push_str(&format!(", text_column={}", py(text_col)));
-                args.push_str(&format!(", label_column={}", py(&table.label_column)));
-            }
-            format!(
+        )),
+        Some("parquet" | "pq") => Some(format!("ds = ray.data.read_parquet({})\n", py(&abs()))),
+        Some("jsonl" | "ndjson") => Some(format!("ds = ray.data.read_json({})\n", py(&abs()))),
+        _ => None,
+    };
+    let (reader, column) = match ray_reader {
+        Some(reader) => (reader, table.text_column.as_str()),
+        None => {
+            let args = if is_file {
+                format!(
+                    "{}, text_column={}, label_column={}",
+                    py(&abs()),
+                    py(&table.text_column),
+                    py(&table.label_column)
+                )
+            } else {
+                py(dataset)
+            };
+            let listing = format!(
                 "# {} ({} rows), listed here; the workers read the {}.\n\
                  data = tl.load_dataset({args}, cache_dir=CACHE)\n\
                  ds = ray.data.from_items([{{\"{column}\": x}} for x in data[\"items\"]])\n",
@@ -283,13 +290,9 @@ pub(crate) fn ray_pipeline(
                 } else {
                     "texts"
                 }
-            )
+            );
+            (listing, column)
         }
-    };
-    let column = if reader.starts_with("ds = ray.data.read_") || reader.starts_with("import") {
-        text_col.as_str()
-    } else {
-        column
     };
     let cache = Cache::from_env();
     out!(

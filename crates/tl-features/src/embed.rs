@@ -158,6 +158,30 @@ pub fn manifest_for_output(backbone: &dyn Embedder, output: &str, width: usize) 
 /// `TL_PROGRESS_SECONDS` overrides it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
+/// Embeds every item of `items` with `backbone`, without a store: what [`embed_cached`] does
+/// for an encoder whose [`Embedder::caches`] is false, and what a caller with the cache
+/// turned off wants, in the same [`CachedFeatures`] shape (no hits, everything computed).
+pub fn embed_uncached(
+    backbone: &dyn Embedder,
+    items: &[Item],
+    on_error: OnError,
+) -> Result<CachedFeatures, FeatureError> {
+    let start = Instant::now();
+    let out = backbone.embed(&Inputs::from_items(items)?, on_error)?;
+    let compute_time = start.elapsed();
+    Ok(CachedFeatures {
+        features: out.features,
+        extra: out.extra,
+        hits: 0,
+        computed: items.len(),
+        errors: out.errors,
+        lookup: LookupStats::default(),
+        lookup_time: Duration::ZERO,
+        compute_time,
+        elapsed: compute_time,
+    })
+}
+
 /// Embeds `items` with `backbone` (any [`Embedder`]), answering from `store` where it can and
 /// storing what it computes, one durable shard per `flush_every` items. An encoder whose
 /// [`Embedder::caches`] is false is run on every item and the store is not touched.
@@ -174,19 +198,7 @@ pub fn embed_cached(
         ));
     }
     if !backbone.caches() {
-        let out = backbone.embed(&Inputs::from_items(items)?, options.on_error)?;
-        let compute_time = start.elapsed();
-        return Ok(CachedFeatures {
-            features: out.features,
-            extra: out.extra,
-            hits: 0,
-            computed: items.len(),
-            errors: out.errors,
-            lookup: LookupStats::default(),
-            lookup_time: Duration::ZERO,
-            compute_time,
-            elapsed: compute_time,
-        });
+        return embed_uncached(backbone, items, options.on_error);
     }
     // Store 0 holds the features; stores 1.. the extra outputs, when asked for.
     let mut stores = vec![store.backbone(manifest_for(backbone))?];

@@ -56,8 +56,8 @@ pub mod tfidf;
 use std::path::PathBuf;
 
 pub use embed::{
-    CacheOptions, CachedFeatures, embed_cached, encoded_key, item_key, manifest_for,
-    manifest_for_output, output_fingerprint, pixels_key, text_key,
+    CacheOptions, CachedFeatures, embed_cached, embed_uncached, encoded_key, item_key,
+    manifest_for, manifest_for_output, output_fingerprint, pixels_key, text_key,
 };
 pub use embedder::{Embedder, Inputs, RawPixels, image_input};
 pub use export::export_features;

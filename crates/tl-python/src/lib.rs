@@ -128,9 +128,13 @@ fn lookup_out(py: Python<'_>, (x, found): (Array2<f32>, Vec<bool>)) -> Lookup<'_
     (x.into_pyarray(py), found.into_pyarray(py))
 }
 
-fn json<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
-    let text = serde_json::to_string(value).map_err(err)?;
+/// JSON text as Python objects (dicts, lists, numbers), by the standard library's parser.
+fn loads(py: Python<'_>, text: String) -> PyResult<Bound<'_, PyAny>> {
     py.import("json")?.call_method1("loads", (text,))
+}
+
+fn json<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyAny>> {
+    loads(py, serde_json::to_string(value).map_err(err)?)
 }
 
 /// One Python embedder class over a facade embedder: `$item` is what a row is made from
@@ -510,7 +514,7 @@ fn run_experiment<'py>(
     let report = py
         .detach(|| run_file(&text, &path, out_dir.as_deref(), &registry, &cache, verbose))
         .map_err(bad)?;
-    py.import("json")?.call_method1("loads", (report,))
+    loads(py, report)
 }
 
 /// The experiment's report as JSON text; errors as the `tl` command words them.

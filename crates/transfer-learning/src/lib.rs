@@ -39,7 +39,7 @@ use tl_assets::manifest::Modality;
 use tl_assets::{Fetcher, Registry};
 use tl_backbone::{Backbone, OnError};
 use tl_data::Item;
-use tl_features::{CacheOptions, Embedder, Inputs, Store, embed_cached, manifest_for};
+use tl_features::{CacheOptions, Inputs, Store, embed_cached, embed_uncached, manifest_for};
 
 pub use tl_assets::Cache;
 pub use tl_backbone::ExecutionConfig;
@@ -161,28 +161,16 @@ impl Encoder {
                 };
                 Ok(embed_cached(&self.backbone, store, items, &options)?)
             }
-            None => {
-                let start = std::time::Instant::now();
-                let inputs = Inputs::from_items(items)?;
-                let out = Embedder::embed(&self.backbone, &inputs, OnError::Fail)?;
-                Ok(CachedFeatures {
-                    features: out.features,
-                    extra: out.extra,
-                    hits: 0,
-                    computed: items.len(),
-                    errors: out.errors,
-                    lookup: Default::default(),
-                    lookup_time: std::time::Duration::ZERO,
-                    compute_time: start.elapsed(),
-                    elapsed: start.elapsed(),
-                })
-            }
+            None => Ok(embed_uncached(&self.backbone, items, OnError::Fail)?),
         }
     }
 
+    fn item_keys(&self, items: &[Item]) -> Result<Vec<tl_features::Key>, Error> {
+        Ok(Inputs::from_items(items)?.keys(self.backbone.fingerprint())?)
+    }
+
     fn keys(&self, items: &[Item]) -> Result<Vec<String>, Error> {
-        let keys = Inputs::from_items(items)?.keys(self.backbone.fingerprint())?;
-        Ok(keys.iter().map(|k| k.to_hex()).collect())
+        Ok(self.item_keys(items)?.iter().map(|k| k.to_hex()).collect())
     }
 
     fn lookup(&self, items: &[Item]) -> Result<(Array2<f32>, Vec<bool>), Error> {
@@ -192,7 +180,7 @@ impl Encoder {
                     .into(),
             )
         })?;
-        let keys = Inputs::from_items(items)?.keys(self.backbone.fingerprint())?;
+        let keys = self.item_keys(items)?;
         let mut out = Array2::from_elem((keys.len(), self.backbone.dim()), f32::NAN);
         let mut found = vec![false; keys.len()];
         store
