@@ -7,6 +7,7 @@ mod fuzz;
 mod library;
 mod python;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Instant;
 
@@ -344,10 +345,10 @@ fn lint(cargo: &str) -> Result<()> {
 }
 
 /// Each package's enabled features, as `cargo tree --format "{p}|{f}"` prints them.
-fn features_of(
-    cargo: &str,
-    args: &[&str],
-) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
+/// Each package of a `cargo tree` and its feature sets: one per build context, since a package
+/// built both for the host (proc macros, build scripts) and for the target is resolved
+/// separately in each (resolver 2), and two different sets mean two compilations.
+fn features_of(cargo: &str, args: &[&str]) -> Result<BTreeMap<String, BTreeSet<Vec<String>>>> {
     let out = Command::new(cargo)
         .arg("tree")
         .args(args)
@@ -361,39 +362,45 @@ fn features_of(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut map = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let mut map = BTreeMap::<String, BTreeSet<Vec<String>>>::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Some((package, features)) = line.trim_end_matches(" (*)").split_once('|') else {
             continue;
         };
-        let entry = map.entry(package.to_string()).or_default();
-        entry.extend(
-            features
-                .split(',')
-                .filter(|f| !f.is_empty())
-                .map(String::from),
-        );
-        entry.sort();
-        entry.dedup();
+        let package = package.trim_end_matches(" (proc-macro)");
+        let mut set: Vec<String> = features
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(String::from)
+            .collect();
+        set.sort();
+        map.entry(package.to_string()).or_default().insert(set);
     }
     Ok(map)
 }
 
 /// The README's two commands must share one build of the heavy crates: every package that the
 /// `tl` binary (or the Python wheel, which `cargo xtask wheel` builds alone) uses must have the
-/// same features in it as in the test build (which adds dev-dependencies and the other
-/// members), or polars and its dependents compile twice.
+/// same feature sets in it as in the test build (which adds dev-dependencies and the other
+/// members), host and target contexts alike, or polars and its dependents compile twice (a
+/// proc macro's `syn` differing in one feature rebuilt bytemuck, half and every polars crate).
 fn check_unified_features(cargo: &str) -> Result<()> {
     let all = features_of(cargo, &["--workspace", "-e", "normal,build,dev"])?;
     for package in ["tl-cli", "tl-python"] {
         let alone = features_of(cargo, &["-p", package, "-e", "normal,build"])?;
         let differ: Vec<String> = alone
             .iter()
-            .filter_map(|(p, f)| {
+            .filter_map(|(p, sets)| {
                 let g = all.get(p)?;
-                (g != f).then(|| {
-                    let extra: Vec<&String> = g.iter().filter(|x| !f.contains(x)).collect();
-                    format!("{p}: the test build adds {extra:?}")
+                let only = |a: &BTreeSet<Vec<String>>, b: &BTreeSet<Vec<String>>| {
+                    a.difference(b).map(|s| s.join(",")).collect::<Vec<_>>()
+                };
+                (g != sets).then(|| {
+                    format!(
+                        "{p}: the test build has {:?}, {package} alone has {:?}",
+                        only(g, sets),
+                        only(sets, g)
+                    )
                 })
             })
             .collect();
@@ -401,7 +408,8 @@ fn check_unified_features(cargo: &str) -> Result<()> {
             bail!(
                 "a build of {package} alone and the test build would compile these packages (and \
                  all that depend on them) twice; ask for the same features in \
-                 crates/{package}/Cargo.toml's unification block:\n  {}",
+                 crates/{package}/Cargo.toml's unification block (a package a proc macro uses \
+                 is unified from [build-dependencies]):\n  {}",
                 differ.join("\n  ")
             );
         }

@@ -166,7 +166,18 @@ pub(crate) fn fit(registry: &Registry, a: &FitArgs) -> Result<()> {
                 100.0 * row.std
             );
         }
+        if !g.extended.is_empty() {
+            let values: Vec<String> = g.extended.iter().map(f64::to_string).collect();
+            out!(
+                "note      the best value was at an end of the grid, so {} = {} were searched too",
+                g.param,
+                values.join(", ")
+            );
+        }
         out!("chosen    {} = {}", g.param, g.best_value);
+        if let Some(edge) = &g.edge {
+            out!("warning   {edge}");
+        }
         g.best
     } else {
         config

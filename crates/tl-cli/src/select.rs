@@ -20,8 +20,9 @@ pub(crate) struct SelectArgs {
     /// Folds of the reference cross-validation.
     #[arg(long, default_value_t = 5)]
     folds: usize,
-    /// Values of C the reference cross-validation tunes the logistic head over.
-    #[arg(long, value_delimiter = ',', default_value = "0.01,0.1,1,10,100")]
+    /// Values of C the reference cross-validation tunes the logistic head over [default: the
+    /// grid `tl fit --search` and experiment files use, extended past an end it is best on].
+    #[arg(long, value_delimiter = ',')]
     c: Vec<f64>,
     /// A stratified sample of about this many rows (seed 0: the same rows in every command).
     #[arg(long)]
@@ -79,6 +80,22 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
                 c.cv_seconds
             );
         }
+        if let Some(b) = &d.baseline {
+            out!(
+                "{:<26} {:>10} {:>10} {:>9} {:>9} {:>8.1}%   {:>38} {:>8.2}",
+                format!("{} (baseline)", b.name),
+                "-",
+                "-",
+                "-",
+                "-",
+                100.0 * b.cv_accuracy,
+                "",
+                b.cv_seconds
+            );
+        }
+        if let Some(sentence) = d.baseline_sentence() {
+            out!("  {sentence}");
+        }
         for p in &d.picks {
             out!(
                 "  {:<8} picks {:<26} (cross-validation picks {})",
@@ -99,7 +116,7 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
         }
         out!(
             "  {name:<8} top-1 agrees with CV on {}/{}; mean Kendall tau {}, mean Spearman {}; \
-             {:.2}s in all = {:.1}% of the {:.1}s of {}-fold cross-validation over {} values of C",
+             {:.2}s in all = {:.1}% of the {:.1}s of {}-fold cross-validation over the C grid",
             g.agree,
             g.ranked,
             mean(g.mean_kendall_tau),
@@ -107,8 +124,7 @@ pub(crate) fn select(registry: &Registry, a: &SelectArgs) -> Result<()> {
             g.seconds,
             100.0 * g.seconds / g.cv_seconds.max(1e-9),
             g.cv_seconds,
-            a.folds,
-            a.c.len()
+            a.folds
         );
     }
     Ok(())

@@ -196,6 +196,128 @@ pub struct Subsample {
     pub test: Option<usize>,
 }
 
+/// How head hyperparameters (C, alpha, k) are chosen: by an inner stratified cross-validation
+/// on each training part of the protocol (nested: the test rows never take part), on the same
+/// grid for every system, baselines included. Extended past an end the best value lies on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Search {
+    /// Off: every head keeps the values written in `[[heads]]`.
+    #[serde(default = "default_search_enabled")]
+    pub enabled: bool,
+    /// Inner folds.
+    #[serde(default = "default_search_folds")]
+    pub folds: usize,
+    /// Grid of C (logistic, linear-svm); the heads' default grid when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<Vec<f64>>,
+    /// Grid of alpha (ridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<Vec<f64>>,
+    /// Grid of k (knn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<Vec<f64>>,
+}
+
+fn default_search_enabled() -> bool {
+    true
+}
+fn default_search_folds() -> usize {
+    5
+}
+
+impl Default for Search {
+    fn default() -> Search {
+        Search {
+            enabled: default_search_enabled(),
+            folds: default_search_folds(),
+            c: None,
+            alpha: None,
+            k: None,
+        }
+    }
+}
+
+impl Search {
+    /// The grid of `param` (empty: the head's default grid).
+    pub fn grid(&self, param: &str) -> &[f64] {
+        let g = match param {
+            "c" => &self.c,
+            "alpha" => &self.alpha,
+            "k" => &self.k,
+            _ => &None,
+        };
+        g.as_deref().unwrap_or(&[])
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.folds < 2 {
+            return Err(format!(
+                "search.folds: needs at least 2, got {}",
+                self.folds
+            ));
+        }
+        for (key, grid) in [("c", &self.c), ("alpha", &self.alpha), ("k", &self.k)] {
+            if let Some(g) = grid {
+                if g.is_empty() {
+                    return Err(format!(
+                        "search.{key}: give at least one value, or leave it out for the default grid"
+                    ));
+                }
+                if let Some(v) = g.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                    return Err(format!("search.{key}: values must be positive, got {v}"));
+                }
+                if key == "k"
+                    && let Some(v) = g.iter().find(|v| v.fract() != 0.0)
+                {
+                    return Err(format!("search.k: values must be whole numbers, got {v}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value a nested search chose on one training part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chosen {
+    /// Outer fold (1-based; 1 for split and holdout).
+    pub fold: usize,
+    /// The hyperparameter (`c`, `alpha`, `k`).
+    pub param: String,
+    /// Its chosen value.
+    pub value: f64,
+    /// Mean inner-CV accuracy at that value.
+    pub inner_accuracy: f64,
+    /// Set when the value is on the end of the searched grid even after extending it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
+}
+
+/// The chosen values of one result as a short phrase: `c = 10 (7 of 10 folds), 100 (3)`.
+pub fn chosen_phrase(chosen: &[Chosen]) -> Option<String> {
+    let first = chosen.first()?;
+    let mut counts: Vec<(f64, usize)> = Vec::new();
+    for c in chosen {
+        match counts.iter_mut().find(|(v, _)| *v == c.value) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.value, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.total_cmp(&b.0)));
+    let n = chosen.len();
+    let parts: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, (v, c))| match (i, n) {
+            (_, 1) => format!("{v}"),
+            (0, _) => format!("{v} ({c} of {n} folds)"),
+            _ => format!("{v} ({c})"),
+        })
+        .collect();
+    Some(format!("{} = {}", first.param, parts.join(", ")))
+}
+
 /// An experiment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +344,9 @@ pub struct Experiment {
     /// Preprocessing for every head.
     #[serde(default)]
     pub preprocess: Preprocess,
+    /// How head hyperparameters are chosen (nested CV by default).
+    #[serde(default)]
+    pub search: Search,
     /// How rows are split.
     pub protocol: Protocol,
     /// Optional few-shot learning curve (first head only).
@@ -271,6 +396,25 @@ impl Experiment {
         self.preprocess
             .check()
             .map_err(|e| format!("preprocess: {e}"))?;
+        self.search.check()?;
+        if self.search.enabled {
+            // Two heads that differ only in the searched value would be the same system.
+            for (i, h) in self.heads.iter().enumerate() {
+                let Some((param, _)) = h.main_param() else {
+                    continue;
+                };
+                if let Some(other) = self.heads[..i]
+                    .iter()
+                    .find(|o| o.with_main_param(0.0) == h.with_main_param(0.0))
+                {
+                    return Err(format!(
+                        "heads: {} and {} differ only in {param}, which the search chooses; set search.enabled = false to compare fixed values",
+                        other.label(),
+                        h.label()
+                    ));
+                }
+            }
+        }
         match &self.protocol {
             Protocol::Cv { folds } if *folds < 2 => {
                 return Err(format!("protocol.folds: needs at least 2, got {folds}"));
@@ -353,7 +497,7 @@ impl System {
     /// Train and test matrices. `few_shot`: a TF-IDF vocabulary may be empty (a handful of
     /// documents share no term often enough), and the baseline can then only guess; on a
     /// protocol's training part an empty vocabulary is a setting error, not a baseline.
-    fn matrices(
+    pub(crate) fn matrices(
         &self,
         ds: &Dataset,
         train: &[usize],
@@ -426,6 +570,10 @@ pub struct RunResult {
     /// Fits that finished with a problem (a solver at its iteration limit), per fold.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The head hyperparameter the nested search chose on each training part (empty when
+    /// the search is off or the head has none).
+    #[serde(default)]
+    pub chosen: Vec<Chosen>,
     /// Predicted label per test row, in `RunReport::test_rows` order.
     #[serde(skip)]
     pub predictions: Vec<usize>,
@@ -557,7 +705,13 @@ type TrainTest = (Vec<usize>, Vec<usize>);
 /// Predictions, probabilities and fit warnings of one fit.
 type Fitted = (Vec<usize>, Array2<f64>, Vec<String>);
 /// A fold's test rows, predictions, probabilities and fit warnings.
-type FoldOutput = (Vec<usize>, Vec<usize>, Array2<f64>, Vec<String>);
+type FoldOutput = (
+    Vec<usize>,
+    Vec<usize>,
+    Array2<f64>,
+    Vec<String>,
+    Option<Chosen>,
+);
 
 /// Version of [`RunReport`]'s JSON.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -617,22 +771,20 @@ fn renumber(message: &str, used: &[usize]) -> String {
         )
 }
 
-fn build_systems(
+/// The "before transfer" system of `baseline` on rows `used` (`Auto`: TF-IDF for text, raw
+/// pixels for images), or None for `Baseline::None`.
+pub(crate) fn baseline_system(
     ds: &Dataset,
     used: &[usize],
-    exp: &Experiment,
-    registry: &Registry,
-    cache: &Cache,
-    progress: bool,
-    obs: &dyn Observer,
-) -> Result<Vec<System>, EvalError> {
+    baseline: Baseline,
+    tfidf: &TfidfParams,
+) -> Result<Option<System>, EvalError> {
     let is_text = matches!(ds.items.first(), Some(Item::Text(_)));
-    let mut systems = Vec::new();
     let mut rows = vec![None; ds.len()];
     for (r, &i) in used.iter().enumerate() {
         rows[i] = Some(r);
     }
-    let baseline = match exp.baseline {
+    let baseline = match baseline {
         Baseline::Auto if is_text => Baseline::Tfidf,
         Baseline::Auto => Baseline::RawPixels,
         b => b,
@@ -645,7 +797,7 @@ fn build_systems(
                     ds.name
                 )));
             }
-            systems.push(System {
+            return Ok(Some(System {
                 info: SystemInfo {
                     name: "tfidf".into(),
                     kind: "baseline".into(),
@@ -655,13 +807,13 @@ fn build_systems(
                     computed: 0,
                     seconds: 0.0,
                 },
-                source: Source::Tfidf(exp.tfidf.clone()),
-            });
+                source: Source::Tfidf(tfidf.clone()),
+            }));
         }
         Baseline::RawPixels => {
             let t = Instant::now();
             let x = raw_pixels(ds, used)?;
-            systems.push(System {
+            return Ok(Some(System {
                 info: SystemInfo {
                     name: "raw-pixels".into(),
                     kind: "baseline".into(),
@@ -671,14 +823,29 @@ fn build_systems(
                     computed: used.len(),
                     seconds: t.elapsed().as_secs_f64(),
                 },
-                source: Source::Fixed {
-                    rows: rows.clone(),
-                    x,
-                },
-            });
+                source: Source::Fixed { rows, x },
+            }));
         }
         Baseline::None | Baseline::Auto => {}
     }
+    Ok(None)
+}
+
+fn build_systems(
+    ds: &Dataset,
+    used: &[usize],
+    exp: &Experiment,
+    registry: &Registry,
+    cache: &Cache,
+    progress: bool,
+    obs: &dyn Observer,
+) -> Result<Vec<System>, EvalError> {
+    let mut systems = Vec::new();
+    let mut rows = vec![None; ds.len()];
+    for (r, &i) in used.iter().enumerate() {
+        rows[i] = Some(r);
+    }
+    systems.extend(baseline_system(ds, used, exp.baseline, &exp.tfidf)?);
     for name in &exp.backbones {
         let f = backbone_features(
             name,
@@ -701,7 +868,54 @@ fn build_systems(
     Ok(systems)
 }
 
-/// Fits `spec` on `train` rows of `system` and predicts `test` rows.
+/// The head config `spec` is fitted with on `train`: as written, or with its main
+/// hyperparameter chosen by `search`'s inner cross-validation, which sees `train` rows only.
+fn choose(
+    system: &System,
+    ds: &Dataset,
+    spec: &HeadSpec,
+    exp: &Experiment,
+    train: &[usize],
+    few_shot: bool,
+    search: Option<&Search>,
+) -> Result<(HeadConfig, Option<Chosen>), EvalError> {
+    let config = HeadConfig {
+        head: spec.clone(),
+        preprocess: exp.preprocess.clone(),
+        seed: exp.seed,
+        ..HeadConfig::new(spec.clone())
+    };
+    let (Some(search), Some((param, _))) = (search, spec.main_param()) else {
+        return Ok((config, None));
+    };
+    let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
+    let rows = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| train[i]).collect() };
+    let g = tl_heads::grid_search_with(
+        &config,
+        search.grid(param),
+        &ytr,
+        &ds.label_names,
+        search.folds,
+        exp.seed,
+        |tr: &[usize], te: &[usize]| system.matrices(ds, &rows(tr), &rows(te), few_shot),
+    )?;
+    let chosen = Chosen {
+        fold: 1,
+        param: param.to_string(),
+        value: g.best_value,
+        inner_accuracy: g
+            .rows
+            .iter()
+            .find(|r| r.value == g.best_value)
+            .map_or(f64::NAN, |r| r.mean),
+        edge: g.edge,
+    };
+    Ok((g.best, Some(chosen)))
+}
+
+/// Fits `spec` on `train` rows of `system` and predicts `test` rows. With `search`, the
+/// head's main hyperparameter is first chosen by inner cross-validation on `train` alone.
+#[allow(clippy::too_many_arguments)]
 fn fit_predict(
     system: &System,
     ds: &Dataset,
@@ -710,15 +924,11 @@ fn fit_predict(
     train: &[usize],
     test: &[usize],
     few_shot: bool,
-) -> Result<Fitted, EvalError> {
-    let (xtr, xte) = system.matrices(ds, train, test, few_shot)?;
+    search: Option<&Search>,
+) -> Result<(Fitted, Option<Chosen>), EvalError> {
+    let (config, chosen) = choose(system, ds, spec, exp, train, few_shot, search)?;
     let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
-    let config = HeadConfig {
-        head: spec.clone(),
-        preprocess: exp.preprocess.clone(),
-        seed: exp.seed,
-        ..HeadConfig::new(spec.clone())
-    };
+    let (xtr, xte) = system.matrices(ds, train, test, few_shot)?;
     let model = config.fit(
         xtr.view(),
         &ytr,
@@ -726,9 +936,12 @@ fn fit_predict(
         system.info.fingerprint.as_deref(),
     )?;
     Ok((
-        model.predict(xte.view())?,
-        model.predict_proba(xte.view())?,
-        model.warnings,
+        (
+            model.predict(xte.view())?,
+            model.predict_proba(xte.view())?,
+            model.warnings,
+        ),
+        chosen,
     ))
 }
 
@@ -807,15 +1020,22 @@ pub fn run(
             let outs: Vec<Result<FoldOutput, EvalError>> = folds
                 .par_iter()
                 .map(|(tr, te)| {
-                    let (p, pr, w) = fit_predict(system, &ds, spec, exp, tr, te, false)?;
-                    Ok((te.clone(), p, pr, w))
+                    let search = exp.search.enabled.then_some(&exp.search);
+                    let ((p, pr, w), c) =
+                        fit_predict(system, &ds, spec, exp, tr, te, false, search)?;
+                    Ok((te.clone(), p, pr, w, c))
                 })
                 .collect();
             let mut pred = vec![0usize; test_rows.len()];
             let mut proba = Array2::<f64>::zeros((test_rows.len(), k));
             let mut warnings = Vec::new();
+            let mut chosen = Vec::new();
             for (fold, out) in outs.into_iter().enumerate() {
-                let (te, p, pr, w) = out?;
+                let (te, p, pr, w, c) = out?;
+                chosen.extend(c.map(|c| Chosen {
+                    fold: fold + 1,
+                    ..c
+                }));
                 let part = if folds.len() > 1 {
                     format!("fold {}: ", fold + 1)
                 } else {
@@ -849,6 +1069,20 @@ pub fn run(
                 100.0 * accuracy.high,
                 100.0 * macro_f1.estimate
             ));
+            if let Some(phrase) = chosen_phrase(&chosen) {
+                obs.note(&format!(
+                    "search    {:<24} {:<10} {phrase}",
+                    system.info.name, head_name
+                ));
+            }
+            for c in chosen.iter().filter(|c| c.edge.is_some()) {
+                let part = if folds.len() > 1 {
+                    format!("fold {}: ", c.fold)
+                } else {
+                    String::new()
+                };
+                warnings.push(format!("{part}{}", c.edge.as_deref().unwrap_or_default()));
+            }
             if let Some(first) = warnings.first() {
                 obs.note(&format!(
                     "warning   {} {}: {} of {} fits: {first}",
@@ -867,6 +1101,7 @@ pub fn run(
                 macro_f1,
                 fit_seconds,
                 warnings,
+                chosen,
                 predictions: pred,
             });
         }
@@ -998,7 +1233,9 @@ fn few_shot_curve(
                     } else {
                         per_class_subsample(&ds.labels, &pool, k, exp.seed.wrapping_add(r))?
                     };
-                    let (pred, _, _) = fit_predict(system, ds, spec, exp, &train, &test, true)?;
+                    // A few rows per class leave nothing to search on: the head as written.
+                    let ((pred, _, _), _) =
+                        fit_predict(system, ds, spec, exp, &train, &test, true, None)?;
                     Ok(accuracy_on(&truth, &pred, &all))
                 })
                 .collect();
@@ -1067,6 +1304,78 @@ mod tests {
         assert_eq!(
             s,
             "a > b (no pairwise intervals in this report: an order, not a verdict)"
+        );
+    }
+
+    #[test]
+    fn the_nested_search_never_reads_a_test_row() {
+        // Features exist only for the training rows: reading any other row panics, so a
+        // search that finishes has, by construction, seen the training part alone.
+        let n = 60;
+        let train: Vec<usize> = (0..n).filter(|i| i % 4 != 0).collect();
+        let mut rows = vec![None; n];
+        let mut x = Array2::<f32>::zeros((train.len(), 2));
+        for (r, &i) in train.iter().enumerate() {
+            rows[i] = Some(r);
+            x[[r, i % 2]] = 1.0 + (i % 7) as f32 / 10.0;
+        }
+        let system = System {
+            info: SystemInfo {
+                name: "s".into(),
+                kind: "backbone".into(),
+                fingerprint: None,
+                dim: 2,
+                cache_hits: 0,
+                computed: 0,
+                seconds: 0.0,
+            },
+            source: Source::Fixed { rows, x },
+        };
+        let ds = Dataset {
+            name: "d".into(),
+            labels: (0..n).map(|i| i % 2).collect(),
+            items: (0..n).map(|i| Item::Text(format!("row {i}"))).collect(),
+            label_names: vec!["a".into(), "b".into()],
+            domains: None,
+            splits: Default::default(),
+            skipped: Vec::new(),
+        };
+        let exp = Experiment::from_toml(
+            "name = \"x\"\ndataset = \"d\"\nbaseline = \"tfidf\"\n[protocol]\nkind = \"cv\"\n[search]\nfolds = 3\nc = [0.1, 1.0]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let (config, chosen) = choose(
+            &system,
+            &ds,
+            &exp.heads[0],
+            &exp,
+            &train,
+            false,
+            Some(&exp.search),
+        )
+        .unwrap();
+        let chosen = chosen.unwrap();
+        assert_eq!(chosen.param, "c");
+        assert_eq!(config.head.main_param(), Some(("c", chosen.value)));
+        assert!(chosen.inner_accuracy > 0.9, "{chosen:?}");
+        // The same call with one test row among the training rows does read it.
+        let mut leaky = train.clone();
+        leaky.push(0);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            choose(
+                &system,
+                &ds,
+                &exp.heads[0],
+                &exp,
+                &leaky,
+                false,
+                Some(&exp.search),
+            )
+        }));
+        assert!(
+            read.is_err(),
+            "row 0 has no features and must not be readable"
         );
     }
 

@@ -78,9 +78,9 @@ pub use adaptation::{
     MethodSummary, Pair, PairResult, adaptation_markdown, run_adaptation,
 };
 pub use experiment::{
-    Baseline, Comparison, Experiment, FewShot, FewShotPoint, Pairwise, Protocol,
-    REPORT_SCHEMA_VERSION, RunReport, RunResult, Subsample, ranking_sentence, raw_pixels, run,
-    verdict,
+    Baseline, Chosen, Comparison, Experiment, FewShot, FewShotPoint, Pairwise, Protocol,
+    REPORT_SCHEMA_VERSION, RunReport, RunResult, Search, Subsample, chosen_phrase,
+    ranking_sentence, raw_pixels, run, verdict,
 };
 pub use report::{
     Report, ReportFile, confusion_png, confusion_svg, learning_curve_png, learning_curve_svg,

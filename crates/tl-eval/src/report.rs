@@ -95,14 +95,14 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
     files.push(ReportFile::text("summary.md", markdown(report)));
 
     let mut csv = String::from(
-        "system,head,accuracy,accuracy_low,accuracy_high,macro_f1,macro_f1_low,macro_f1_high,balanced_accuracy,log_loss,ece,roc_auc,average_precision,fit_seconds\n",
+        "system,head,accuracy,accuracy_low,accuracy_high,macro_f1,macro_f1_low,macro_f1_high,balanced_accuracy,log_loss,ece,roc_auc,average_precision,fit_seconds,chosen\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for r in &report.results {
         let m = &r.metrics;
         let _ = writeln!(
             csv,
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{:.3}",
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{:.3},{}",
             csv_field(&r.system),
             r.head,
             r.accuracy.estimate,
@@ -116,7 +116,8 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
             opt(m.ece),
             opt(m.roc_auc),
             opt(m.average_precision),
-            r.fit_seconds
+            r.fit_seconds,
+            csv_field(&crate::chosen_phrase(&r.chosen).unwrap_or_default())
         );
     }
     files.push(ReportFile::text("results.csv", csv));
@@ -226,13 +227,29 @@ pub fn markdown(report: &RunReport) -> String {
             r.fit_seconds
         );
     }
+    let searched: Vec<_> = report
+        .results
+        .iter()
+        .filter_map(|r| Some((r, crate::chosen_phrase(&r.chosen)?)))
+        .collect();
+    if !searched.is_empty() {
+        let search = &report.experiment.search;
+        let _ = writeln!(
+            s,
+            "\nHead hyperparameters chosen by {}-fold cross-validation inside each training part (nested: the scored rows took no part), on one grid for every system:\n",
+            search.folds
+        );
+        for (r, phrase) in searched {
+            let _ = writeln!(s, "- {} / {}: {phrase}", r.system, r.head);
+        }
+    }
     let warned: Vec<_> = report
         .results
         .iter()
         .filter(|r| !r.warnings.is_empty())
         .collect();
     if !warned.is_empty() {
-        s.push_str("\n**Warnings** (the figures above are of these fits as they stopped):\n\n");
+        s.push_str("\n**Warnings** (the figures above are of these fits as they are):\n\n");
         for r in warned {
             let _ = writeln!(
                 s,
@@ -259,9 +276,15 @@ pub fn markdown(report: &RunReport) -> String {
                 k.to_string()
             }
         };
-        s.push_str(
-            "\n## Few-shot learning curve (accuracy %, mean +- sd over seeds)\n\n| features |",
-        );
+        s.push_str("\n## Few-shot learning curve (accuracy %, mean +- sd over seeds)\n\n");
+        if report.experiment.search.enabled {
+            let _ = writeln!(
+                s,
+                "Head: {} as written (a few rows per class leave nothing to search on).\n",
+                report.experiment.heads[0].label()
+            );
+        }
+        s.push_str("| features |");
         for &k in &shots {
             let _ = write!(s, " k={} |", label(k));
         }

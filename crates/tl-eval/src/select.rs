@@ -26,7 +26,8 @@ pub const SCORES: [&str; 4] = ["LogME", "H-score", "kNN-LOO", "LEEP"];
 pub struct SelectOptions {
     /// Folds of the reference cross-validation.
     pub folds: usize,
-    /// Values of C the logistic head is tuned over.
+    /// Values of C the logistic head is tuned over; empty: the head's default grid, the one
+    /// `tl fit --search` and experiment files search (extended past an end it is best on).
     pub c: Vec<f64>,
     /// Inference batch size.
     pub batch_size: usize,
@@ -38,7 +39,7 @@ impl Default for SelectOptions {
     fn default() -> Self {
         SelectOptions {
             folds: 5,
-            c: vec![0.01, 0.1, 1.0, 10.0, 100.0],
+            c: Vec::new(),
             batch_size: 32,
             seed: 0,
         }
@@ -55,6 +56,19 @@ pub struct Candidate {
     /// Seconds each score took.
     pub score_seconds: [f64; 4],
     /// Best mean cross-validated accuracy over the C grid.
+    pub cv_accuracy: f64,
+    /// Seconds the cross-validation took.
+    pub cv_seconds: f64,
+}
+
+/// The no-pretraining baseline (TF-IDF for text, raw pixels for images) under the same
+/// cross-validation as the backbones: what every backbone has to beat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineCandidate {
+    /// `tfidf` or `raw-pixels`.
+    pub name: String,
+    /// Best mean cross-validated accuracy over the same C grid and folds (the TF-IDF
+    /// vocabulary fitted on each training fold).
     pub cv_accuracy: f64,
     /// Seconds the cross-validation took.
     pub cv_seconds: f64,
@@ -87,6 +101,9 @@ pub struct DatasetSelection {
     pub classes: usize,
     /// One per backbone, in the order asked.
     pub candidates: Vec<Candidate>,
+    /// The baseline every backbone is measured against.
+    #[serde(default)]
+    pub baseline: Option<BaselineCandidate>,
     /// One per score that applies to at least two backbones.
     pub picks: Vec<Pick>,
 }
@@ -127,11 +144,9 @@ pub fn select_backbones(
             options.folds
         )));
     }
-    if options.c.is_empty() {
-        return Err(EvalError::Config("c: give at least one value".into()));
-    }
     let y: Vec<usize> = rows.iter().map(|&i| ds.labels[i]).collect();
     let k = ds.label_names.len();
+    let config = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
     let mut candidates = Vec::new();
     for b in backbones {
         let f = backbone_features(b, ds, rows, registry, cache, options.batch_size, true, obs)?;
@@ -142,7 +157,6 @@ pub fn select_backbones(
             None => (f64::NAN, 0.0),
         };
         let t = Instant::now();
-        let config = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
         let g = grid_search(
             &config,
             &options.c,
@@ -163,11 +177,41 @@ pub fn select_backbones(
     let picks = (0..SCORES.len())
         .filter_map(|s| pick(&candidates, s))
         .collect();
+    let t = Instant::now();
+    let baseline = match crate::experiment::baseline_system(
+        ds,
+        rows,
+        crate::Baseline::Auto,
+        &tl_features::TfidfParams::default(),
+    )? {
+        Some(system) => {
+            let g = tl_heads::grid_search_with(
+                &config,
+                &options.c,
+                &y,
+                &ds.label_names,
+                options.folds,
+                options.seed,
+                |tr: &[usize], te: &[usize]| {
+                    let pick =
+                        |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| rows[i]).collect() };
+                    system.matrices(ds, &pick(tr), &pick(te), false)
+                },
+            )?;
+            Some(BaselineCandidate {
+                name: system.info.name.clone(),
+                cv_accuracy: g.rows.iter().map(|r| r.mean).fold(f64::MIN, f64::max),
+                cv_seconds: t.elapsed().as_secs_f64(),
+            })
+        }
+        None => None,
+    };
     Ok(DatasetSelection {
         dataset: ds.name.clone(),
         rows: rows.len(),
         classes: k,
         candidates,
+        baseline,
         picks,
     })
 }
@@ -224,6 +268,42 @@ pub fn agreement(selections: &[DatasetSelection]) -> Vec<Agreement> {
         .collect()
 }
 
+impl DatasetSelection {
+    /// The sentence that says whether the baseline beats every backbone on this dataset, by
+    /// how much over the best one, or which backbones beat it.
+    pub fn baseline_sentence(&self) -> Option<String> {
+        let b = self.baseline.as_ref()?;
+        let best = self
+            .candidates
+            .iter()
+            .max_by(|a, c| a.cv_accuracy.total_cmp(&c.cv_accuracy))?;
+        let above: Vec<&str> = self
+            .candidates
+            .iter()
+            .filter(|c| c.cv_accuracy > b.cv_accuracy)
+            .map(|c| c.backbone.as_str())
+            .collect();
+        Some(if above.is_empty() {
+            format!(
+                "the {} baseline ({:.1}%) beats every backbone, {:+.1} points over the best ({}): no pretrained model here is worth its cost",
+                b.name,
+                100.0 * b.cv_accuracy,
+                100.0 * (b.cv_accuracy - best.cv_accuracy),
+                best.backbone
+            )
+        } else {
+            format!(
+                "{} of {} backbones beat the {} baseline ({:.1}%): {}",
+                above.len(),
+                self.candidates.len(),
+                b.name,
+                100.0 * b.cv_accuracy,
+                above.join(", ")
+            )
+        })
+    }
+}
+
 /// Index of the largest value (the first on ties).
 fn argmax(v: &[f64]) -> usize {
     (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
@@ -255,6 +335,7 @@ mod tests {
                 candidate("y", [2.0, 0.5, 0.8, nan], 0.8),
                 candidate("z", [0.5, 0.1, 0.7, 0.3], 0.7),
             ],
+            baseline: None,
             picks: Vec::new(),
         };
         let picks: Vec<Pick> = (0..4).filter_map(|s| pick(&d1.candidates, s)).collect();
@@ -274,5 +355,24 @@ mod tests {
         assert_eq!(a[3].mean_kendall_tau, None);
         assert_eq!(a[2].seconds, 9.0);
         assert_eq!(a[2].cv_seconds, 30.0);
+
+        // The baseline: named when it beats every backbone, else who beats it.
+        assert_eq!(d1.baseline_sentence(), None);
+        let with = |cv: f64| DatasetSelection {
+            baseline: Some(BaselineCandidate {
+                name: "tfidf".into(),
+                cv_accuracy: cv,
+                cv_seconds: 1.0,
+            }),
+            ..d1.clone()
+        };
+        assert_eq!(
+            with(0.95).baseline_sentence().unwrap(),
+            "the tfidf baseline (95.0%) beats every backbone, +5.0 points over the best (x): no pretrained model here is worth its cost"
+        );
+        assert_eq!(
+            with(0.75).baseline_sentence().unwrap(),
+            "2 of 3 backbones beat the tfidf baseline (75.0%): x, y"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use tl_assets::{Cache, Registry};
-use tl_eval::{AdaptationExperiment, Experiment, Protocol, run, write_report};
+use tl_eval::{AdaptationExperiment, Experiment, Protocol, chosen_phrase, run, write_report};
 
 fn parse(text: &str) -> Result<Experiment, String> {
     Experiment::from_toml(text, Path::new("exp.toml")).map_err(|e| e.to_string())
@@ -162,6 +162,33 @@ fn bad_experiment_files_name_the_key_and_line() {
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[few_shot]\nshots = []\n",
             &["few_shot"],
         ),
+        (
+            "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nfolds = 1\n",
+            &["search.folds", "at least 2"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nc = []\n",
+            &["search.c", "at least one value"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nk = [3, 4.5]\n",
+            &["search.k", "whole numbers, got 4.5"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nalpha = [-1.0]\n",
+            &["search.alpha", "positive, got -1"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nC = [1.0]\n",
+            &["line 6", "unknown field `C`", "`c`, `alpha`, `k`"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\n[[heads]]\nkind = \"logistic\"\n[[heads]]\nkind = \"logistic\"\nc = 10.0\n[protocol]\nkind = \"cv\"\n",
+            &[
+                "logistic C=1 and logistic C=10 differ only in c",
+                "search.enabled = false",
+            ],
+        ),
         ("name = \"x\"\ndataset = [\"d\"\n", &["line 2"]),
     ];
     for (text, wants) in cases {
@@ -206,7 +233,7 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         "kind = \"holdout\"\ntest_fraction = 0.25",
     ] {
         let text = format!(
-            "name = \"t\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 200\n[[heads]]\nkind = \"logistic\"\n[[heads]]\nkind = \"knn\"\nk = 3\n[[heads]]\nkind = \"logistic\"\nc = 10.0\n[protocol]\n{protocol}\n[few_shot]\nshots = [1, 4, 0]\nrepeats = 3\n",
+            "name = \"t\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 200\n[[heads]]\nkind = \"logistic\"\n[[heads]]\nkind = \"knn\"\nk = 3\n[[heads]]\nkind = \"logistic\"\nc = 10.0\n[search]\nenabled = false\n[protocol]\n{protocol}\n[few_shot]\nshots = [1, 4, 0]\nrepeats = 3\n",
             table.to_str().unwrap()
         );
         let exp = parse(&text).unwrap();
@@ -283,6 +310,75 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         let svg = std::fs::read_to_string(out.join("confusion_tfidf_knn.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
+}
+
+#[test]
+fn the_nested_search_chooses_per_training_part_on_one_grid_for_every_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = write_table(dir.path());
+    let registry = Registry::builtin().unwrap();
+    let cache = Cache::at(dir.path().join("cache"));
+    // Search on by default, with a single C value on the grid.
+    let text = format!(
+        "name = \"n\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 100\n[[heads]]\nkind = \"logistic\"\n[[heads]]\nkind = \"knn\"\n[search]\nfolds = 3\nc = [0.000001]\n[protocol]\nkind = \"cv\"\nfolds = 4\n",
+        table.to_str().unwrap()
+    );
+    let exp = parse(&text).unwrap();
+    assert!(exp.search.enabled);
+    let notes = std::sync::Mutex::new(Vec::new());
+    let report = run(&exp, &registry, &cache, false, &|l: &str| {
+        notes.lock().unwrap().push(l.to_string())
+    })
+    .unwrap();
+    let logistic = &report.results[0];
+    let folds: Vec<usize> = logistic.chosen.iter().map(|c| c.fold).collect();
+    assert_eq!(folds, [1, 2, 3, 4], "one choice per training part");
+    assert!(logistic.chosen.iter().all(|c| c.param == "c"));
+    // A single grid value is always extended (x10), at most twice.
+    assert!(
+        logistic
+            .chosen
+            .iter()
+            .all(|c| [1e-6, 1e-5, 1e-4].contains(&c.value)),
+        "{:?}",
+        logistic.chosen
+    );
+    let edges = logistic.chosen.iter().filter(|c| c.edge.is_some()).count();
+    assert_eq!(logistic.warnings.len(), edges, "{:?}", logistic.warnings);
+    let knn = &report.results[1];
+    assert_eq!(knn.chosen.len(), 4);
+    assert!(
+        knn.chosen.iter().all(|c| c.param == "k"),
+        "{:?}",
+        knn.chosen
+    );
+    let phrase = chosen_phrase(&logistic.chosen).unwrap();
+    assert!(phrase.starts_with("c = "), "{phrase}");
+    let notes = notes.into_inner().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|l| l.starts_with("search    tfidf") && l.ends_with(&phrase)),
+        "{notes:?}"
+    );
+    let out = dir.path().join("report");
+    write_report(&report, &out).unwrap();
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("chosen by 3-fold cross-validation inside each training part"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("- tfidf / logistic: {phrase}")),
+        "{md}"
+    );
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",chosen"), "{csv}");
+    assert!(csv.contains(&phrase), "{csv}");
+    // Turned off, the heads are fitted as written and nothing is chosen.
+    let off = parse(&text.replace("[search]\n", "[search]\nenabled = false\n")).unwrap();
+    let report = run(&off, &registry, &cache, false, &|_: &str| {}).unwrap();
+    assert!(report.results.iter().all(|r| r.chosen.is_empty()));
 }
 
 #[test]

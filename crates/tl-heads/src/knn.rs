@@ -31,7 +31,11 @@ fn distances(
     ref_sq: &Array1<f64>,
     metric: Metric,
 ) -> Array2<f64> {
-    let dots = queries.dot(&refs.t());
+    let mut dots = queries.dot(&refs.t());
+    // An outer product (one feature) comes back column-major; votes read rows as slices.
+    if !dots.is_standard_layout() {
+        dots = dots.as_standard_layout().into_owned();
+    }
     match metric {
         Metric::Cosine => dots.mapv(|v| (1.0 - v).max(0.0)),
         Metric::Euclidean => {

@@ -6,7 +6,8 @@
 //! `n x d` feature matrix and label indices, and use the [`Classifier`] it returns to
 //! `predict`, `predict_proba` or `decision_function`, or `save` it to one JSON file that records
 //! the label names, the feature dimension and the backbone fingerprint the features came from.
-//! [`grid_search`] tunes a head's main hyperparameter by stratified k-fold CV.
+//! [`grid_search`] tunes a head's main hyperparameter by stratified k-fold CV, extending the
+//! grid past an end the best value lies on.
 //!
 //! Heads: logistic regression (L-BFGS), linear SVM (dual coordinate descent, Platt
 //! probabilities), kNN (cosine or euclidean, exact), nearest centroid, ridge (closed form).
@@ -52,7 +53,7 @@ pub use params::{
     Preprocess, RidgeParams, SvmParams, Weighting,
 };
 pub use preprocess::{FittedPca, FittedPreprocess};
-pub use select::{GridRow, GridSearch, grid_search};
+pub use select::{GridRow, GridSearch, MAX_EXTENSIONS, grid_search, grid_search_with};
 
 /// Everything that can go wrong fitting, using or loading a head.
 #[derive(Debug, thiserror::Error)]

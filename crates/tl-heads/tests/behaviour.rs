@@ -7,6 +7,12 @@ use tl_heads::{
     grid_search,
 };
 
+/// `n` points on a line with labels from `label(i)`: one feature, the position.
+fn line(n: usize, label: impl Fn(usize) -> usize) -> (Array2<f32>, Vec<usize>) {
+    let x = Array2::from_shape_fn((n, 1), |(i, _)| i as f32);
+    (x, (0..n).map(label).collect())
+}
+
 /// Three Gaussian-ish blobs from a fixed LCG, `per` rows each, in `d` dimensions.
 fn blobs(per: usize, d: usize, spread: f32, seed: u64) -> (Array2<f32>, Vec<usize>) {
     let mut state = seed
@@ -673,4 +679,82 @@ fn a_fit_stopped_at_its_iteration_limit_says_so_and_the_file_keeps_it() {
         .unwrap();
     assert!(ok.warnings.is_empty());
     assert!(!ok.to_json().contains("warnings"));
+}
+
+#[test]
+fn every_head_works_on_a_single_feature() {
+    // One column makes the kNN distance product an outer product (column-major in ndarray),
+    // which once panicked.
+    let (x, y) = line(40, |i| usize::from(i >= 20));
+    for spec in all_heads() {
+        for metric in [Metric::Euclidean, Metric::Cosine] {
+            let spec = match &spec {
+                HeadSpec::Knn(p) => HeadSpec::Knn(KnnParams {
+                    metric,
+                    ..p.clone()
+                }),
+                s => s.clone(),
+            };
+            let model = HeadConfig::new(spec.clone())
+                .fit(x.view(), &y, &names(2), None)
+                .unwrap();
+            let pred = model.predict(array![[2.0f32], [37.0]].view()).unwrap();
+            if metric == Metric::Euclidean {
+                assert_eq!(pred, vec![0, 1], "{spec:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn grid_search_extends_past_the_end_the_best_value_lies_on() {
+    let euclid = HeadConfig::new(HeadSpec::Knn(KnnParams {
+        metric: Metric::Euclidean,
+        ..KnnParams::default()
+    }));
+    // Runs of six 0s and three 1s: from k = 5 on the 0s outvote every 1, so k = 3 beats
+    // k = 5 and the grid [5, 3] must grow downwards, to k = 1, where k cannot go lower.
+    let (x, y) = line(360, |i| usize::from(i % 9 >= 6));
+    let g = grid_search(&euclid, &[5.0, 3.0], x.view(), &y, &names(2), 5, 3).unwrap();
+    assert_eq!(g.extended, vec![1.0], "{g:?}");
+    assert!(g.best_value <= 3.0, "{g:?}");
+    assert_eq!(g.edge, None, "k = 1 is k's own bound, not a grid edge");
+    let values: Vec<f64> = g.rows.iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![1.0, 3.0, 5.0], "rows in increasing order");
+
+    // Labels from a coin that agrees with the side of the line 70% of the time: more
+    // neighbours average the noise away, so the largest k of [1, 3] wins and the grid grows
+    // upwards; two extensions at most, then the edge is reported if k is still at it.
+    let mut state = 11u64;
+    let mut coin = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let flips: Vec<bool> = (0..3000).map(|_| coin() < 0.3).collect();
+    let (x, y) = line(3000, |i| usize::from((i >= 1500) != flips[i]));
+    let g = grid_search(&euclid, &[1.0, 3.0], x.view(), &y, &names(2), 5, 3).unwrap();
+    assert_eq!(g.extended, vec![5.0, 7.0], "{g:?}");
+    match &g.edge {
+        Some(e) => {
+            assert_eq!(g.best_value, 7.0);
+            assert!(e.contains("k = 7 is the largest value searched"), "{e}");
+        }
+        None => assert!(g.best_value < 7.0, "{g:?}"),
+    }
+
+    // A plateau (every C predicts the one class there is evidence for) is not an edge.
+    let x = Array2::from_elem((100, 1), 1.0f32);
+    let y: Vec<usize> = (0..100).map(|i| usize::from(i % 10 == 0)).collect();
+    let logistic = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
+    let g = grid_search(&logistic, &[0.01, 0.1], x.view(), &y, &names(2), 5, 3).unwrap();
+    assert!(g.rows.iter().all(|r| r.mean == g.rows[0].mean), "{g:?}");
+    assert_eq!((g.best_value, g.extended.len(), &g.edge), (0.01, 0, &None));
+
+    // Non-finite grid values are refused by name.
+    let e = grid_search(&logistic, &[1.0, f64::NAN], x.view(), &y, &names(2), 5, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c: grid value NaN"), "{e}");
 }

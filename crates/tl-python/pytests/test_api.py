@@ -128,6 +128,9 @@ def test_select_ranks_models_like_tl_select(reviews_csv, cache):
         assert 0.5 < c["cv_accuracy"] <= 1.0
         assert all(isinstance(s, float) for s in c["scores"][:3])
     assert {p["pick"] for p in d["picks"]} <= {MODEL, "all-minilm-l6-v2"}
+    # The no-pretraining baseline under the same cross-validation.
+    assert d["baseline"]["name"] == "tfidf"
+    assert 0.5 < d["baseline"]["cv_accuracy"] <= 1.0
 
 
 def test_run_experiment_returns_and_writes_the_report(reviews_csv, cache, tmp_path):

@@ -122,7 +122,9 @@ def select(
     cache_dir: Optional[_Path] = None,
     verbose: bool = False,
 ) -> list[dict[str, Any]]:
-    """Ranks models on each dataset before training any head (as ``tl select``)."""
+    """Ranks models on each dataset before training any head (as ``tl select``), next to
+    the no-pretraining baseline (``baseline``: TF-IDF or raw pixels) under the same
+    cross-validation."""
 
 def run_experiment(
     path: _Path,
