@@ -200,7 +200,7 @@ pub struct Subsample {
 /// on each training part of the protocol (nested: the test rows never take part), on the same
 /// grid for every system, baselines included. Extended past an end the best value lies on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SearchTable")]
 pub struct Search {
     /// Off: every head keeps the values written in `[[heads]]`.
     #[serde(default = "default_search_enabled")]
@@ -217,6 +217,39 @@ pub struct Search {
     /// Grid of k (knn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<Vec<f64>>,
+}
+
+/// The `[search]` table as written; checked on the way to [`Search`], so the TOML parser
+/// points at the table's line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchTable {
+    #[serde(default = "default_search_enabled")]
+    enabled: bool,
+    #[serde(default = "default_search_folds")]
+    folds: usize,
+    #[serde(default)]
+    c: Option<Vec<f64>>,
+    #[serde(default)]
+    alpha: Option<Vec<f64>>,
+    #[serde(default)]
+    k: Option<Vec<f64>>,
+}
+
+impl TryFrom<SearchTable> for Search {
+    type Error = String;
+
+    fn try_from(t: SearchTable) -> Result<Search, String> {
+        let s = Search {
+            enabled: t.enabled,
+            folds: t.folds,
+            c: t.c,
+            alpha: t.alpha,
+            k: t.k,
+        };
+        s.check()?;
+        Ok(s)
+    }
 }
 
 fn default_search_enabled() -> bool {

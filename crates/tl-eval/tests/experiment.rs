@@ -164,19 +164,19 @@ fn bad_experiment_files_name_the_key_and_line() {
         ),
         (
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nfolds = 1\n",
-            &["search.folds", "at least 2"],
+            &["line 5", "search.folds", "at least 2"],
         ),
         (
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nc = []\n",
-            &["search.c", "at least one value"],
+            &["line 5", "search.c", "at least one value"],
         ),
         (
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nk = [3, 4.5]\n",
-            &["search.k", "whole numbers, got 4.5"],
+            &["line 5", "search.k", "whole numbers, got 4.5"],
         ),
         (
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nalpha = [-1.0]\n",
-            &["search.alpha", "positive, got -1"],
+            &["line 5", "search.alpha", "positive, got -1"],
         ),
         (
             "name = \"x\"\ndataset = \"d\"\n[protocol]\nkind = \"cv\"\n[search]\nC = [1.0]\n",
