@@ -62,7 +62,7 @@ fn main() -> Result<()> {
         0,
     )?;
     let grid_s = t.elapsed().as_secs_f64();
-    let best = g.rows.iter().map(|r| r.mean).fold(0.0, f64::max);
+    let best = g.best_mean();
     println!(
         "{}",
         serde_json::json!({"knn_queries_per_s": yte.len() as f64 / knn_s, "knn_s": knn_s, "knn_accuracy": acc,

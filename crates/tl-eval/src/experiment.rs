@@ -527,6 +527,33 @@ pub(crate) struct System {
 }
 
 impl System {
+    /// Tunes `config`'s main hyperparameter over `values` (empty: its default grid) by
+    /// stratified `folds`-fold CV on dataset rows `rows` alone, the features of each fold's
+    /// parts built by [`System::matrices`] (a TF-IDF vocabulary refitted per fold).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn search(
+        &self,
+        ds: &Dataset,
+        config: &HeadConfig,
+        values: &[f64],
+        rows: &[usize],
+        folds: usize,
+        seed: u64,
+        few_shot: bool,
+    ) -> Result<tl_heads::GridSearch, EvalError> {
+        let y: Vec<usize> = rows.iter().map(|&i| ds.labels[i]).collect();
+        let pick = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| rows[i]).collect() };
+        tl_heads::grid_search_with(
+            config,
+            values,
+            &y,
+            &ds.label_names,
+            folds,
+            seed,
+            |tr: &[usize], te: &[usize]| self.matrices(ds, &pick(tr), &pick(te), few_shot),
+        )
+    }
+
     /// Train and test matrices. `few_shot`: a TF-IDF vocabulary may be empty (a handful of
     /// documents share no term often enough), and the baseline can then only guess; on a
     /// protocol's training part an empty vocabulary is a setting error, not a baseline.
@@ -804,6 +831,15 @@ fn renumber(message: &str, used: &[usize]) -> String {
         )
 }
 
+/// Each dataset row's position among `used` (None for rows not used), of `n` rows.
+fn positions(n: usize, used: &[usize]) -> Vec<Option<usize>> {
+    let mut rows = vec![None; n];
+    for (r, &i) in used.iter().enumerate() {
+        rows[i] = Some(r);
+    }
+    rows
+}
+
 /// The "before transfer" system of `baseline` on rows `used` (`Auto`: TF-IDF for text, raw
 /// pixels for images), or None for `Baseline::None`.
 pub(crate) fn baseline_system(
@@ -813,10 +849,7 @@ pub(crate) fn baseline_system(
     tfidf: &TfidfParams,
 ) -> Result<Option<System>, EvalError> {
     let is_text = matches!(ds.items.first(), Some(Item::Text(_)));
-    let mut rows = vec![None; ds.len()];
-    for (r, &i) in used.iter().enumerate() {
-        rows[i] = Some(r);
-    }
+    let rows = positions(ds.len(), used);
     let baseline = match baseline {
         Baseline::Auto if is_text => Baseline::Tfidf,
         Baseline::Auto => Baseline::RawPixels,
@@ -874,10 +907,7 @@ fn build_systems(
     obs: &dyn Observer,
 ) -> Result<Vec<System>, EvalError> {
     let mut systems = Vec::new();
-    let mut rows = vec![None; ds.len()];
-    for (r, &i) in used.iter().enumerate() {
-        rows[i] = Some(r);
-    }
+    let rows = positions(ds.len(), used);
     systems.extend(baseline_system(ds, used, exp.baseline, &exp.tfidf)?);
     for name in &exp.backbones {
         let f = backbone_features(
@@ -921,26 +951,20 @@ fn choose(
     let (Some(search), Some((param, _))) = (search, spec.main_param()) else {
         return Ok((config, None));
     };
-    let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
-    let rows = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| train[i]).collect() };
-    let g = tl_heads::grid_search_with(
+    let g = system.search(
+        ds,
         &config,
         search.grid(param),
-        &ytr,
-        &ds.label_names,
+        train,
         search.folds,
         exp.seed,
-        |tr: &[usize], te: &[usize]| system.matrices(ds, &rows(tr), &rows(te), few_shot),
+        few_shot,
     )?;
     let chosen = Chosen {
         fold: 1,
         param: param.to_string(),
         value: g.best_value,
-        inner_accuracy: g
-            .rows
-            .iter()
-            .find(|r| r.value == g.best_value)
-            .map_or(f64::NAN, |r| r.mean),
+        inner_accuracy: g.best_mean(),
         edge: g.edge,
     };
     Ok((g.best, Some(chosen)))
@@ -1065,16 +1089,19 @@ pub fn run(
             let mut chosen = Vec::new();
             for (fold, out) in outs.into_iter().enumerate() {
                 let (te, p, pr, w, c) = out?;
-                chosen.extend(c.map(|c| Chosen {
-                    fold: fold + 1,
-                    ..c
-                }));
                 let part = if folds.len() > 1 {
                     format!("fold {}: ", fold + 1)
                 } else {
                     String::new()
                 };
                 warnings.extend(w.into_iter().map(|w| format!("{part}{w}")));
+                if let Some(c) = c {
+                    warnings.extend(c.edge.as_ref().map(|e| format!("{part}{e}")));
+                    chosen.push(Chosen {
+                        fold: fold + 1,
+                        ..c
+                    });
+                }
                 for (r, &i) in te.iter().enumerate() {
                     pred[pos[&i]] = p[r];
                     proba.row_mut(pos[&i]).assign(&pr.row(r));
@@ -1107,14 +1134,6 @@ pub fn run(
                     "search    {:<24} {:<10} {phrase}",
                     system.info.name, head_name
                 ));
-            }
-            for c in chosen.iter().filter(|c| c.edge.is_some()) {
-                let part = if folds.len() > 1 {
-                    format!("fold {}: ", c.fold)
-                } else {
-                    String::new()
-                };
-                warnings.push(format!("{part}{}", c.edge.as_deref().unwrap_or_default()));
             }
             if let Some(first) = warnings.first() {
                 obs.note(&format!(

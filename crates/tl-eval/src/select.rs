@@ -170,7 +170,7 @@ pub fn select_backbones(
             backbone: b.clone(),
             scores: [s.logme, s.h_score, s.knn_loo, leep_score],
             score_seconds: [s.logme_seconds, s.h_score_seconds, s.knn_seconds, leep_s],
-            cv_accuracy: g.rows.iter().map(|r| r.mean).fold(f64::MIN, f64::max),
+            cv_accuracy: g.best_mean(),
             cv_seconds: t.elapsed().as_secs_f64(),
         });
     }
@@ -185,22 +185,18 @@ pub fn select_backbones(
         &tl_features::TfidfParams::default(),
     )? {
         Some(system) => {
-            let g = tl_heads::grid_search_with(
+            let g = system.search(
+                ds,
                 &config,
                 &options.c,
-                &y,
-                &ds.label_names,
+                rows,
                 options.folds,
                 options.seed,
-                |tr: &[usize], te: &[usize]| {
-                    let pick =
-                        |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| rows[i]).collect() };
-                    system.matrices(ds, &pick(tr), &pick(te), false)
-                },
+                false,
             )?;
             Some(BaselineCandidate {
                 name: system.info.name.clone(),
-                cv_accuracy: g.rows.iter().map(|r| r.mean).fold(f64::MIN, f64::max),
+                cv_accuracy: g.best_mean(),
                 cv_seconds: t.elapsed().as_secs_f64(),
             })
         }

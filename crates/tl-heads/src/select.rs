@@ -222,6 +222,13 @@ where
     })
 }
 
+impl GridSearch {
+    /// The mean cross-validated accuracy of the best value.
+    pub fn best_mean(&self) -> f64 {
+        self.rows[best(&self.rows)].mean
+    }
+}
+
 fn row(value: f64, fold_accuracy: Vec<f64>) -> GridRow {
     let n = fold_accuracy.len() as f64;
     let mean = fold_accuracy.iter().sum::<f64>() / n;
