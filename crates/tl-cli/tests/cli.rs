@@ -346,7 +346,7 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["schema_version"], 2);
     let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
     assert!(csv.starts_with("backbone,source,target,method,"), "{csv}");
     assert_eq!(
@@ -462,7 +462,7 @@ fn finetune_exports_a_model_every_command_can_use() {
         "{out}"
     );
     assert!(
-        out.contains("verdict   fine-tuned cli-tuned features:")
+        out.contains("verdict   fine-tuned cli-tuned:")
             && (out.contains("fine-tuning helps")
                 || out.contains("fine-tuning hurts")
                 || out.contains("no clear difference")),
@@ -543,6 +543,71 @@ fn finetune_exports_a_model_every_command_can_use() {
 }
 
 #[test]
+fn run_with_finetune_tables_trains_per_fold_and_reports_three_levels() {
+    let h = finetune_home();
+    let h = h.path();
+    let table = reviews(h);
+    let exp = h.join("ft.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            "name = \"ft\"\ndataset = {:?}\nbackbones = [\"all-minilm-l6-v2\"]\nbaseline = \"tfidf\"\nbootstrap = 100\n[search]\nenabled = false\n[protocol]\nkind = \"cv\"\nfolds = 2\n[few_shot]\nshots = [4]\nrepeats = 2\ntest_fraction = 0.5\n[[finetune]]\nbackbone = \"all-minilm-l6-v2\"\nstrategy = \"top:1\"\nepochs = 2\nlearning_rate = 1e-4\nvalidation_fraction = 0.25\nfew_shot = \"skip\"\n[[finetune]]\nname = \"pairs\"\nbackbone = \"all-minilm-l6-v2\"\nstrategy = \"contrastive\"\nepochs = 1\npairs_per_item = 2\nfew_shot = \"only\"\n",
+            table.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = h.join("report");
+    let (code, stdout, err) = tl_in(
+        h,
+        &["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let tuned = "all-minilm-l6-v2 tuned top:1";
+    for want in [
+        format!("estimate  {tuned}: about"),
+        format!("cost      {tuned}: cross-validation trains 2 models"),
+        "estimate  pairs: about".to_string(),
+        format!("epoch     {tuned} fold 2: epoch 2: loss"),
+        format!("levels    {tuned}: fine-tuning"),
+        "few-shot  k=4, 2 draws: pairs:".to_string(),
+    ] {
+        assert!(stdout.contains(&want), "{want:?} not in\n{stdout}");
+    }
+    // The estimate is printed before any fold trains.
+    assert!(stdout.find("estimate").unwrap() < stdout.find("epoch     ").unwrap());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let results = json["results"].as_array().unwrap();
+    let r = results.iter().find(|r| r["system"] == tuned).unwrap();
+    assert!(r["head_spec"].is_null(), "its own linear layer");
+    let folds = r["tuning"]["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 2, "one model per training part");
+    for f in folds {
+        // 20 training rows per fold, a quarter of them held out for validation.
+        assert_eq!(
+            f["train_rows"].as_u64().unwrap() + f["validation_rows"].as_u64().unwrap(),
+            20
+        );
+        assert!(f["validation_rows"].as_u64().unwrap() > 0);
+        assert_eq!(f["epochs"].as_array().unwrap().len(), 2);
+    }
+    assert!(r["tuning"]["estimated_seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        results.iter().all(|r| r["system"] != "pairs"),
+        "few_shot = only: not under the protocol"
+    );
+    assert_eq!(json["levels"].as_array().unwrap().len(), 1);
+    assert_eq!(json["few_shot_comparisons"][0]["system"], "pairs");
+    assert_eq!(json["few_shot_comparisons"][0]["draws"], 2);
+    let csv = std::fs::read_to_string(out.join("training.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2, "{csv}");
+    let png = std::fs::read(out.join("training_all-minilm-l6-v2_tuned_top_1.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## Fine-tuning") && summary.contains("over frozen features"));
+}
+
+#[test]
 fn finetune_trains_an_image_network_that_tl_predict_uses_on_image_files() {
     let home = finetune_home();
     let h = home.path();
@@ -573,10 +638,7 @@ fn finetune_trains_an_image_network_that_tl_predict_uses_on_image_files() {
     );
     assert!(out.contains("32 px, BatchNorm frozen"), "{out}");
     assert!(out.contains("images/s"), "{out}");
-    assert!(
-        out.contains("verdict   fine-tuned cli-digits features:"),
-        "{out}"
-    );
+    assert!(out.contains("verdict   fine-tuned cli-digits:"), "{out}");
     assert!(out.contains("ONNX Runtime matches the engine"), "{out}");
     let manifest = std::fs::read_to_string(h.join("manifests/cli-digits.toml")).unwrap();
     assert!(

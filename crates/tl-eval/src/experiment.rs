@@ -14,6 +14,9 @@ use tl_data::{Dataset, Item};
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
 
 use crate::EvalError;
+use crate::finetuned::{
+    FewShotUse, FinetuneSpec, Tuner, Tuning, epoch_line, human_seconds, peak_rss_mb, reset_peak_rss,
+};
 use crate::runner::{
     MAX_REPEATS, Observer, SystemInfo, backbone_features, check_limits, check_name, default_batch,
     default_bootstrap, direction, head_labels, parse_experiment,
@@ -380,6 +383,9 @@ pub struct Experiment {
     /// How head hyperparameters are chosen (nested CV by default).
     #[serde(default)]
     pub search: Search,
+    /// Fine-tuned systems (`[[finetune]]`), trained inside each training part.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finetune: Vec<FinetuneSpec>,
     /// How rows are split.
     pub protocol: Protocol,
     /// Optional few-shot learning curve (first head only).
@@ -405,7 +411,9 @@ fn default_heads() -> Vec<HeadSpec> {
 impl Experiment {
     /// Parses an experiment; errors name the file, the line and the key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Experiment, EvalError> {
-        parse_experiment(text, origin, Experiment::check)
+        parse_experiment(text, origin, |e: &Experiment| {
+            e.check().map_err(|m| table_line(text, m))
+        })
     }
 
     /// Reads and parses an experiment file.
@@ -502,11 +510,57 @@ impl Experiment {
                 );
             }
         }
+        for (i, f) in self.finetune.iter().enumerate() {
+            // `[[finetune]] #n` is turned into the table's line by `from_toml`.
+            let at = format!("[[finetune]] #{}", i + 1);
+            f.check().map_err(|e| format!("{at}: {e}"))?;
+            if !self.backbones.contains(&f.backbone) {
+                return Err(format!(
+                    "{at}: backbone {} must also be in backbones: its frozen features are the level fine-tuning is compared with",
+                    f.backbone
+                ));
+            }
+            let label = f.label();
+            if self.backbones.contains(&label) || ["tfidf", "raw-pixels"].contains(&label.as_str())
+            {
+                return Err(format!("{at}: name {label:?} is already a system's name"));
+            }
+            if f.few_shot == FewShotUse::Only && self.few_shot.is_none() {
+                return Err(format!(
+                    "{at}: {label} has few_shot = \"only\" but the experiment has no [few_shot] table"
+                ));
+            }
+            if self.finetune[..i].iter().any(|o| o.label() == label) {
+                return Err(format!(
+                    "{at}: two tables are both named {label:?}; give each a name = \"...\""
+                ));
+            }
+        }
         if self.backbones.is_empty() && self.baseline == Baseline::None {
             return Err("nothing to evaluate: no backbones and baseline = \"none\"".into());
         }
         check_limits(self.bootstrap, self.batch_size)
     }
+}
+
+/// Prefixes a check's message about the n-th `[[finetune]]` table (`[[finetune]] #n: ...`)
+/// with that table's line in `text`, as the TOML parser's own messages are.
+fn table_line(text: &str, message: String) -> String {
+    let Some(rest) = message.strip_prefix("[[finetune]] #") else {
+        return message;
+    };
+    let n: usize = rest
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[finetune]]"))
+        .nth(n.saturating_sub(1))
+        .map_or(message.clone(), |(line, _)| {
+            format!("line {}, {message}", line + 1)
+        })
 }
 
 /// Features of one system for the rows an experiment uses.
@@ -617,8 +671,8 @@ pub struct RunResult {
     pub system: String,
     /// Head kind.
     pub head: String,
-    /// Head settings.
-    pub head_spec: HeadSpec,
+    /// Head settings (None: a fine-tuned network's own linear layer, `softmax`).
+    pub head_spec: Option<HeadSpec>,
     /// All metrics on the test rows (pooled out-of-fold for CV).
     pub metrics: Metrics,
     /// Accuracy with its bootstrap interval.
@@ -634,24 +688,54 @@ pub struct RunResult {
     /// the search is off or the head has none).
     #[serde(default)]
     pub chosen: Vec<Chosen>,
+    /// A fine-tuned system's training: hyperparameters, per-fold epoch logs, time, memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<Tuning>,
     /// Predicted label per test row, in `RunReport::test_rows` order.
     #[serde(skip)]
     pub predictions: Vec<usize>,
 }
 
-/// A backbone against the baseline, same head and rows.
+/// A system against the level below it, same rows: a backbone against the baseline
+/// (`transfer`), a fine-tuned backbone against its frozen features or the baseline
+/// (`fine-tuning`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
-    /// Backbone.
+    /// The system compared.
     pub system: String,
-    /// Baseline.
+    /// What it is compared with.
     pub baseline: String,
+    /// The technique judged: `transfer` or `fine-tuning`.
+    #[serde(default = "transfer")]
+    pub what: String,
     /// Head.
     pub head: String,
     /// Accuracy difference in points with its paired-bootstrap interval.
     pub difference_points: Interval,
     /// Plain-language verdict.
     pub verdict: String,
+}
+
+fn transfer() -> String {
+    "transfer".into()
+}
+
+/// The three levels of one fine-tuned system on identical rows: no pretraining (the
+/// baseline), frozen features, the fine-tuned model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Levels {
+    /// The fine-tuned system.
+    pub tuned: String,
+    /// Its backbone's frozen features (with the first head).
+    pub frozen: String,
+    /// The baseline, when the experiment has one.
+    pub baseline: Option<String>,
+    /// Fine-tuned minus frozen, in points, paired interval.
+    pub over_frozen: Interval,
+    /// Frozen minus baseline, in points, paired interval.
+    pub frozen_over_baseline: Option<Interval>,
+    /// Both in one sentence.
+    pub sentence: String,
 }
 
 /// The ranking's leader against another backbone, on identical rows.
@@ -725,6 +809,25 @@ pub struct FewShotPoint {
     pub runs: Vec<f64>,
 }
 
+/// A fine-tuned system against its frozen backbone (first head) at one point of the few-shot
+/// curve: the same draws of training rows, the same test rows; the paired bootstrap runs
+/// over every (draw, test row), so the interval is of the mean over these draws.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FewShotComparison {
+    /// The fine-tuned system.
+    pub system: String,
+    /// Its backbone, frozen.
+    pub frozen: String,
+    /// Examples per class (0 = all).
+    pub shots: usize,
+    /// Draws compared.
+    pub draws: usize,
+    /// Mean accuracy difference in points, paired interval.
+    pub difference_points: Interval,
+    /// Plain-language verdict.
+    pub verdict: String,
+}
+
 /// Everything a run produced (the JSON report is this, versioned).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
@@ -756,6 +859,12 @@ pub struct RunReport {
     pub pairwise: Vec<Pairwise>,
     /// Learning curve points.
     pub few_shot: Vec<FewShotPoint>,
+    /// Fine-tuned systems against their frozen backbone at each point of the few-shot curve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub few_shot_comparisons: Vec<FewShotComparison>,
+    /// Per fine-tuned system: baseline, frozen and fine-tuned on the same rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<Levels>,
     /// Wall time of the run.
     pub seconds: f64,
 }
@@ -773,8 +882,9 @@ type FoldOutput = (
     Option<Chosen>,
 );
 
-/// Version of [`RunReport`]'s JSON.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+/// Version of [`RunReport`]'s JSON (2: fine-tuned systems; `head_spec` is null for a
+/// network's own layer).
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 fn rows_of(ds: &Dataset, exp: &Experiment) -> Result<(Vec<usize>, Vec<usize>), EvalError> {
     let seed = exp.seed;
@@ -872,6 +982,7 @@ pub(crate) fn baseline_system(
                     cache_hits: 0,
                     computed: 0,
                     seconds: 0.0,
+                    peak_rss_mb: None,
                 },
                 source: Source::Tfidf(tfidf.clone()),
             }));
@@ -888,6 +999,7 @@ pub(crate) fn baseline_system(
                     cache_hits: 0,
                     computed: used.len(),
                     seconds: t.elapsed().as_secs_f64(),
+                    peak_rss_mb: None,
                 },
                 source: Source::Fixed { rows, x },
             }));
@@ -1004,13 +1116,20 @@ fn fit_predict(
 
 /// The verdict line of a paired comparison (`d` in points): `what` helps when the whole
 /// interval is above 0, hurts when below, else no clear difference. `what` is the
-/// technique compared: `transfer` (`tl run`), `fine-tuning` (`tl finetune`).
+/// technique compared: `transfer` (feature sets: the system is called `<name> features`),
+/// `fine-tuning` or `transfer learning` (whole models, named as given).
 pub fn verdict(system: &str, baseline: &str, d: &Interval, what: &str) -> String {
     let points = points(d);
+    // `transfer` compares feature sets; `fine-tuning` and `transfer learning` whole models.
+    let system = if what == "transfer" {
+        format!("{system} features")
+    } else {
+        system.to_string()
+    };
     match direction(d) {
-        "helps" => format!("{system} features: {points} over {baseline}: {what} helps"),
-        "hurts" => format!("{system} features: {points} against {baseline}: {what} hurts here"),
-        _ => format!("{system} features: {points} vs {baseline}: no clear difference"),
+        "helps" => format!("{system}: {points} over {baseline}: {what} helps"),
+        "hurts" => format!("{system}: {points} against {baseline}: {what} hurts here"),
+        _ => format!("{system}: {points} vs {baseline}: no clear difference"),
     }
 }
 
@@ -1039,8 +1158,6 @@ pub fn run(
         used.len(),
         ds.n_classes()
     ));
-    let systems = build_systems(&ds, &used, exp, registry, cache, progress, obs)?;
-
     // Test rows and, per fold, train/test rows. The same folds for every system and head.
     let (folds, test_rows): (Vec<TrainTest>, Vec<usize>) = match &exp.protocol {
         Protocol::Split { .. } => (
@@ -1069,6 +1186,31 @@ pub fn run(
     let truth: Vec<usize> = test_rows.iter().map(|&i| ds.labels[i]).collect();
     let k = ds.label_names.len();
 
+    let mut tuners = open_tuners(&ds, &used, exp, &folds, &test_rows, registry, cache, obs)?;
+    tuners.iter_mut().for_each(|(t, _)| t.progress = progress);
+    let systems = build_systems(&ds, &used, exp, registry, cache, progress, obs)?;
+    let score = |pred: &[usize], proba: &Array2<f64>| {
+        let metrics = evaluate(
+            &truth,
+            pred,
+            proba.as_standard_layout().as_slice(),
+            &ds.label_names,
+        );
+        let accuracy = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
+            accuracy_on(&truth, pred, rows)
+        });
+        let macro_f1 = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
+            macro_f1_on(&truth, pred, rows, k)
+        });
+        (metrics, accuracy, macro_f1)
+    };
+    let fold_prefix = |fold: usize| {
+        if folds.len() > 1 {
+            format!("fold {}: ", fold + 1)
+        } else {
+            String::new()
+        }
+    };
     let head_names = head_labels(&exp.heads);
     let mut results = Vec::new();
     for system in &systems {
@@ -1089,11 +1231,7 @@ pub fn run(
             let mut chosen = Vec::new();
             for (fold, out) in outs.into_iter().enumerate() {
                 let (te, p, pr, w, c) = out?;
-                let part = if folds.len() > 1 {
-                    format!("fold {}: ", fold + 1)
-                } else {
-                    String::new()
-                };
+                let part = fold_prefix(fold);
                 warnings.extend(w.into_iter().map(|w| format!("{part}{w}")));
                 if let Some(c) = c {
                     warnings.extend(c.edge.as_ref().map(|e| format!("{part}{e}")));
@@ -1107,65 +1245,88 @@ pub fn run(
                     proba.row_mut(pos[&i]).assign(&pr.row(r));
                 }
             }
-            let fit_seconds = t.elapsed().as_secs_f64();
-            let metrics = evaluate(
-                &truth,
-                &pred,
-                proba.as_standard_layout().as_slice(),
-                &ds.label_names,
-            );
-            let accuracy = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
-                accuracy_on(&truth, &pred, rows)
-            });
-            let macro_f1 = bootstrap(truth.len(), exp.bootstrap, exp.seed, |rows| {
-                macro_f1_on(&truth, &pred, rows, k)
-            });
-            obs.note(&format!(
-                "result    {:<24} {:<10} accuracy {:.1}% [{:.1}, {:.1}]  macro-F1 {:.1}%  ({fit_seconds:.1}s)",
-                system.info.name,
-                head_name,
-                100.0 * accuracy.estimate,
-                100.0 * accuracy.low,
-                100.0 * accuracy.high,
-                100.0 * macro_f1.estimate
-            ));
-            if let Some(phrase) = chosen_phrase(&chosen) {
-                obs.note(&format!(
-                    "search    {:<24} {:<10} {phrase}",
-                    system.info.name, head_name
-                ));
-            }
-            if let Some(first) = warnings.first() {
-                obs.note(&format!(
-                    "warning   {} {}: {} of {} fits: {first}",
-                    system.info.name,
-                    head_name,
-                    warnings.len(),
-                    folds.len()
-                ));
-            }
-            results.push(RunResult {
+            let (metrics, accuracy, macro_f1) = score(&pred, &proba);
+            let result = RunResult {
                 system: system.info.name.clone(),
                 head: head_name.clone(),
-                head_spec: spec.clone(),
+                head_spec: Some(spec.clone()),
                 metrics,
                 accuracy,
                 macro_f1,
-                fit_seconds,
+                fit_seconds: t.elapsed().as_secs_f64(),
                 warnings,
                 chosen,
+                tuning: None,
                 predictions: pred,
-            });
+            };
+            note_result(&result, folds.len(), obs);
+            results.push(result);
         }
+    }
+
+    // Fine-tuned systems: one model trained per training part, on the same folds. Folds run
+    // one after another, each on every core.
+    let search = exp.search.enabled.then_some(&exp.search);
+    let mut systems_info: Vec<SystemInfo> = systems.iter().map(|s| s.info.clone()).collect();
+    let protocol_tuners = || {
+        tuners
+            .iter()
+            .filter(|(t, _)| t.spec.few_shot != FewShotUse::Only)
+    };
+    for (tuner, estimated_seconds) in protocol_tuners() {
+        let name = &tuner.info.name;
+        let t = Instant::now();
+        reset_peak_rss();
+        let (pred, proba, warnings, chosen, trained) =
+            tuned_folds(tuner, &ds, &folds, &test_rows, search, obs)?;
+        let (metrics, accuracy, macro_f1) = score(&pred, &proba);
+        let (head, head_spec) = tuner.head();
+        let seconds = t.elapsed().as_secs_f64();
+        let result = RunResult {
+            system: name.clone(),
+            head,
+            head_spec,
+            metrics,
+            accuracy,
+            macro_f1,
+            fit_seconds: seconds,
+            warnings,
+            chosen,
+            tuning: Some(Tuning {
+                backbone: tuner.spec.backbone.clone(),
+                strategy: tuner.spec.strategy.to_string(),
+                params: tuner.params_json(),
+                folds: trained,
+                estimated_seconds: *estimated_seconds,
+                peak_rss_mb: peak_rss_mb(),
+            }),
+            predictions: pred,
+        };
+        note_result(&result, folds.len(), obs);
+        obs.note(&format!(
+            "time      {name}: {} (estimated {})",
+            human_seconds(seconds),
+            human_seconds(*estimated_seconds)
+        ));
+        systems_info.push(SystemInfo {
+            computed: used.len(),
+            seconds,
+            peak_rss_mb: result.tuning.as_ref().and_then(|t| t.peak_rss_mb),
+            ..tuner.info.clone()
+        });
+        results.push(result);
     }
 
     // Every comparison (backbone vs baseline, ranking leader vs the others) is one paired
     // bootstrap over the same test rows, in points.
+    // A fine-tuned system has one result (its own head); a frozen one, one per head.
     let difference = |a: &str, b: &str, spec: &HeadSpec| {
         let predictions = |name: &str| {
             &results
                 .iter()
-                .find(|r| r.system == name && r.head_spec == *spec)
+                .find(|r| {
+                    r.system == name && (r.tuning.is_some() || r.head_spec.as_ref() == Some(spec))
+                })
                 .expect("every pair ran")
                 .predictions
         };
@@ -1187,6 +1348,7 @@ pub fn run(
                 comparisons.push(Comparison {
                     system: s.info.name.clone(),
                     baseline: base.info.name.clone(),
+                    what: transfer(),
                     head: head_name.clone(),
                     difference_points: d,
                     verdict: v,
@@ -1194,9 +1356,61 @@ pub fn run(
             }
         }
     }
+    // Fine-tuning against its own frozen features (first head) and against the baseline:
+    // the three levels on the same rows.
+    let base = systems.iter().find(|s| s.info.kind == "baseline");
+    let mut levels = Vec::new();
+    for (tuner, _) in protocol_tuners() {
+        let (tuned, frozen) = (&tuner.info.name, &tuner.spec.backbone);
+        let over_frozen = difference(tuned, frozen, &exp.heads[0]);
+        let v = verdict(
+            tuned,
+            &format!("frozen {frozen}"),
+            &over_frozen,
+            "fine-tuning",
+        );
+        obs.note(&format!("verdict   {v} (frozen: {})", head_names[0]));
+        comparisons.push(Comparison {
+            system: tuned.clone(),
+            baseline: frozen.clone(),
+            what: "fine-tuning".into(),
+            head: head_names[0].clone(),
+            difference_points: over_frozen,
+            verdict: v,
+        });
+        let frozen_over_baseline = base.map(|b| difference(frozen, &b.info.name, &exp.heads[0]));
+        if let Some(b) = base {
+            let d = difference(tuned, &b.info.name, &exp.heads[0]);
+            let v = verdict(tuned, &b.info.name, &d, "transfer learning");
+            obs.note(&format!("verdict   {v}"));
+            comparisons.push(Comparison {
+                system: tuned.clone(),
+                baseline: b.info.name.clone(),
+                what: "fine-tuning".into(),
+                head: head_names[0].clone(),
+                difference_points: d,
+                verdict: v,
+            });
+        }
+        let sentence = levels_sentence(
+            tuned,
+            &over_frozen,
+            base.map(|b| b.info.name.as_str())
+                .zip(frozen_over_baseline.as_ref()),
+        );
+        obs.note(&format!("levels    {sentence}"));
+        levels.push(Levels {
+            tuned: tuned.clone(),
+            frozen: frozen.clone(),
+            baseline: base.map(|b| b.info.name.clone()),
+            over_frozen,
+            frozen_over_baseline,
+            sentence,
+        });
+    }
     let mut ranking: Vec<(String, f64)> = results
         .iter()
-        .filter(|r| r.head_spec == exp.heads[0])
+        .filter(|r| r.head_spec.as_ref() == Some(&exp.heads[0]))
         .filter(|r| {
             systems
                 .iter()
@@ -1218,9 +1432,18 @@ pub fn run(
         None => Vec::new(),
     };
 
-    let few_shot = match &exp.few_shot {
-        None => Vec::new(),
-        Some(f) => few_shot_curve(&ds, exp, f, &systems, &train_pool, &test_split, obs)?,
+    let (few_shot, few_shot_comparisons) = match &exp.few_shot {
+        None => (Vec::new(), Vec::new()),
+        Some(f) => few_shot_curve(
+            &ds,
+            exp,
+            f,
+            &systems,
+            &tuners,
+            &train_pool,
+            &test_split,
+            obs,
+        )?,
     };
     Ok(RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
@@ -1230,25 +1453,221 @@ pub fn run(
         label_names: ds.label_names.clone(),
         train_rows: train_pool.len(),
         test_rows: test_rows.len(),
-        systems: systems.iter().map(|s| s.info.clone()).collect(),
+        systems: systems_info,
         results,
         comparisons,
         ranking: ranking.into_iter().map(|r| r.0).collect(),
         pairwise,
         few_shot,
+        few_shot_comparisons,
+        levels,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
 
+/// Out-of-fold predictions and probabilities (in `test_rows` order), fit warnings, searched
+/// values and per-fold training logs of a fine-tuned system: one model trained per training
+/// part of `folds`, on those rows alone, predicting that part's test rows.
+#[allow(clippy::type_complexity)]
+fn tuned_folds(
+    tuner: &Tuner,
+    ds: &Dataset,
+    folds: &[TrainTest],
+    test_rows: &[usize],
+    search: Option<&Search>,
+    obs: &dyn Observer,
+) -> Result<
+    (
+        Vec<usize>,
+        Array2<f64>,
+        Vec<String>,
+        Vec<Chosen>,
+        Vec<crate::finetuned::FoldTraining>,
+    ),
+    EvalError,
+> {
+    let pos: std::collections::HashMap<usize, usize> =
+        test_rows.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+    let mut pred = vec![0usize; test_rows.len()];
+    let mut proba = Array2::<f64>::zeros((test_rows.len(), ds.label_names.len()));
+    let (mut warnings, mut chosen, mut trained) = (Vec::new(), Vec::new(), Vec::new());
+    for (fold, (tr, te)) in folds.iter().enumerate() {
+        let part = if folds.len() > 1 {
+            format!("fold {}: ", fold + 1)
+        } else {
+            String::new()
+        };
+        let out = tuner.fit_predict(ds, tr, te, search, false, &|e| {
+            epoch_line(&tuner.info.name, &part, tuner.unit(), e, obs)
+        })?;
+        warnings.extend(out.warnings.iter().map(|w| format!("{part}{w}")));
+        if let Some(c) = out.chosen {
+            warnings.extend(c.edge.as_ref().map(|e| format!("{part}{e}")));
+            chosen.push(Chosen {
+                fold: fold + 1,
+                ..c
+            });
+        }
+        for (r, &i) in te.iter().enumerate() {
+            pred[pos[&i]] = out.predictions[r];
+            proba.row_mut(pos[&i]).assign(&out.proba.row(r));
+        }
+        trained.push(crate::finetuned::FoldTraining {
+            fold: fold + 1,
+            ..out.training
+        });
+    }
+    Ok((pred, proba, warnings, chosen, trained))
+}
+
+/// The three levels in one sentence: "fine-tuning: +2.8 points [+1.5, +4.1] over frozen
+/// features, which add +7.7 points [+6.3, +9.1] over tfidf", each part with its verdict
+/// word when the interval excludes 0.
+pub fn levels_sentence(
+    tuned: &str,
+    over_frozen: &Interval,
+    frozen_over_baseline: Option<(&str, &Interval)>,
+) -> String {
+    let word = |d: &Interval| match direction(d) {
+        "helps" => "",
+        "hurts" => " (worse)",
+        _ => " (no clear difference)",
+    };
+    let mut s = format!(
+        "{tuned}: fine-tuning {}{} over frozen features",
+        points(over_frozen),
+        word(over_frozen)
+    );
+    if let Some((base, d)) = frozen_over_baseline {
+        s.push_str(&format!(", which add {}{} over {base}", points(d), word(d)));
+    }
+    s
+}
+
+/// Prints a result line, its search line and its first warning.
+fn note_result(r: &RunResult, folds: usize, obs: &dyn Observer) {
+    obs.note(&format!(
+        "result    {:<24} {:<10} accuracy {:.1}% [{:.1}, {:.1}]  macro-F1 {:.1}%  ({:.1}s)",
+        r.system,
+        r.head,
+        100.0 * r.accuracy.estimate,
+        100.0 * r.accuracy.low,
+        100.0 * r.accuracy.high,
+        100.0 * r.macro_f1.estimate,
+        r.fit_seconds
+    ));
+    if let Some(phrase) = chosen_phrase(&r.chosen) {
+        obs.note(&format!(
+            "search    {:<24} {:<10} {phrase}",
+            r.system, r.head
+        ));
+    }
+    if let Some(first) = r.warnings.first() {
+        obs.note(&format!(
+            "warning   {} {}: {} of {folds} fits: {first}",
+            r.system,
+            r.head,
+            r.warnings.len()
+        ));
+    }
+}
+
+/// Opens every fine-tuned system of `exp` (fetching weights, tokenising), measures its
+/// training throughput on a few batches and prints what the run will cost, before any long
+/// work starts. Returns each tuner with its estimated seconds.
+#[allow(clippy::too_many_arguments)]
+fn open_tuners(
+    ds: &Dataset,
+    used: &[usize],
+    exp: &Experiment,
+    folds: &[TrainTest],
+    test_rows: &[usize],
+    registry: &Registry,
+    cache: &Cache,
+    obs: &dyn Observer,
+) -> Result<Vec<(Tuner, f64)>, EvalError> {
+    let mut out = Vec::new();
+    for spec in &exp.finetune {
+        let tuner = Tuner::open(spec, ds, used, registry, cache, exp.seed)?;
+        let speed = tuner.measure(ds, &folds[0].0)?;
+        let estimate: f64 = match spec.few_shot {
+            FewShotUse::Only => 0.0,
+            _ => folds
+                .iter()
+                .map(|(tr, te)| tuner.estimate(&speed, tr.len(), te.len()))
+                .sum(),
+        };
+        let curve_rows = exp
+            .few_shot
+            .as_ref()
+            .filter(|_| spec.few_shot != FewShotUse::Skip);
+        let curve = curve_rows.map_or(0.0, |f| {
+            let classes = ds.n_classes();
+            // The curve's test rows: the test split, else its own share of the rows.
+            let curve_test = match exp.protocol {
+                Protocol::Split { .. } => test_rows.len(),
+                _ => (used.len() as f64 * f.test_fraction).round() as usize,
+            };
+            f.shots
+                .iter()
+                .map(|&k| {
+                    let (rows, repeats) = if k == 0 {
+                        (folds[0].0.len(), 1)
+                    } else {
+                        (k * classes, f.repeats)
+                    };
+                    repeats as f64 * tuner.estimate(&speed, rows, curve_test)
+                })
+                .sum()
+        });
+        let name = &tuner.info.name;
+        let mut parts = Vec::new();
+        if spec.few_shot != FewShotUse::Only {
+            parts.push(format!(
+                "about {} for {} training part{} of {} rows",
+                human_seconds(estimate),
+                folds.len(),
+                if folds.len() == 1 { "" } else { "s" },
+                folds[0].0.len()
+            ));
+        }
+        if curve > 0.0 {
+            parts.push(format!(
+                "about {} for the few-shot curve",
+                human_seconds(curve)
+            ));
+        }
+        obs.note(&format!(
+            "estimate  {name}: {} ({} epoch{} at {:.0} training rows/s, predicting {:.0} rows/s, measured on a few batches)",
+            parts.join(", plus "),
+            tuner.epochs(),
+            if tuner.epochs() == 1 { "" } else { "s" },
+            1.0 / speed.train,
+            1.0 / speed.infer
+        ));
+        if folds.len() > 1 && spec.few_shot != FewShotUse::Only {
+            obs.note(&format!(
+                "cost      {name}: cross-validation trains {} models, one per fold; a holdout (protocol kind = \"holdout\") would train one, about {}",
+                folds.len(),
+                human_seconds(estimate / folds.len() as f64)
+            ));
+        }
+        out.push((tuner, estimate + curve));
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn few_shot_curve(
     ds: &Dataset,
     exp: &Experiment,
     f: &FewShot,
     systems: &[System],
+    tuners: &[(Tuner, f64)],
     train_pool: &[usize],
     test_split: &[usize],
     obs: &dyn Observer,
-) -> Result<Vec<FewShotPoint>, EvalError> {
+) -> Result<(Vec<FewShotPoint>, Vec<FewShotComparison>), EvalError> {
     let (pool, test) = if test_split.is_empty() {
         stratified_split(&ds.labels, train_pool, f.test_fraction, exp.seed)?
     } else {
@@ -1271,51 +1690,115 @@ fn few_shot_curve(
             "few-shot  note: from k = {k} on, classes with fewer than k training rows (the smallest has {smallest}) use all their rows"
         ));
     }
+    let draw = |k: usize, r: u64| -> Result<Vec<usize>, EvalError> {
+        Ok(if k == 0 {
+            pool.clone()
+        } else {
+            per_class_subsample(&ds.labels, &pool, k, exp.seed.wrapping_add(r))?
+        })
+    };
     let mut points = Vec::new();
+    let mut push = |system: &str, k: usize, runs: Vec<f64>| {
+        let mean = runs.iter().sum::<f64>() / runs.len() as f64;
+        let std = (runs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / runs.len() as f64).sqrt();
+        obs.note(&format!(
+            "few-shot  {:<24} k={:<4} {:.1}% +- {:.1}",
+            system,
+            if k == 0 {
+                "all".to_string()
+            } else {
+                k.to_string()
+            },
+            100.0 * mean,
+            100.0 * std
+        ));
+        points.push(FewShotPoint {
+            system: system.to_string(),
+            shots: k,
+            mean,
+            std,
+            runs,
+        });
+    };
+    // Each draw's predictions of a frozen backbone (first head), for the fine-tuned systems'
+    // paired comparisons on the same draws.
+    let mut frozen: std::collections::HashMap<(String, usize), Vec<Vec<usize>>> =
+        Default::default();
     for system in systems {
         for &k in &f.shots {
             // Every seed trains on the same rows when k is "all": one fit says it all.
             let repeats = if k == 0 { 1 } else { f.repeats as u64 };
             let jobs: Vec<u64> = (0..repeats).collect();
-            let runs: Vec<Result<f64, EvalError>> = jobs
+            let preds: Vec<Result<Vec<usize>, EvalError>> = jobs
                 .par_iter()
                 .map(|&r| {
-                    let train = if k == 0 {
-                        pool.clone()
-                    } else {
-                        per_class_subsample(&ds.labels, &pool, k, exp.seed.wrapping_add(r))?
-                    };
+                    let train = draw(k, r)?;
                     // A few rows per class leave nothing to search on: the head as written.
                     let ((pred, _, _), _) =
                         fit_predict(system, ds, spec, exp, &train, &test, true, None)?;
-                    Ok(accuracy_on(&truth, &pred, &all))
+                    Ok(pred)
                 })
                 .collect();
-            let runs: Vec<f64> = runs.into_iter().collect::<Result<_, _>>()?;
-            let mean = runs.iter().sum::<f64>() / runs.len() as f64;
-            let std =
-                (runs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / runs.len() as f64).sqrt();
-            obs.note(&format!(
-                "few-shot  {:<24} k={:<4} {:.1}% +- {:.1}",
-                system.info.name,
-                if k == 0 {
-                    "all".to_string()
-                } else {
-                    k.to_string()
-                },
-                100.0 * mean,
-                100.0 * std
+            let preds: Vec<Vec<usize>> = preds.into_iter().collect::<Result<_, _>>()?;
+            let runs = preds.iter().map(|p| accuracy_on(&truth, p, &all)).collect();
+            push(&system.info.name, k, runs);
+            frozen.insert((system.info.name.clone(), k), preds);
+        }
+    }
+    // Fine-tuned systems on the same draws, one training run at a time (each on every core).
+    let mut comparisons = Vec::new();
+    for (tuner, _) in tuners
+        .iter()
+        .filter(|(t, _)| t.spec.few_shot != FewShotUse::Skip)
+    {
+        for &k in &f.shots {
+            let repeats = if k == 0 { 1 } else { f.repeats as u64 };
+            let mut preds = Vec::new();
+            for r in 0..repeats {
+                let train = draw(k, r)?;
+                preds.push(
+                    tuner
+                        .fit_predict(ds, &train, &test, None, true, &|_| {})?
+                        .predictions,
+                );
+            }
+            let runs = preds.iter().map(|p| accuracy_on(&truth, p, &all)).collect();
+            push(&tuner.info.name, k, runs);
+            // Paired over every (draw, test row): the draws' predictions end to end.
+            let Some(base) = frozen.get(&(tuner.spec.backbone.clone(), k)) else {
+                continue;
+            };
+            let cat = |p: &[Vec<usize>]| p.concat();
+            let truths: Vec<usize> = (0..preds.len()).flat_map(|_| truth.clone()).collect();
+            let d = in_points(paired_accuracy_difference(
+                &truths,
+                &cat(&preds),
+                &cat(base),
+                exp.bootstrap,
+                exp.seed,
             ));
-            points.push(FewShotPoint {
-                system: system.info.name.clone(),
+            let v = verdict(
+                &tuner.info.name,
+                &format!("frozen {}", tuner.spec.backbone),
+                &d,
+                "fine-tuning",
+            );
+            obs.note(&format!(
+                "few-shot  k={k}, {} draw{}: {v}",
+                preds.len(),
+                if preds.len() == 1 { "" } else { "s" }
+            ));
+            comparisons.push(FewShotComparison {
+                system: tuner.info.name.clone(),
+                frozen: tuner.spec.backbone.clone(),
                 shots: k,
-                mean,
-                std,
-                runs,
+                draws: preds.len(),
+                difference_points: d,
+                verdict: v,
             });
         }
     }
-    Ok(points)
+    Ok((points, comparisons))
 }
 
 #[cfg(test)]
@@ -1380,6 +1863,7 @@ mod tests {
                 cache_hits: 0,
                 computed: 0,
                 seconds: 0.0,
+                peak_rss_mb: None,
             },
             source: Source::Fixed { rows, x },
         };
@@ -1429,6 +1913,76 @@ mod tests {
             read.is_err(),
             "row 0 has no features and must not be readable"
         );
+    }
+
+    /// Rows whose label is a coin flip tied to a token no other row has: a model can only
+    /// know a row's label by training on that row.
+    fn memorisable(n: usize) -> (Dataset, Tuner) {
+        let mut rng = tl_core::Rng::new(7);
+        let labels: Vec<usize> = (0..n).map(|_| rng.below(2) as usize).collect();
+        let ds = Dataset {
+            name: "coins".into(),
+            items: (0..n).map(|i| Item::Text(format!("row {i}"))).collect(),
+            labels,
+            label_names: vec!["heads".into(), "tails".into()],
+            domains: None,
+            splits: Default::default(),
+            skipped: Vec::new(),
+        };
+        let seqs = (0..n).map(|i| Some(vec![1, 10 + i as u32, 2])).collect();
+        let config = tl_finetune::BertConfig::tiny(10 + n, 16, 1, 2);
+        let model = tl_finetune::BertClassifier::random(config, 2, 0);
+        let params = tl_finetune::FinetuneParams {
+            learning_rate: 3e-2,
+            epochs: 40,
+            batch_size: 8,
+            dropout: 0.0,
+            warmup_fraction: 0.0,
+            weight_decay: 0.0,
+            threads: 1,
+            ..Default::default()
+        };
+        let spec = FinetuneSpec::new("tiny", tl_finetune::Strategy::Full);
+        (
+            ds.clone(),
+            Tuner::text_for_tests(&spec, model, seqs, params),
+        )
+    }
+
+    #[test]
+    fn a_fine_tuned_system_inside_cv_never_sees_its_test_fold() {
+        let (ds, tuner) = memorisable(60);
+        let all: Vec<usize> = (0..60).collect();
+        let truth = &ds.labels;
+        // Control: trained on every row, the model knows every row's label, so a test fold
+        // that leaked into training would be scored near 100%.
+        let out = tuner
+            .fit_predict(&ds, &all, &all, None, false, &|_| {})
+            .unwrap();
+        assert!(accuracy_on(truth, &out.predictions, &all) >= 0.95);
+        let folds: Vec<TrainTest> = stratified_kfold(&ds.labels, &all, 3, 0)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.train, f.test))
+            .collect();
+        let (pred, proba, _, _, trained) =
+            tuned_folds(&tuner, &ds, &folds, &all, None, &|_: &str| {}).unwrap();
+        // One model per fold, each trained on its training part's rows alone.
+        assert_eq!(trained.len(), 3);
+        for (f, (tr, te)) in trained.iter().zip(&folds) {
+            assert_eq!(f.train_rows, tr.len());
+            assert!(te.iter().all(|i| !tr.contains(i)));
+        }
+        // Out of fold the tokens are unseen: chance (0.5; 0.75 is 4 sd above it for 60
+        // rows), far from the control's memorised labels.
+        let oof = accuracy_on(truth, &pred, &all);
+        assert!(
+            oof < 0.75,
+            "out-of-fold accuracy {oof}: test rows were trained on"
+        );
+        for r in 0..60 {
+            assert!((proba.row(r).sum() - 1.0).abs() < 1e-9);
+        }
     }
 
     #[test]

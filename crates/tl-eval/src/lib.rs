@@ -7,6 +7,9 @@
 //! evaluates every (features, head) pair on identical rows, reports [`Metrics`] with bootstrap
 //! intervals, compares each backbone with the baseline by a paired bootstrap and states a plain
 //! verdict, ranks the backbones, and [`write_report`] writes JSON, Markdown, CSV and SVG.
+//! Fine-tuned systems (`[[finetune]]`, a [`FinetuneSpec`]) are trained by tl-finetune inside
+//! each training part and scored on the same rows, so one report holds the three levels: no
+//! pretraining, frozen features, fine-tuned model ([`Levels`]).
 //!
 //! The metrics and intervals come from `tl-core`, which has no dependencies. The parts both
 //! runners share (the [`Observer`], experiment-file checks, backbone features through the
@@ -29,10 +32,16 @@
 //!     backbones = ["all-minilm-l6-v2"]
 //!     baseline = "tfidf"
 //!     protocol = { kind = "cv", folds = 5 }
+//!
+//!     [[finetune]]                     # trained inside each of the 5 training parts
+//!     backbone = "all-minilm-l6-v2"
+//!     strategy = "top:2"
+//!     learning_rate = 1e-4
 //!     "#,
 //!     Path::new("reviews.toml"),
 //! )?;
 //! assert_eq!(exp.protocol, Protocol::Cv { folds: 5 });
+//! assert_eq!(exp.finetune[0].label(), "all-minilm-l6-v2 tuned top:2");
 //! let bad = Experiment::from_toml("name = \"x\"\nfolds = 5\n", Path::new("x.toml"));
 //! assert!(bad.unwrap_err().to_string().starts_with("x.toml: "));
 //!
@@ -65,6 +74,7 @@
 pub mod adapt;
 mod adaptation;
 mod experiment;
+mod finetuned;
 pub mod plot;
 mod report;
 pub mod runner;
@@ -78,13 +88,14 @@ pub use adaptation::{
     MethodSummary, Pair, PairResult, adaptation_markdown, run_adaptation,
 };
 pub use experiment::{
-    Baseline, Chosen, Comparison, Experiment, FewShot, FewShotPoint, Pairwise, Protocol,
-    REPORT_SCHEMA_VERSION, RunReport, RunResult, Search, Subsample, chosen_phrase,
-    ranking_sentence, raw_pixels, run, verdict,
+    Baseline, Chosen, Comparison, Experiment, FewShot, FewShotComparison, FewShotPoint, Levels,
+    Pairwise, Protocol, REPORT_SCHEMA_VERSION, RunReport, RunResult, Search, Subsample,
+    chosen_phrase, levels_sentence, ranking_sentence, raw_pixels, run, verdict,
 };
+pub use finetuned::{FewShotUse, FinetuneSpec, FoldTraining, Tuning};
 pub use report::{
     Report, ReportFile, confusion_png, confusion_svg, learning_curve_png, learning_curve_svg,
-    markdown, write_report,
+    markdown, training_curve_svg, write_report,
 };
 pub use runner::{Observer, SystemInfo};
 pub use tl_core::{Interval, Metrics};
@@ -132,6 +143,9 @@ pub enum EvalError {
     /// A head failed.
     #[error(transparent)]
     Head(#[from] tl_heads::HeadError),
+    /// Fine-tuning failed.
+    #[error(transparent)]
+    Finetune(#[from] tl_finetune::FinetuneError),
     /// A figure could not be drawn (names the stage: SVG, size, PNG).
     #[error("figure: {0}")]
     Figure(String),

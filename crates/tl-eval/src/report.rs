@@ -56,6 +56,24 @@ pub fn write_report(report: &impl Report, dir: &Path) -> Result<Vec<PathBuf>, Ev
         .collect()
 }
 
+/// A system name as part of a file name.
+fn file_part(s: &str) -> String {
+    s.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+}
+
+/// Peak resident memory while a result's system ran (fine-tuned: training; frozen: its
+/// features), in MB.
+fn peak_rss(report: &RunReport, r: &crate::RunResult) -> Option<f64> {
+    match &r.tuning {
+        Some(t) => t.peak_rss_mb,
+        None => report
+            .systems
+            .iter()
+            .find(|s| s.name == r.system)
+            .and_then(|s| s.peak_rss_mb),
+    }
+}
+
 pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -95,14 +113,14 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
     files.push(ReportFile::text("summary.md", markdown(report)));
 
     let mut csv = String::from(
-        "system,head,accuracy,accuracy_low,accuracy_high,macro_f1,macro_f1_low,macro_f1_high,balanced_accuracy,log_loss,ece,roc_auc,average_precision,fit_seconds,chosen\n",
+        "system,head,accuracy,accuracy_low,accuracy_high,macro_f1,macro_f1_low,macro_f1_high,balanced_accuracy,log_loss,ece,roc_auc,average_precision,fit_seconds,chosen,peak_rss_mb\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for r in &report.results {
         let m = &r.metrics;
         let _ = writeln!(
             csv,
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{:.3},{}",
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{},{},{:.3},{},{}",
             csv_field(&r.system),
             r.head,
             r.accuracy.estimate,
@@ -117,10 +135,46 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
             opt(m.roc_auc),
             opt(m.average_precision),
             r.fit_seconds,
-            csv_field(&crate::chosen_phrase(&r.chosen).unwrap_or_default())
+            csv_field(&crate::chosen_phrase(&r.chosen).unwrap_or_default()),
+            peak_rss(report, r).map_or(String::new(), |v| format!("{v:.0}"))
         );
     }
     files.push(ReportFile::text("results.csv", csv));
+
+    let tuned: Vec<(&crate::RunResult, &crate::Tuning)> = report
+        .results
+        .iter()
+        .filter_map(|r| Some((r, r.tuning.as_ref()?)))
+        .collect();
+    if !tuned.is_empty() {
+        let mut t_csv = String::from(
+            "system,fold,epoch,train_loss,validation_accuracy,learning_rate,seconds,items_per_second,kept\n",
+        );
+        for (r, t) in &tuned {
+            for f in &t.folds {
+                for e in &f.epochs {
+                    let _ = writeln!(
+                        t_csv,
+                        "{},{},{},{:.6},{},{},{:.3},{:.2},{}",
+                        csv_field(&r.system),
+                        f.fold,
+                        e.epoch,
+                        e.train_loss,
+                        opt(e.validation_accuracy),
+                        e.learning_rate,
+                        e.seconds,
+                        e.sentences_per_second,
+                        e.epoch == f.best_epoch
+                    );
+                }
+            }
+        }
+        files.push(ReportFile::text("training.csv", t_csv));
+        for (r, t) in &tuned {
+            let stem = format!("training_{}", file_part(&r.system));
+            files.extend(figure(&stem, training_curve_svg(&r.system, t))?);
+        }
+    }
 
     let mut per_class = String::from("system,head,label,precision,recall,f1,support\n");
     for r in &report.results {
@@ -159,7 +213,6 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
     }
     // One heatmap per result; with several heads the head is in the name and the title.
     let several_heads = report.experiment.heads.len() > 1;
-    let file_part = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
     for r in &report.results {
         let (stem, title) = if several_heads {
             (
@@ -204,6 +257,9 @@ pub fn markdown(report: &RunReport) -> String {
     );
     if !report.comparisons.is_empty() {
         s.push_str("## Verdict\n\n");
+        for l in &report.levels {
+            let _ = writeln!(s, "- **{}**", l.sentence);
+        }
         for c in &report.comparisons {
             let _ = writeln!(s, "- {} (head: {})", c.verdict, c.head);
         }
@@ -241,6 +297,48 @@ pub fn markdown(report: &RunReport) -> String {
         );
         for (r, phrase) in searched {
             let _ = writeln!(s, "- {} / {}: {phrase}", r.system, r.head);
+        }
+    }
+    let tuned: Vec<_> = report
+        .results
+        .iter()
+        .filter_map(|r| Some((r, r.tuning.as_ref()?)))
+        .collect();
+    if !tuned.is_empty() {
+        s.push_str("\n## Fine-tuning\n\nEach fine-tuned system was trained inside every training part of the protocol (the scored rows took no part, early stopping included) and scored on the same rows as the other systems.\n\n| system | from | strategy | learning rate | batch | epochs (kept, per fold) | train / validation rows | time | estimated | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        for (r, t) in &tuned {
+            let p = &t.params;
+            let kept: Vec<String> = t
+                .folds
+                .iter()
+                .map(|f| format!("{}/{}", f.best_epoch, f.epochs.len()))
+                .collect();
+            let first = t.folds.first();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} / {} | {:.1} s | {:.1} s | {} |",
+                r.system,
+                t.backbone,
+                t.strategy,
+                p["learning_rate"],
+                p["batch_size"],
+                kept.join(", "),
+                first.map_or(0, |f| f.train_rows),
+                first.map_or(0, |f| f.validation_rows),
+                r.fit_seconds,
+                t.estimated_seconds,
+                t.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0} MB"))
+            );
+        }
+        s.push('\n');
+        for (r, t) in &tuned {
+            let _ = writeln!(
+                s,
+                "- {}: `{}`\n\n  ![training curve](training_{}.svg)\n",
+                r.system,
+                serde_json::to_string(&t.params).unwrap_or_default(),
+                file_part(&r.system)
+            );
         }
     }
     let warned: Vec<_> = report
@@ -309,6 +407,22 @@ pub fn markdown(report: &RunReport) -> String {
             }
             s.push('\n');
         }
+        if !report.few_shot_comparisons.is_empty() {
+            s.push_str("\nFine-tuned against frozen features on the same draws and test rows (paired over every draw and row):\n\n");
+            for c in &report.few_shot_comparisons {
+                let _ = writeln!(
+                    s,
+                    "- k = {}, {} draws: {}",
+                    if c.shots == 0 {
+                        "all".to_string()
+                    } else {
+                        c.shots.to_string()
+                    },
+                    c.draws,
+                    c.verdict
+                );
+            }
+        }
         s.push_str("\n![learning curve](learning_curve.svg)\n");
     }
     s.push_str("\n## Features\n\n| features | kind | dim | from cache | computed | seconds | fingerprint |\n|---|---|---|---|---|---|---|\n");
@@ -337,9 +451,195 @@ pub fn markdown(report: &RunReport) -> String {
     s
 }
 
-const PALETTE: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22",
 ];
+
+/// A fine-tuned system's training: loss (left panel) and validation accuracy (right
+/// panel, when a validation part was held out) per epoch, one line per training part; the
+/// epoch whose weights were kept is circled.
+pub fn training_curve_svg(system: &str, t: &crate::Tuning) -> String {
+    let (w, h) = (820.0, 400.0);
+    let has_validation = t
+        .folds
+        .iter()
+        .any(|f| f.epochs.iter().any(|e| e.validation_accuracy.is_some()));
+    let legend_w = if t.folds.len() > 1 { 90.0 } else { 0.0 };
+    let panels = if has_validation { 2.0 } else { 1.0 };
+    let panel_w = (w - legend_w - 40.0) / panels;
+    let title = format!(
+        "{system}: training per epoch ({} from {})",
+        t.strategy, t.backbone
+    );
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+        (w - legend_w) / 2.0,
+        xml(&title)
+    );
+    let series =
+        |value: &dyn Fn(&tl_finetune::EpochLog) -> Option<f64>| -> Vec<Vec<(f64, f64, bool)>> {
+            t.folds
+                .iter()
+                .map(|f| {
+                    f.epochs
+                        .iter()
+                        .filter_map(|e| Some((e.epoch as f64, value(e)?, e.epoch == f.best_epoch)))
+                        .collect()
+                })
+                .collect()
+        };
+    line_panel(
+        &mut s,
+        (20.0, 40.0, panel_w, h - 64.0),
+        "training loss (mean over the epoch)",
+        &series(&|e| Some(e.train_loss)),
+        "",
+    );
+    if has_validation {
+        line_panel(
+            &mut s,
+            (20.0 + panel_w, 40.0, panel_w, h - 64.0),
+            "validation accuracy (held out from the training part)",
+            &series(&|e| e.validation_accuracy.map(|v| 100.0 * v)),
+            "%",
+        );
+    }
+    if t.folds.len() > 1 {
+        for (i, f) in t.folds.iter().enumerate() {
+            let y = 70.0 + 20.0 * i as f64;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"14\" height=\"4\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{y:.1}\">fold {}</text>",
+                w - legend_w,
+                y - 4.0,
+                PALETTE[i % PALETTE.len()],
+                w - legend_w + 20.0,
+                f.fold
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\" font-size=\"11\">circled: the epoch whose weights were kept</text>",
+        (w - legend_w) / 2.0,
+        h - 6.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One panel of line charts: `lines` of (x, y, marked) points over a shared x range, with
+/// gridlines, tick labels (with `unit`), x label `epoch` and `title` above.
+fn line_panel(
+    s: &mut String,
+    (x0, y0, pw, ph): (f64, f64, f64, f64),
+    title: &str,
+    lines: &[Vec<(f64, f64, bool)>],
+    unit: &str,
+) {
+    let (left, right, top, bottom) = (x0 + 58.0, x0 + pw - 16.0, y0 + 26.0, y0 + ph - 46.0);
+    let pts = lines.iter().flatten();
+    let xmax = pts.clone().map(|p| p.0).fold(1.0, f64::max);
+    let (mut ymin, mut ymax) = pts
+        .clone()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
+    if !ymin.is_finite() {
+        (ymin, ymax) = (0.0, 1.0);
+    }
+    if ymax - ymin < 1e-9 {
+        (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
+    }
+    let pad = 0.08 * (ymax - ymin);
+    let (ymin, ymax) = (ymin - pad, ymax + pad);
+    let px = |x: f64| {
+        if xmax <= 1.0 {
+            (left + right) / 2.0
+        } else {
+            left + (x - 1.0) / (xmax - 1.0) * (right - left)
+        }
+    };
+    let py = |y: f64| bottom - (y - ymin) / (ymax - ymin) * (bottom - top);
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
+        (left + right) / 2.0,
+        y0 + 14.0,
+        xml(title)
+    );
+    // Ticks at round values: 1, 2 or 5 times a power of ten, about four of them.
+    let raw = (ymax - ymin) / 4.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|st| *st >= raw)
+        .unwrap_or(10.0 * mag);
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let first = (ymin / step).ceil() as i64;
+    let last = (ymax / step).floor() as i64;
+    for i in first..=last {
+        let y = i as f64 * step;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left:.1}\" x2=\"{right:.1}\" y1=\"{0:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{1:.1}\" y=\"{2:.1}\" text-anchor=\"end\">{3:.decimals$}{unit}</text>",
+            py(y),
+            left - 6.0,
+            py(y) + 4.0,
+            y
+        );
+    }
+    let step = (xmax / 10.0).ceil().max(1.0) as usize;
+    for e in (1..=xmax as usize).step_by(step) {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{bottom:.1}\" y2=\"{1:.1}\" stroke=\"#333\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{e}</text>",
+            px(e as f64),
+            bottom + 5.0,
+            bottom + 18.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left:.1}\" x2=\"{right:.1}\" y1=\"{bottom:.1}\" y2=\"{bottom:.1}\" stroke=\"#333\"/><line x1=\"{left:.1}\" x2=\"{left:.1}\" y1=\"{top:.1}\" y2=\"{bottom:.1}\" stroke=\"#333\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">epoch</text>",
+        (left + right) / 2.0,
+        bottom + 36.0
+    );
+    for (i, line) in lines.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let path: Vec<String> = line
+            .iter()
+            .map(|(x, y, _)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        // One epoch is a point, not a line.
+        if path.len() > 1 {
+            let _ = writeln!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                path.join(" ")
+            );
+        }
+        for (x, y, kept) in line {
+            let _ = write!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                px(*x),
+                py(*y)
+            );
+            if *kept {
+                let _ = write!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"7\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\"/>",
+                    px(*x),
+                    py(*y)
+                );
+            }
+        }
+        s.push('\n');
+    }
+}
 
 /// Feature systems in the order they first appear in the learning curve.
 fn curve_systems(report: &RunReport) -> Vec<&str> {

@@ -124,7 +124,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 pub struct SystemInfo {
     /// Display name (`tfidf`, `raw-pixels` or the model name).
     pub name: String,
-    /// `baseline` or `backbone`.
+    /// `baseline`, `backbone` or `finetuned`.
     pub kind: String,
     /// Backbone fingerprint.
     pub fingerprint: Option<String>,
@@ -134,8 +134,12 @@ pub struct SystemInfo {
     pub cache_hits: usize,
     /// Rows computed by the backbone in this run.
     pub computed: usize,
-    /// Seconds spent getting the features.
+    /// Seconds spent getting the features (fine-tuned systems: training and predicting).
     pub seconds: f64,
+    /// Peak resident memory of the process while the features were computed (fine-tuned
+    /// systems: while training), in MB; Linux only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// Progress and cache messages a run prints.
@@ -184,6 +188,7 @@ pub fn backbone_features(
         ..Default::default()
     };
     let t = Instant::now();
+    crate::finetuned::reset_peak_rss();
     let backbone = Backbone::from_manifest(m, cache, &config)?;
     let items: Vec<Item> = used.iter().map(|&i| ds.items[i].clone()).collect();
     // The session computes a backbone's extra outputs (source-task logits) in the same pass:
@@ -221,6 +226,7 @@ pub fn backbone_features(
         cache_hits: out.hits,
         computed: out.computed,
         seconds,
+        peak_rss_mb: crate::finetuned::peak_rss_mb(),
     };
     Ok(BackboneFeatures {
         info,

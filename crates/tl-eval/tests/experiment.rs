@@ -189,6 +189,62 @@ fn bad_experiment_files_name_the_key_and_line() {
                 "search.enabled = false",
             ],
         ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nlr = 1e-4\n",
+            &["line 8", "unknown field `lr`", "`learning_rate`"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nstrategy = \"top\"\n",
+            &["line 8", "strategy `top`", "top:N"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nlearning_rate = -1.0\n",
+            &["line 6", "finetune (m)", "learning_rate"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nepochs = 0\n",
+            &["line 6", "finetune (m)", "epochs"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nmax_length = 128\nresolution = 64\n",
+            &[
+                "line 6",
+                "max_length is for text models and resolution for image models",
+            ],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nhead = { kind = \"knn\" }\n",
+            &[
+                "line 6",
+                "finetune.head applies to strategy = \"contrastive\"",
+            ],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nfew_shot = \"sometimes\"\n",
+            &["line 8", "sometimes", "`also`, `skip`, `only`"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"other\"\n",
+            &["line 6, [[finetune]] #1: backbone other must also be in backbones"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\n[[finetune]]\nbackbone = \"m\"\nlearning_rate = 1e-4\n",
+            &[
+                "line 8, [[finetune]] #2: two tables are both named \"m tuned full\"",
+                "name = ",
+            ],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nfew_shot = \"only\"\n",
+            &[
+                "line 6, [[finetune]] #1",
+                "few_shot = \"only\" but the experiment has no [few_shot] table",
+            ],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nname = \"m\"\n",
+            &["line 6, [[finetune]] #1: name \"m\" is already a system's name"],
+        ),
         ("name = \"x\"\ndataset = [\"d\"\n", &["line 2"]),
     ];
     for (text, wants) in cases {
@@ -304,7 +360,7 @@ fn tfidf_only_experiment_runs_every_protocol_and_writes_a_report() {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
                 .unwrap();
-        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["schema_version"], 2);
         let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
         assert!(md.contains("| tfidf | knn |"), "{md}");
         let svg = std::fs::read_to_string(out.join("confusion_tfidf_knn.svg")).unwrap();
@@ -373,7 +429,10 @@ fn the_nested_search_chooses_per_training_part_on_one_grid_for_every_system() {
         "{md}"
     );
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-    assert!(csv.lines().next().unwrap().ends_with(",chosen"), "{csv}");
+    assert!(
+        csv.lines().next().unwrap().ends_with(",chosen,peak_rss_mb"),
+        "{csv}"
+    );
     assert!(csv.contains(&phrase), "{csv}");
     // Turned off, the heads are fitted as written and nothing is chosen.
     let off = parse(&text.replace("[search]\n", "[search]\nenabled = false\n")).unwrap();
