@@ -346,7 +346,7 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(json["schema_version"], 2);
+    assert_eq!(json["schema_version"], 1);
     let csv = std::fs::read_to_string(folder.join("results.csv")).unwrap();
     assert!(csv.starts_with("backbone,source,target,method,"), "{csv}");
     assert_eq!(
