@@ -21,6 +21,7 @@ mod embed;
 mod finetune;
 mod model;
 mod select;
+mod tune;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -147,6 +148,14 @@ enum Cmd {
         after_help = "Examples:\n  tl finetune --name my-minilm                      # all-minilm-l6-v2 on sentiment, 3 epochs\n  tl finetune --model all-minilm-l6-v2 --dataset sentiment --strategy full --epochs 3 --lr 2e-5 --name my-minilm\n  tl finetune --dataset reviews.csv --text-column review --strategy top:2 --name reviews-top2\n  tl finetune --name setfit --strategy contrastive --shots 8 --pairs-per-item 20 --epochs 1\n  tl finetune --name my-minilm --resume             # continue after an interruption\n  tl finetune --model mobilenetv2 --dataset mnist --train-rows 10000 --test-rows 2000 --resolution 64 --epochs 5 --name mnist-mnv2\n  tl finetune --model efficientnet-lite0 --dataset my-photos/ --strategy top:3 --augment crop=0.6,flip --name photos\n  tl embed --model my-minilm --dataset sentiment-imdb   # the tuned model, like any other"
     )]
     Finetune(finetune::FinetuneArgs),
+    /// Search fine-tuning hyperparameters (learning rate, batch size, epochs, trainable
+    /// layers) by successive halving on a validation part of the training rows, and compare
+    /// the chosen configuration with the fixed default, frozen features and the baseline on
+    /// the same held-out rows.
+    #[command(
+        after_help = "Examples:\n  tl tune                                           # all-minilm-l6-v2 on sentiment: 12 configurations, at most 3 runs' time\n  tl tune --learning-rates 1e-5,3e-5,1e-4 --epochs 2,3 --strategies full,top:2,top:4\n  tl tune --model mobilenetv2 --dataset mnist --rows 4000 --resolution 64\n  tl tune --dataset reviews.csv --text-column review --configurations 6 --budget 2\n  tl run runs/tune-.../experiment.toml            # the same run again"
+    )]
+    Tune(tune::TuneArgs),
     /// Feature cache: sizes, export, compaction, garbage collection.
     Cache {
         #[command(subcommand)]
@@ -317,6 +326,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Select(args) => select::select(&registry, &args),
         Cmd::Adapt(args) => adapt::adapt(&registry, &args),
         Cmd::Finetune(args) => finetune::finetune(&registry, &args),
+        Cmd::Tune(args) => tune::tune(&registry, &args),
         Cmd::Cache { command } => cache(&registry, command),
         Cmd::Data {
             command: DataCmd::Info { dataset, table },
@@ -468,6 +478,20 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
             PathBuf::from("experiments/sentiment.toml"),
         ),
     };
+    run_experiment_text(registry, &text, &origin, out, false)
+}
+
+/// Runs an experiment given as text (`origin` names it in errors); `save`: the text is
+/// also written to the report folder as `experiment.toml`.
+fn run_experiment_text(
+    registry: &Registry,
+    text: &str,
+    origin: &Path,
+    out: Option<PathBuf>,
+    save: bool,
+) -> Result<()> {
+    let text = text.to_string();
+    let origin = origin.to_path_buf();
     let cache = Cache::from_env();
     if AdaptationExperiment::is_adaptation(&text) {
         let exp = AdaptationExperiment::from_toml(&text, &origin)?;
@@ -480,6 +504,12 @@ fn run_experiment(registry: &Registry, path: Option<&Path>, out: Option<PathBuf>
     let exp = Experiment::from_toml(&text, &origin)?;
     let dir = out.unwrap_or_else(|| default_report_dir(&exp.name));
     check_report_dir(&dir)?;
+    if save {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("experiment.toml");
+        std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+        out!("file      {} (rerun with tl run)", file.display());
+    }
     tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)
         .context("fetching the ONNX Runtime library")?;
     out!("experiment {}", exp.name);

@@ -608,6 +608,101 @@ fn run_with_finetune_tables_trains_per_fold_and_reports_three_levels() {
 }
 
 #[test]
+fn tune_searches_by_successive_halving_and_compares_with_the_fixed_default() {
+    let h = finetune_home();
+    let h = h.path();
+    let table = reviews(h);
+    let out = h.join("tune");
+    let args = [
+        "tune",
+        "--dataset",
+        table.to_str().unwrap(),
+        "--learning-rates",
+        "1e-4,1e-3",
+        "--batch-sizes",
+        "8",
+        "--epochs",
+        "1,2",
+        "--strategies",
+        "full,top:1",
+        "--configurations",
+        "4",
+        "--test-fraction",
+        "0.5",
+        "--validation-fraction",
+        "0.25",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, stdout, err) = tl_in(h, &args);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let searched = "all-minilm-l6-v2-full-searched";
+    for want in [
+        format!("estimate  {searched}: about"),
+        format!("search    {searched} rung 1/1 #1: "),
+        format!("search    {searched} rung 1: 1 continue"),
+        format!("search    {searched} final #"),
+        format!("verdict   {searched}: "),
+        "the search took".to_string(),
+    ] {
+        assert!(stdout.contains(&want), "{want:?} not in\n{stdout}");
+    }
+    let file = std::fs::read_to_string(out.join("experiment.toml")).unwrap();
+    assert!(
+        file.contains("search = { learning_rate = [1e-4, 1e-3]"),
+        "{file}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let vs_fixed = json["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "search")
+        .expect("a comparison with the fixed default");
+    assert_eq!(vs_fixed["baseline"], "all-minilm-l6-v2-full-fixed");
+    assert!(vs_fixed["time_ratio"].as_f64().unwrap() > 0.0);
+    let r = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["system"] == searched)
+        .unwrap();
+    let search = &r["tuning"]["folds"][0]["search"];
+    let trials = search["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    let units: u64 = trials.iter().map(|t| t["units"].as_u64().unwrap()).sum();
+    assert_eq!(units, search["trained_units"].as_u64().unwrap());
+    assert!(search["cost_in_runs"].as_f64().unwrap() <= 3.0);
+    let finished: Vec<usize> = (0..4)
+        .filter(|&i| trials[i]["stopped_at"].is_null())
+        .collect();
+    assert_eq!(finished, [search["chosen"].as_u64().unwrap() as usize]);
+    // The chosen configuration's epochs are the system's training log.
+    let chosen_epochs = trials[finished[0]]["config"]["epochs"].as_u64().unwrap();
+    let logged = r["tuning"]["folds"][0]["epochs"].as_array().unwrap().len() as u64;
+    assert_eq!(logged, chosen_epochs);
+    let csv = std::fs::read_to_string(out.join("search.csv")).unwrap();
+    assert!(csv.starts_with("system,fold,configuration,learning_rate"));
+    assert_eq!(csv.lines().count(), 1 + 4 + 1, "{csv}");
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains(&format!("### Search: {searched}")),
+        "{summary}"
+    );
+    // Bad arguments are usage errors that name the flag.
+    let (code, _, err) = tl_in(h, &["tune", "--strategies", "full,top"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--strategies") && err.contains("top"), "{err}");
+    let (code, _, err) = tl_in(h, &["tune", "--resolution", "64"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--resolution applies to image models"),
+        "{err}"
+    );
+}
+
+#[test]
 fn finetune_trains_an_image_network_that_tl_predict_uses_on_image_files() {
     let home = finetune_home();
     let h = home.path();

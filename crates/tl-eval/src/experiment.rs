@@ -15,7 +15,8 @@ use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
 
 use crate::EvalError;
 use crate::finetuned::{
-    FewShotUse, FinetuneSpec, Tuner, Tuning, epoch_line, human_seconds, peak_rss_mb, reset_peak_rss,
+    FewShotUse, FinetuneSpec, Tuner, Tuning, epoch_line, human_seconds, peak_rss_mb,
+    reset_peak_rss, search_line,
 };
 use crate::runner::{
     MAX_REPEATS, Observer, SystemInfo, backbone_features, check_limits, check_name, default_batch,
@@ -705,7 +706,8 @@ pub struct Comparison {
     pub system: String,
     /// What it is compared with.
     pub baseline: String,
-    /// The technique judged: `transfer` or `fine-tuning`.
+    /// The technique judged: `transfer`, `fine-tuning` or `search` (a searched fine-tuned
+    /// system against the same one at fixed settings).
     #[serde(default = "transfer")]
     pub what: String,
     /// Head.
@@ -714,6 +716,9 @@ pub struct Comparison {
     pub difference_points: Interval,
     /// Plain-language verdict.
     pub verdict: String,
+    /// `search`: the searched system's time over the fixed one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ratio: Option<f64>,
 }
 
 fn transfer() -> String {
@@ -1352,6 +1357,7 @@ pub fn run(
                     head: head_name.clone(),
                     difference_points: d,
                     verdict: v,
+                    time_ratio: None,
                 });
             }
         }
@@ -1377,6 +1383,7 @@ pub fn run(
             head: head_names[0].clone(),
             difference_points: over_frozen,
             verdict: v,
+            time_ratio: None,
         });
         let frozen_over_baseline = base.map(|b| difference(frozen, &b.info.name, &exp.heads[0]));
         if let Some(b) = base {
@@ -1390,6 +1397,7 @@ pub fn run(
                 head: head_names[0].clone(),
                 difference_points: d,
                 verdict: v,
+                time_ratio: None,
             });
         }
         let sentence = levels_sentence(
@@ -1399,6 +1407,38 @@ pub fn run(
                 .zip(frozen_over_baseline.as_ref()),
         );
         obs.note(&format!("levels    {sentence}"));
+        // A searched system against the same backbone and strategy at fixed settings,
+        // when the file has both: did the search pay for its time?
+        let fixed = protocol_tuners().map(|(t, _)| t).find(|t| {
+            tuner.spec.search.is_some()
+                && t.spec.search.is_none()
+                && t.spec.backbone == tuner.spec.backbone
+                && t.spec.strategy == tuner.spec.strategy
+        });
+        if let Some(fixed) = fixed {
+            let d = difference(tuned, &fixed.info.name, &exp.heads[0]);
+            let secs = |name: &str| {
+                results
+                    .iter()
+                    .find(|r| r.system == name)
+                    .map_or(f64::NAN, |r| r.fit_seconds)
+            };
+            let ratio = secs(tuned) / secs(&fixed.info.name);
+            let v = format!(
+                "{} (the search took {ratio:.1}x its time)",
+                verdict(tuned, &fixed.info.name, &d, "the search")
+            );
+            obs.note(&format!("verdict   {v}"));
+            comparisons.push(Comparison {
+                system: tuned.clone(),
+                baseline: fixed.info.name.clone(),
+                what: "search".into(),
+                head: head_names[0].clone(),
+                difference_points: d,
+                verdict: v,
+                time_ratio: Some(ratio),
+            });
+        }
         levels.push(Levels {
             tuned: tuned.clone(),
             frozen: frozen.clone(),
@@ -1497,9 +1537,15 @@ fn tuned_folds(
         } else {
             String::new()
         };
-        let out = tuner.fit_predict(ds, tr, te, search, false, &|e| {
-            epoch_line(&tuner.info.name, &part, tuner.unit(), e, obs)
-        })?;
+        let out = tuner.fit_predict(
+            ds,
+            tr,
+            te,
+            search,
+            false,
+            &|e| epoch_line(&tuner.info.name, &part, tuner.unit(), e, obs),
+            &|e| search_line(&tuner.info.name, &part, tuner.unit(), e, obs),
+        )?;
         warnings.extend(out.warnings.iter().map(|w| format!("{part}{w}")));
         if let Some(c) = out.chosen {
             warnings.extend(c.edge.as_ref().map(|e| format!("{part}{e}")));
@@ -1594,7 +1640,7 @@ fn open_tuners(
             FewShotUse::Only => 0.0,
             _ => folds
                 .iter()
-                .map(|(tr, te)| tuner.estimate(&speed, tr.len(), te.len()))
+                .map(|(tr, te)| tuner.estimate(&speed, tr.len(), te.len(), true))
                 .sum(),
         };
         let curve_rows = exp
@@ -1616,7 +1662,7 @@ fn open_tuners(
                     } else {
                         (k * classes, f.repeats)
                     };
-                    repeats as f64 * tuner.estimate(&speed, rows, curve_test)
+                    repeats as f64 * tuner.estimate(&speed, rows, curve_test, false)
                 })
                 .sum()
         });
@@ -1624,11 +1670,15 @@ fn open_tuners(
         let mut parts = Vec::new();
         if spec.few_shot != FewShotUse::Only {
             parts.push(format!(
-                "about {} for {} training part{} of {} rows",
+                "about {} for {} training part{} of {} rows{}",
                 human_seconds(estimate),
                 folds.len(),
                 if folds.len() == 1 { "" } else { "s" },
-                folds[0].0.len()
+                folds[0].0.len(),
+                spec.search.as_ref().map_or(String::new(), |s| format!(
+                    " at worst (each a search of up to {} configurations costing at most {} runs)",
+                    s.configurations, s.budget
+                ))
             ));
         }
         if curve > 0.0 {
@@ -1758,7 +1808,7 @@ fn few_shot_curve(
                 let train = draw(k, r)?;
                 preds.push(
                     tuner
-                        .fit_predict(ds, &train, &test, None, true, &|_| {})?
+                        .fit_predict(ds, &train, &test, None, true, &|_| {}, &|_| {})?
                         .predictions,
                 );
             }
@@ -1957,7 +2007,7 @@ mod tests {
         // Control: trained on every row, the model knows every row's label, so a test fold
         // that leaked into training would be scored near 100%.
         let out = tuner
-            .fit_predict(&ds, &all, &all, None, false, &|_| {})
+            .fit_predict(&ds, &all, &all, None, false, &|_| {}, &|_| {})
             .unwrap();
         assert!(accuracy_on(truth, &out.predictions, &all) >= 0.95);
         let folds: Vec<TrainTest> = stratified_kfold(&ds.labels, &all, 3, 0)

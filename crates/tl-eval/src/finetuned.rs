@@ -13,7 +13,7 @@ use tl_backbone::ImageInput;
 use tl_data::{Dataset, Item};
 use tl_finetune::{
     Augment, BertClassifier, BnMode, ConvNet, EpochLog, FinetuneParams, ImageParams, RunOptions,
-    Strategy, Threads,
+    SearchEvent, SearchReport, SearchSpace, Strategy, Threads,
 };
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
@@ -91,6 +91,14 @@ pub struct FinetuneSpec {
     /// Threads (default: all cores; results are bit-identical for one thread count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Hyperparameter search by successive halving, inside each training part: lists of
+    /// `learning_rate`, `batch_size`, `epochs` and `strategy` values (unlisted ones keep
+    /// this table's value), `configurations` (12), `eta` (3) and `budget` (3 runs of this
+    /// table's configuration, at worst). Configurations are compared on the validation
+    /// part (`validation_fraction`, 0.1 when unset); the few-shot curve, which has none,
+    /// trains this table's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchSpace>,
     /// Where the system is trained when the experiment has a `[few_shot]` curve: `also`
     /// (default: under the protocol and at every point of the curve), `skip` (the protocol
     /// only) or `only` (the curve only; settings for a few rows, such as more contrastive
@@ -159,6 +167,7 @@ impl FinetuneSpec {
             batch_norm: None,
             augment: None,
             threads: None,
+            search: None,
             few_shot: FewShotUse::Also,
         }
     }
@@ -218,6 +227,27 @@ impl FinetuneSpec {
                 ));
             }
         }
+        if let Some(space) = &self.search {
+            space.check().map_err(err)?;
+            if self.strategy == Strategy::Contrastive {
+                return Err(format!(
+                    "finetune ({}): search applies to full, top:N and head; contrastive tuning is validated by another head",
+                    self.backbone
+                ));
+            }
+            if self.few_shot == FewShotUse::Only {
+                return Err(format!(
+                    "finetune ({}): search needs a validation part, which the few-shot curve has not; use few_shot = \"also\" or \"skip\"",
+                    self.backbone
+                ));
+            }
+            if self.validation_fraction == Some(0.0) {
+                return Err(format!(
+                    "finetune ({}): search compares configurations on a validation part; set validation_fraction > 0",
+                    self.backbone
+                ));
+            }
+        }
         let (text, image) = self.modality_keys();
         if let (Some(t), Some(i)) = (text.first(), image.first()) {
             return Err(format!(
@@ -231,6 +261,16 @@ impl FinetuneSpec {
             self.image_params(0).check().map_err(err)?;
         }
         Ok(())
+    }
+
+    /// The validation share: the value set, else 0.1 for a search (it needs one), else
+    /// `default`.
+    fn validation_fraction(&self, default: f32) -> f32 {
+        match (self.validation_fraction, &self.search) {
+            (Some(v), _) => v,
+            (None, Some(_)) => 0.1,
+            (None, None) => default,
+        }
     }
 
     /// Text hyperparameters: the values set, tl-finetune's defaults for the rest.
@@ -247,7 +287,7 @@ impl FinetuneSpec {
             dropout: self.dropout.unwrap_or(d.dropout),
             max_length: self.max_length.unwrap_or(d.max_length),
             max_grad_norm: self.max_grad_norm.unwrap_or(d.max_grad_norm),
-            validation_fraction: self.validation_fraction.unwrap_or(d.validation_fraction),
+            validation_fraction: self.validation_fraction(d.validation_fraction),
             patience: self.patience.unwrap_or(d.patience),
             pairs_per_item: self.pairs_per_item.unwrap_or(d.pairs_per_item),
             seed,
@@ -271,7 +311,7 @@ impl FinetuneSpec {
             resolution: self.resolution.or(d.resolution),
             batch_norm: self.batch_norm.unwrap_or(d.batch_norm),
             augment: self.augment.clone().unwrap_or(d.augment),
-            validation_fraction: self.validation_fraction.unwrap_or(d.validation_fraction),
+            validation_fraction: self.validation_fraction(d.validation_fraction),
             patience: self.patience.unwrap_or(d.patience),
             seed,
             threads: self.threads.unwrap_or(d.threads),
@@ -314,6 +354,10 @@ pub struct FoldTraining {
     pub seconds: f64,
     /// Per epoch: loss, validation accuracy, learning rate, time, throughput.
     pub epochs: Vec<EpochLog>,
+    /// The hyperparameter search run on this part's training rows, when the system has
+    /// one (`epochs` are then the chosen configuration's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchReport>,
 }
 
 /// The model a [`Tuner`] trains, with its inputs for every row the experiment uses.
@@ -560,14 +604,26 @@ impl Tuner {
         Ok(Throughput { train, infer })
     }
 
-    /// Estimated seconds to train on `train` rows and predict `test` rows.
-    pub(crate) fn estimate(&self, speed: &Throughput, train: usize, test: usize) -> f64 {
+    /// Estimated seconds to train on `train` rows and predict `test` rows; `searched`: with
+    /// the spec's search, when it has one (at worst `budget` runs).
+    pub(crate) fn estimate(
+        &self,
+        speed: &Throughput,
+        train: usize,
+        test: usize,
+        searched: bool,
+    ) -> f64 {
         // Contrastive tuning also embeds the training rows for its head.
         let embedded = match self.spec.strategy {
             Strategy::Contrastive => train + test,
             _ => test,
         };
-        speed.train * self.epochs() as f64 * train as f64 + speed.infer * embedded as f64
+        // A search costs at most `budget` runs of the base configuration.
+        let runs = match &self.spec.search {
+            Some(s) if searched => s.budget as f64,
+            _ => 1.0,
+        };
+        runs * speed.train * self.epochs() as f64 * train as f64 + speed.infer * embedded as f64
     }
 
     /// Trains a fresh copy of the pretrained model on dataset rows `train` (and nothing
@@ -581,10 +637,15 @@ impl Tuner {
         search: Option<&Search>,
         few_shot: bool,
         on_epoch: &(dyn Fn(&EpochLog) + Sync),
+        on_search: &(dyn Fn(&SearchEvent) + Sync),
     ) -> Result<TunedFold, EvalError> {
         let t = Instant::now();
-        let (trained, report) =
-            self.train(ds, train, self.epochs(), !few_shot, self.progress, on_epoch)?;
+        let (trained, report, searched) = if few_shot {
+            let (m, r) = self.train(ds, train, self.epochs(), false, false, on_epoch)?;
+            (m, r, None)
+        } else {
+            self.train_or_search(ds, train, on_epoch, on_search)?
+        };
         let (predictions, proba, chosen, warnings) =
             self.predict(&trained, ds, train, test, search)?;
         Ok(TunedFold {
@@ -597,6 +658,7 @@ impl Tuner {
                 best_epoch: report.best_epoch,
                 seconds: t.elapsed().as_secs_f64(),
                 epochs: report.epochs,
+                search: searched,
             },
             chosen,
             warnings,
@@ -645,6 +707,65 @@ impl Tuner {
                 (p, pr, None, Vec::new())
             }
             _ => unreachable!("a tuner trains its own kind of model"),
+        })
+    }
+
+    /// Trains on dataset rows `train` with the spec's configuration, or, when the spec has a
+    /// search, runs it there and returns the chosen configuration's model.
+    fn train_or_search(
+        &self,
+        ds: &Dataset,
+        train: &[usize],
+        on_epoch: &(dyn Fn(&EpochLog) + Sync),
+        on_search: &(dyn Fn(&SearchEvent) + Sync),
+    ) -> Result<(Trained, tl_finetune::FinetuneReport, Option<SearchReport>), EvalError> {
+        let Some(space) = &self.spec.search else {
+            let (m, r) = self.train(ds, train, self.epochs(), true, self.progress, on_epoch)?;
+            return Ok((m, r, None));
+        };
+        let y: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
+        let run = RunOptions {
+            frozen_store: self.cache.as_ref().map(tl_features::Store::from_cache),
+            ..RunOptions::default()
+        };
+        Ok(match &self.model {
+            Model::Text {
+                model,
+                seqs,
+                params,
+                ..
+            } => {
+                let (m, _, report, search) = tl_finetune::search_text(
+                    model,
+                    &pick(seqs, train),
+                    &y,
+                    params,
+                    space,
+                    &run,
+                    &mut |e| on_search(e),
+                    &mut |e, _| on_epoch(e),
+                )?;
+                (Trained::Text(m), report, Some(search))
+            }
+            Model::Image {
+                model,
+                spec,
+                inputs,
+                params,
+            } => {
+                let (m, _, report, search) = tl_finetune::search_images(
+                    model,
+                    &pick(inputs, train),
+                    &y,
+                    spec,
+                    params,
+                    space,
+                    &run,
+                    &mut |e| on_search(e),
+                    &mut |e, _| on_epoch(e),
+                )?;
+                (Trained::Image(m), report, Some(search))
+            }
         })
     }
 
@@ -834,6 +955,55 @@ pub(crate) fn epoch_line(system: &str, part: &str, unit: &str, e: &EpochLog, obs
         e.sentences_per_second,
         e.seconds
     ));
+}
+
+/// Writes one progress line per configuration scored at a rung of a search, and one per
+/// cut.
+pub(crate) fn search_line(
+    system: &str,
+    part: &str,
+    unit: &str,
+    e: &SearchEvent,
+    obs: &dyn Observer,
+) {
+    match e {
+        SearchEvent::Scored {
+            rung,
+            rungs,
+            trial,
+            config,
+            score,
+        } => obs.note(&format!(
+            "search    {system} {part}{} #{}: {config}: validation {:.1}% after {} {unit}",
+            if rung < rungs {
+                format!("rung {}/{rungs}", rung + 1)
+            } else {
+                "final".to_string()
+            },
+            trial + 1,
+            100.0 * score.accuracy,
+            score.units
+        )),
+        SearchEvent::Cut {
+            rung,
+            kept,
+            stopped,
+        } => {
+            let names = |v: &[usize]| {
+                v.iter()
+                    .map(|i| format!("#{}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            obs.note(&format!(
+                "search    {system} {part}rung {}: {} continue ({}), {} stopped",
+                rung + 1,
+                kept.len(),
+                names(kept),
+                stopped.len()
+            ));
+        }
+    }
 }
 
 /// A duration as a person reads it.

@@ -170,6 +170,45 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
             }
         }
         files.push(ReportFile::text("training.csv", t_csv));
+        let mut s_csv = String::from(
+            "system,fold,configuration,learning_rate,batch_size,epochs,strategy,rung,units,validation_accuracy,validation_loss,train_loss,stopped_after_rung,chosen\n",
+        );
+        let mut searched = false;
+        for (r, t) in &tuned {
+            for f in &t.folds {
+                let Some(search) = &f.search else { continue };
+                searched = true;
+                for (k, trial) in search.trials.iter().enumerate() {
+                    let c = &trial.config;
+                    for (rung, sc) in trial.scores.iter().enumerate() {
+                        let _ = writeln!(
+                            s_csv,
+                            "{},{},{},{},{},{},{},{},{},{:.6},{},{:.6},{},{}",
+                            csv_field(&r.system),
+                            f.fold,
+                            k + 1,
+                            c.learning_rate,
+                            c.batch_size,
+                            c.epochs,
+                            c.strategy,
+                            rung + 1,
+                            sc.units,
+                            sc.accuracy,
+                            sc.validation_loss
+                                .map_or(String::new(), |l| format!("{l:.6}")),
+                            sc.loss,
+                            trial
+                                .stopped_at
+                                .map_or(String::new(), |s| (s + 1).to_string()),
+                            k == search.chosen
+                        );
+                    }
+                }
+            }
+        }
+        if searched {
+            files.push(ReportFile::text("search.csv", s_csv));
+        }
         for (r, t) in &tuned {
             let stem = format!("training_{}", file_part(&r.system));
             files.extend(figure(&stem, training_curve_svg(&r.system, t))?);
@@ -314,14 +353,25 @@ pub fn markdown(report: &RunReport) -> String {
                 .map(|f| format!("{}/{}", f.best_epoch, f.epochs.len()))
                 .collect();
             let first = t.folds.first();
+            // A searched system shows each fold's choice.
+            let per_fold = |f: &dyn Fn(&tl_finetune::search::Config) -> String| {
+                let v: Vec<String> = t
+                    .folds
+                    .iter()
+                    .filter_map(|fold| Some(f(&fold.search.as_ref()?.chosen_config())))
+                    .collect();
+                (!v.is_empty()).then(|| format!("{} (searched)", v.join(", ")))
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} / {} | {:.1} s | {:.1} s | {} |",
                 r.system,
                 t.backbone,
-                t.strategy,
-                p["learning_rate"],
-                p["batch_size"],
+                per_fold(&|c| c.strategy.to_string()).unwrap_or_else(|| t.strategy.clone()),
+                per_fold(&|c| format!("{:e}", c.learning_rate))
+                    .unwrap_or_else(|| p["learning_rate"].to_string()),
+                per_fold(&|c| c.batch_size.to_string())
+                    .unwrap_or_else(|| p["batch_size"].to_string()),
                 kept.join(", "),
                 first.map_or(0, |f| f.train_rows),
                 first.map_or(0, |f| f.validation_rows),
@@ -334,11 +384,23 @@ pub fn markdown(report: &RunReport) -> String {
         for (r, t) in &tuned {
             let _ = writeln!(
                 s,
-                "- {}: `{}`\n\n  ![training curve](training_{}.svg)\n",
+                "- {}{}: `{}`\n\n  ![training curve](training_{}.svg)\n",
                 r.system,
+                if t.folds.iter().any(|f| f.search.is_some()) {
+                    " (the search's base configuration; the chosen one is below)"
+                } else {
+                    ""
+                },
                 serde_json::to_string(&t.params).unwrap_or_default(),
                 file_part(&r.system)
             );
+        }
+        for (r, t) in &tuned {
+            for f in &t.folds {
+                if let Some(search) = &f.search {
+                    s.push_str(&search_markdown(&r.system, f.fold, t.folds.len(), search));
+                }
+            }
         }
     }
     let warned: Vec<_> = report
@@ -455,6 +517,80 @@ const PALETTE: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
     "#7f7f7f", "#bcbd22",
 ];
+
+/// One search's table: every configuration's validation accuracy at each rung it
+/// reached, where it stopped, and which was chosen.
+fn search_markdown(
+    system: &str,
+    fold: usize,
+    folds: usize,
+    search: &tl_finetune::SearchReport,
+) -> String {
+    let mut s = String::new();
+    let part = if folds > 1 {
+        format!(", fold {fold}")
+    } else {
+        String::new()
+    };
+    let rungs: Vec<String> = search
+        .plan
+        .rungs
+        .iter()
+        .map(|g| format!("{} units ({} in, {} on)", g.units, g.entering, g.keep))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\n### Search: {system}{part}\n\nSuccessive halving over {} configurations, all scored on the same validation part of the training rows (accuracy, then cross-entropy in parentheses for ties); rungs at {}. Trained {} units in all, {:.2} runs of the base configuration ({} units; at worst {:.2}), in {:.0} s. Chosen: **{}**.\n",
+        search.trials.len(),
+        rungs.join(", "),
+        search.trained_units,
+        search.cost_in_runs,
+        search.plan.base_units,
+        search.plan.worst_units / search.plan.base_units as f64,
+        search.seconds,
+        search.chosen_config()
+    );
+    let mut header = String::from("| # | configuration |");
+    let mut rule = String::from("|---|---|");
+    for k in 0..search.plan.rungs.len() {
+        let _ = write!(header, " rung {} |", k + 1);
+        rule.push_str("---|");
+    }
+    header.push_str(" end of run | stopped |");
+    rule.push_str("---|---|");
+    let _ = writeln!(s, "{header}\n{rule}");
+    for (i, trial) in search.trials.iter().enumerate() {
+        let mut row = format!(
+            "| {}{} | {} |",
+            i + 1,
+            if i == search.chosen { " (chosen)" } else { "" },
+            trial.config
+        );
+        for k in 0..=search.plan.rungs.len() {
+            match trial.scores.get(k) {
+                Some(sc) => {
+                    let _ = write!(
+                        row,
+                        " {:.1}%{} |",
+                        100.0 * sc.accuracy,
+                        sc.validation_loss
+                            .map_or(String::new(), |l| format!(" ({l:.3})"))
+                    );
+                }
+                None => row.push_str(" |"),
+            }
+        }
+        let _ = write!(
+            row,
+            " {} |",
+            trial
+                .stopped_at
+                .map_or("-".to_string(), |k| format!("after rung {}", k + 1))
+        );
+        let _ = writeln!(s, "{row}");
+    }
+    s
+}
 
 /// A fine-tuned system's training: loss (left panel) and validation accuracy (right
 /// panel, when a validation part was held out) per epoch, one line per training part; the

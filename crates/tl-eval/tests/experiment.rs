@@ -245,6 +245,38 @@ fn bad_experiment_files_name_the_key_and_line() {
             "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nname = \"m\"\n",
             &["line 6, [[finetune]] #1: name \"m\" is already a system's name"],
         ),
+        // A fine-tuning search: each bad key named, with the table's line.
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nsearch = { learning_rate = [1e-5, 2.0] }\n",
+            &[
+                "line 6",
+                "finetune (m): search: learning_rate values must be in (0, 1], got 2",
+            ],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nsearch = { learning_rate = [1e-5], rate = 3 }\n",
+            &["line 8", "unknown field `rate`", "learning_rate"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nsearch = { epochs = [2] }\n",
+            &["line 6", "search: nothing to search"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nstrategy = \"contrastive\"\nsearch = { epochs = [1, 2] }\n",
+            &["line 6", "search applies to full, top:N and head"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nvalidation_fraction = 0.0\nsearch = { epochs = [1, 2] }\n",
+            &["line 6", "set validation_fraction > 0"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nsearch = { epochs = [1, 2], eta = 1 }\n",
+            &["line 6", "eta must be in 2..=10, got 1"],
+        ),
+        (
+            "name = \"x\"\ndataset = \"d\"\nbackbones = [\"m\"]\n[protocol]\nkind = \"cv\"\n[[finetune]]\nbackbone = \"m\"\nsearch = { strategy = [\"full\", \"top\"] }\n",
+            &["line 8", "strategy `top`"],
+        ),
         ("name = \"x\"\ndataset = [\"d\"\n", &["line 2"]),
     ];
     for (text, wants) in cases {

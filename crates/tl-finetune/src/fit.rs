@@ -45,8 +45,60 @@ pub(crate) trait Learner {
         step: u64,
         grads: &mut [f32],
     ) -> Result<StepOut, FinetuneError>;
-    /// Accuracy on validation rows.
-    fn accuracy(&mut self, rows: &[usize]) -> Result<f64, FinetuneError>;
+    /// Accuracy (and, for a classifier, cross-entropy) on validation rows.
+    fn evaluate(&mut self, rows: &[usize]) -> Result<Validation, FinetuneError>;
+}
+
+/// What a validation pass measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Validation {
+    pub accuracy: f64,
+    /// Mean cross-entropy (none for a run that trains no classifier).
+    pub loss: Option<f64>,
+}
+
+/// Accuracy and mean cross-entropy of `[n, classes]` logits against `labels`.
+pub(crate) fn validation_of(logits: &[f32], labels: &[usize], classes: usize) -> Validation {
+    let right = logits
+        .chunks_exact(classes)
+        .zip(labels)
+        .filter(|(row, y)| {
+            let best = (0..classes).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+            best == **y
+        })
+        .count();
+    let mut scratch = vec![0.0f32; logits.len()];
+    let loss = crate::ops::cross_entropy(logits, labels, classes, &mut scratch);
+    Validation {
+        accuracy: right as f64 / labels.len().max(1) as f64,
+        loss: Some(loss as f64),
+    }
+}
+
+// `run_epochs` borrows the learner; a `Trainer` owns what it is given.
+impl<L: Learner> Learner for &mut L {
+    type Model = L::Model;
+    fn model(&self) -> &L::Model {
+        (**self).model()
+    }
+    fn parts(&mut self) -> (&[Slot], &mut Vec<f32>) {
+        (**self).parts()
+    }
+    fn state(&mut self) -> &mut Vec<f32> {
+        (**self).state()
+    }
+    fn step(
+        &mut self,
+        idx: &[usize],
+        epoch: usize,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepOut, FinetuneError> {
+        (**self).step(idx, epoch, step, grads)
+    }
+    fn evaluate(&mut self, rows: &[usize]) -> Result<Validation, FinetuneError> {
+        (**self).evaluate(rows)
+    }
 }
 
 /// One range check: field, whether it holds, the range, the value given.
@@ -224,123 +276,295 @@ pub(crate) fn run_epochs<L: Learner>(
     run: &RunOptions,
     on_epoch: &mut (dyn FnMut(&EpochLog, &L::Model) + Send),
 ) -> Result<FinetuneReport, FinetuneError> {
-    let steps_per_epoch = units.len().div_ceil(s.batch_size) as u64;
-    let total_steps = steps_per_epoch * s.epochs as u64;
-    let warmup = (total_steps as f64 * s.warmup_fraction as f64).ceil() as u64;
-    let n = learner.parts().1.len();
-    let mut opt = AdamW::new(n);
-    let mut grads = vec![0.0f32; n];
-    let mut ck = Checkpoint {
-        epoch: 0,
-        best_epoch: 0,
-        best_accuracy: f64::NEG_INFINITY,
-        since_best: 0,
-    };
-    let mut best: Option<(Vec<f32>, Vec<f32>)> = None;
-    let mut logs = Vec::new();
-    if let Some(dir) = &run.dir {
-        std::fs::create_dir_all(dir).map_err(|e| FinetuneError::io(dir, e))?;
-        let path = checkpoint_path(dir);
-        if run.resume && path.exists() {
-            resume(&path, learner, &mut opt, &mut best, &mut ck, &s.fingerprint)?;
-            logs = read_log(&dir.join("log.jsonl"), ck.epoch)?;
-            tracing::info!("resumed from {} after epoch {}", path.display(), ck.epoch);
-        } else {
-            // A fresh run starts a fresh log.
-            crate::atomic_write(&dir.join("log.jsonl"), b"")?;
-        }
-    }
-    let resumed = ck.epoch;
-    let bar = crate::progress::bar(run.progress, total_steps, resumed as u64 * steps_per_epoch);
-    let non_finite = |step: u64, epoch: usize| FinetuneError::NonFinite {
-        step,
-        epoch,
-        kept: run.dir.as_ref().map(|d| checkpoint_path(d)),
-    };
-    while ck.epoch < s.epochs {
-        if s.patience > 0 && ck.since_best >= s.patience {
-            break;
-        }
-        let epoch = ck.epoch + 1;
-        let t0 = Instant::now();
-        let (mut loss_sum, mut fwd, mut bwd, mut optim_s) = (0.0f64, 0.0, 0.0, 0.0);
-        let mut lr = 0.0;
-        let mut items = 0usize;
-        for idx in epoch_batches(units, s.batch_size, s.seed, epoch) {
-            let out = learner.step(&idx, epoch, opt.step + 1, &mut grads)?;
-            fwd += out.forward_seconds;
-            bwd += out.backward_seconds;
-            items += out.items;
-            if !out.loss.is_finite() {
-                return Err(non_finite(opt.step + 1, epoch));
-            }
-            loss_sum += out.loss as f64 * idx.len() as f64;
-            let t = Instant::now();
-            let (slots, params) = learner.parts();
-            let norm = grad_norm(slots, &grads, s.first_trainable);
-            if !norm.is_finite() {
-                return Err(non_finite(opt.step + 1, epoch));
-            }
-            let grad_scale = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm as f64 {
-                (s.max_grad_norm as f64 / (norm + 1e-6)) as f32
+    let mut t = Trainer::start(learner, units.to_vec(), train_rows, val.to_vec(), s, run)?;
+    t.advance(u64::MAX, on_epoch)?;
+    Ok(t.finish())
+}
+
+/// A training run that can pause between steps: what a hyperparameter search needs to
+/// train many configurations a little, compare them, and continue the best.
+pub(crate) struct Trainer<'r, L: Learner> {
+    pub(crate) learner: L,
+    units: Vec<usize>,
+    train_rows: usize,
+    val: Vec<usize>,
+    s: &'r LoopSettings,
+    run: &'r RunOptions,
+    opt: AdamW,
+    grads: Vec<f32>,
+    ck: Checkpoint,
+    best: Option<(Vec<f32>, Vec<f32>)>,
+    logs: Vec<EpochLog>,
+    resumed: usize,
+    total_steps: u64,
+    warmup: u64,
+    bar: indicatif::ProgressBar,
+    /// The current epoch's batches and the next one to train (empty between epochs).
+    batches: Vec<Vec<usize>>,
+    next_batch: usize,
+    acc: EpochAcc,
+    /// Units trained by this process (resumed epochs not counted).
+    pub(crate) units_trained: u64,
+    /// Sum of loss times batch size over those units.
+    loss_total: f64,
+    /// The validation at the end of the last epoch.
+    last_validation: Option<Validation>,
+}
+
+/// What an epoch in progress has summed so far.
+#[derive(Default)]
+struct EpochAcc {
+    loss_sum: f64,
+    fwd: f64,
+    bwd: f64,
+    optim: f64,
+    lr: f32,
+    items: usize,
+    seconds: f64,
+}
+
+impl<'r, L: Learner> Trainer<'r, L> {
+    /// Sets the run up (and resumes from the checkpoint in `run.dir` when asked).
+    pub(crate) fn start(
+        mut learner: L,
+        units: Vec<usize>,
+        train_rows: usize,
+        val: Vec<usize>,
+        s: &'r LoopSettings,
+        run: &'r RunOptions,
+    ) -> Result<Self, FinetuneError> {
+        let steps_per_epoch = units.len().div_ceil(s.batch_size) as u64;
+        let total_steps = steps_per_epoch * s.epochs as u64;
+        let warmup = (total_steps as f64 * s.warmup_fraction as f64).ceil() as u64;
+        let n = learner.parts().1.len();
+        let mut opt = AdamW::new(n);
+        let mut ck = Checkpoint {
+            epoch: 0,
+            best_epoch: 0,
+            best_accuracy: f64::NEG_INFINITY,
+            since_best: 0,
+        };
+        let mut best = None;
+        let mut logs = Vec::new();
+        if let Some(dir) = &run.dir {
+            std::fs::create_dir_all(dir).map_err(|e| FinetuneError::io(dir, e))?;
+            let path = checkpoint_path(dir);
+            if run.resume && path.exists() {
+                resume(
+                    &path,
+                    &mut learner,
+                    &mut opt,
+                    &mut best,
+                    &mut ck,
+                    &s.fingerprint,
+                )?;
+                logs = read_log(&dir.join("log.jsonl"), ck.epoch)?;
+                tracing::info!("resumed from {} after epoch {}", path.display(), ck.epoch);
             } else {
-                1.0
-            };
-            lr = linear_schedule(opt.step + 1, warmup, total_steps, s.learning_rate);
-            let cfg = StepConfig {
-                lr,
-                layer_decay: s.layer_decay,
-                weight_decay: s.weight_decay,
-                grad_scale,
-                first_trainable: s.first_trainable,
-            };
-            opt.step(slots, params, &mut grads, cfg);
-            optim_s += t.elapsed().as_secs_f64();
-            bar.inc(1);
-            bar.set_message(format!(
-                "epoch {epoch}, loss {:.4}, {:.1} {}/s",
-                out.loss,
-                items as f64 / t0.elapsed().as_secs_f64(),
-                s.item_name
-            ));
+                // A fresh run starts a fresh log.
+                crate::atomic_write(&dir.join("log.jsonl"), b"")?;
+            }
         }
-        let val_acc = if val.is_empty() {
+        let resumed = ck.epoch;
+        let bar = crate::progress::bar(run.progress, total_steps, resumed as u64 * steps_per_epoch);
+        Ok(Trainer {
+            learner,
+            units,
+            train_rows,
+            val,
+            s,
+            run,
+            opt,
+            grads: vec![0.0f32; n],
+            ck,
+            best,
+            logs,
+            resumed,
+            total_steps,
+            warmup,
+            bar,
+            batches: Vec::new(),
+            next_batch: 0,
+            acc: EpochAcc::default(),
+            units_trained: 0,
+            loss_total: 0.0,
+            last_validation: None,
+        })
+    }
+
+    /// Whether every epoch has run, or early stopping has ended the run.
+    pub(crate) fn is_done(&self) -> bool {
+        self.batches.is_empty()
+            && (self.ck.epoch >= self.s.epochs
+                || (self.s.patience > 0 && self.ck.since_best >= self.s.patience))
+    }
+
+    /// Sum of the training loss times batch size over the units this process trained.
+    pub(crate) fn loss_total(&self) -> f64 {
+        self.loss_total
+    }
+
+    /// The best validation accuracy of the epochs run so far (none before the first
+    /// epoch ends, or without validation rows).
+    pub(crate) fn best_accuracy(&self) -> Option<f64> {
+        self.ck
+            .best_accuracy
+            .is_finite()
+            .then_some(self.ck.best_accuracy)
+    }
+
+    /// Validation accuracy and loss of the weights as they are now.
+    pub(crate) fn validation_now(&mut self) -> Result<Validation, FinetuneError> {
+        if self.batches.is_empty()
+            && let Some(v) = self.last_validation
+        {
+            return Ok(v);
+        }
+        let val = std::mem::take(&mut self.val);
+        let v = self.learner.evaluate(&val);
+        self.val = val;
+        v
+    }
+
+    /// Trains until at least `target` units have been trained by this process (a step is
+    /// never cut) or the run is done; epochs end as in a plain run (validation, log,
+    /// checkpoint, `on_epoch`).
+    pub(crate) fn advance(
+        &mut self,
+        target: u64,
+        on_epoch: &mut (dyn FnMut(&EpochLog, &L::Model) + Send),
+    ) -> Result<(), FinetuneError> {
+        while self.units_trained < target && !self.is_done() {
+            if self.batches.is_empty() {
+                self.batches = epoch_batches(
+                    &self.units,
+                    self.s.batch_size,
+                    self.s.seed,
+                    self.ck.epoch + 1,
+                );
+                self.next_batch = 0;
+                self.acc = EpochAcc::default();
+            }
+            let t0 = Instant::now();
+            while self.next_batch < self.batches.len() && self.units_trained < target {
+                self.step()?;
+            }
+            self.acc.seconds += t0.elapsed().as_secs_f64();
+            if self.next_batch == self.batches.len() {
+                self.end_epoch(on_epoch)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<(), FinetuneError> {
+        let s = self.s;
+        let epoch = self.ck.epoch + 1;
+        let idx = std::mem::take(&mut self.batches[self.next_batch]);
+        self.next_batch += 1;
+        let step = self.opt.step + 1;
+        let non_finite = |step: u64| FinetuneError::NonFinite {
+            step,
+            epoch,
+            kept: self.run.dir.as_ref().map(|d| checkpoint_path(d)),
+        };
+        let out = self.learner.step(&idx, epoch, step, &mut self.grads)?;
+        self.acc.fwd += out.forward_seconds;
+        self.acc.bwd += out.backward_seconds;
+        self.acc.items += out.items;
+        if !out.loss.is_finite() {
+            return Err(non_finite(step));
+        }
+        self.acc.loss_sum += out.loss as f64 * idx.len() as f64;
+        self.units_trained += idx.len() as u64;
+        self.loss_total += out.loss as f64 * idx.len() as f64;
+        let t = Instant::now();
+        let (slots, params) = self.learner.parts();
+        let norm = grad_norm(slots, &self.grads, s.first_trainable);
+        if !norm.is_finite() {
+            return Err(non_finite(step));
+        }
+        let grad_scale = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm as f64 {
+            (s.max_grad_norm as f64 / (norm + 1e-6)) as f32
+        } else {
+            1.0
+        };
+        self.acc.lr = linear_schedule(step, self.warmup, self.total_steps, s.learning_rate);
+        let cfg = StepConfig {
+            lr: self.acc.lr,
+            layer_decay: s.layer_decay,
+            weight_decay: s.weight_decay,
+            grad_scale,
+            first_trainable: s.first_trainable,
+        };
+        self.opt.step(slots, params, &mut self.grads, cfg);
+        self.acc.optim += t.elapsed().as_secs_f64();
+        self.bar.inc(1);
+        self.bar.set_message(format!(
+            "epoch {epoch}, loss {:.4}, {:.1} {}/s",
+            out.loss,
+            self.acc.items as f64 / (self.acc.seconds + t.elapsed().as_secs_f64()).max(1e-9),
+            s.item_name
+        ));
+        Ok(())
+    }
+
+    fn end_epoch(
+        &mut self,
+        on_epoch: &mut (dyn FnMut(&EpochLog, &L::Model) + Send),
+    ) -> Result<(), FinetuneError> {
+        let epoch = self.ck.epoch + 1;
+        let t0 = Instant::now();
+        let validation = if self.val.is_empty() {
             None
         } else {
-            Some(learner.accuracy(val)?)
+            let val = std::mem::take(&mut self.val);
+            let v = self.learner.evaluate(&val);
+            self.val = val;
+            Some(v?)
         };
-        ck.epoch = epoch;
+        self.last_validation = validation;
+        let val_acc = validation.map(|v| v.accuracy);
+        self.ck.epoch = epoch;
         match val_acc {
-            Some(a) if a > ck.best_accuracy => {
-                ck.best_accuracy = a;
-                ck.best_epoch = epoch;
-                ck.since_best = 0;
-                best = Some((learner.parts().1.clone(), learner.state().clone()));
+            Some(a) if a > self.ck.best_accuracy => {
+                self.ck.best_accuracy = a;
+                self.ck.best_epoch = epoch;
+                self.ck.since_best = 0;
+                self.best = Some((self.learner.parts().1.clone(), self.learner.state().clone()));
             }
-            Some(_) => ck.since_best += 1,
-            None => ck.best_epoch = epoch,
+            Some(_) => self.ck.since_best += 1,
+            None => self.ck.best_epoch = epoch,
         }
-        let secs = t0.elapsed().as_secs_f64();
+        let secs = self.acc.seconds + t0.elapsed().as_secs_f64();
+        let a = &self.acc;
         let log = EpochLog {
             epoch,
-            train_loss: loss_sum / units.len() as f64,
+            train_loss: a.loss_sum / self.units.len() as f64,
             validation_accuracy: val_acc,
-            learning_rate: lr,
+            learning_rate: a.lr,
             seconds: secs,
-            sentences_per_second: items as f64 / secs,
-            forward_seconds: fwd,
-            backward_seconds: bwd,
-            optimizer_seconds: optim_s,
+            sentences_per_second: a.items as f64 / secs,
+            forward_seconds: a.fwd,
+            backward_seconds: a.bwd,
+            optimizer_seconds: a.optim,
         };
         tracing::info!(
             "epoch {epoch}: loss {:.4}, validation {:?}, {:.1} {}/s",
             log.train_loss,
             val_acc,
             log.sentences_per_second,
-            s.item_name
+            self.s.item_name
         );
-        if let Some(dir) = &run.dir {
-            save_checkpoint(dir, learner, best.as_ref(), &opt, &ck, &s.fingerprint)?;
+        if let Some(dir) = &self.run.dir {
+            save_checkpoint(
+                dir,
+                &mut self.learner,
+                self.best.as_ref(),
+                &self.opt,
+                &self.ck,
+                &self.s.fingerprint,
+            )?;
             let mut f = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
@@ -349,22 +573,30 @@ pub(crate) fn run_epochs<L: Learner>(
             writeln!(f, "{}", serde_json::to_string(&log).expect("plain struct"))
                 .map_err(|e| FinetuneError::io(dir, e))?;
         }
+        self.batches.clear();
         // The bar steps aside while the caller prints.
-        bar.suspend(|| on_epoch(&log, learner.model()));
-        logs.push(log);
+        let learner = &self.learner;
+        self.bar.suspend(|| on_epoch(&log, learner.model()));
+        self.logs.push(log);
+        Ok(())
     }
-    bar.finish_and_clear();
-    if let Some((p, st)) = best {
-        *learner.parts().1 = p;
-        *learner.state() = st;
+
+    /// Ends the run: the kept weights (the best validation epoch's, else the last) are put
+    /// back into the model.
+    pub(crate) fn finish(mut self) -> FinetuneReport {
+        self.bar.finish_and_clear();
+        if let Some((p, st)) = self.best.take() {
+            *self.learner.parts().1 = p;
+            *self.learner.state() = st;
+        }
+        FinetuneReport {
+            epochs: self.logs,
+            best_epoch: self.ck.best_epoch,
+            train_rows: self.train_rows,
+            validation_rows: self.val.len(),
+            resumed_epochs: self.resumed,
+        }
     }
-    Ok(FinetuneReport {
-        epochs: logs,
-        best_epoch: ck.best_epoch,
-        train_rows,
-        validation_rows: val.len(),
-        resumed_epochs: resumed,
-    })
 }
 
 fn save_checkpoint<L: Learner>(

@@ -89,6 +89,7 @@ pub mod onnx;
 pub mod ops;
 pub mod optim;
 mod progress;
+pub mod search;
 pub mod torch;
 pub mod train;
 pub mod vision;
@@ -103,6 +104,7 @@ pub use model::{
     image_head_classifier, load_pretrained,
 };
 pub use ops::Threads;
+pub use search::{SearchEvent, SearchReport, SearchSpace, search_images, search_text};
 pub use train::{
     EpochLog, FinetuneParams, FinetuneReport, RunOptions, Strategy, class_scores, epoch_batches,
     finetune, finetune_with, predict, sentence_vectors, tokenize,

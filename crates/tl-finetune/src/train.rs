@@ -3,6 +3,7 @@
 //! that a rerun resumes from.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use tl_core::{Rng, split::stratified_split};
 
 use crate::FinetuneError;
 use crate::bert::{Batch, BertClassifier, DropoutSpec, Slot};
-use crate::fit::{Common, Learner, StepOut, run_epochs};
+use crate::fit::{Common, Learner, LoopSettings, StepOut, Validation, run_epochs, validation_of};
 use crate::ops::Threads;
 
 /// Which part of the encoder trains. Written as `full`, `top:N`, `head` or
@@ -417,7 +418,7 @@ fn for_each_sorted_batch(
 }
 
 /// Checks labelled training data; errors name the row.
-fn check_data(
+pub(crate) fn check_data(
     seqs: &[Vec<u32>],
     labels: &[usize],
     classes: usize,
@@ -521,71 +522,10 @@ fn train_loop(
     run: &RunOptions,
     on_epoch: &mut (dyn FnMut(&EpochLog, &BertClassifier) + Send),
 ) -> Result<FinetuneReport, FinetuneError> {
-    let th = Threads(params.threads);
-    let all: Vec<usize> = (0..seqs.len()).collect();
-    let (train, val) = if params.validation_fraction > 0.0 {
-        stratified_split(
-            labels,
-            &all,
-            params.validation_fraction as f64,
-            params.seed ^ 0x5EED,
-        )
-        .map_err(|e| FinetuneError::Data(e.to_string()))?
-    } else {
-        (all, Vec::new())
-    };
-    let first_trainable = params
-        .strategy
-        .first_trainable(model.config.num_hidden_layers);
-    // What one step's batch is made of: training rows, or (contrastive) pairs of rows.
-    let pairs = (params.strategy == Strategy::Contrastive)
-        .then(|| make_pairs(&train, labels, params.pairs_per_item, params.seed));
-    let units: Vec<usize> = match &pairs {
-        Some(p) => (0..p.len()).collect(),
-        None => train.clone(),
-    };
-    // top:N: the frozen part runs once per item, not once per epoch.
-    let frozen: Option<Vec<Vec<f32>>> = if first_trainable >= 1 {
-        let t = Instant::now();
-        let train_seqs: Vec<Vec<u32>> = train.iter().map(|&i| seqs[i].clone()).collect();
-        let (states, computed) = crate::frozen::frozen_states(
-            model,
-            &train_seqs,
-            first_trainable,
-            run.frozen_store.as_ref(),
-            th,
-        )?;
-        tracing::info!(
-            "frozen layers: {} of {} items computed, the rest cached ({:.1}s)",
-            computed,
-            train.len(),
-            t.elapsed().as_secs_f64()
-        );
-        let mut by_row = vec![Vec::new(); seqs.len()];
-        for (&i, s) in train.iter().zip(states) {
-            by_row[i] = s;
-        }
-        Some(by_row)
-    } else {
-        None
-    };
-    let settings = params.common().settings(
-        first_trainable,
-        serde_json::to_string(params).expect("plain struct"),
-        "sentences",
-    );
-    let mut learner = TextLearner {
-        model,
-        seqs,
-        labels,
-        train: &train,
-        pairs,
-        frozen,
-        params,
-        first_trainable,
-        no_state: Vec::new(),
-        th,
-    };
+    let (train, val) = text_split(labels, params)?;
+    let mut frozen = FrozenStates::default();
+    let (mut learner, units, settings) =
+        text_learner(model, seqs, labels, params, run, &train, &mut frozen)?;
     run_epochs(
         &mut learner,
         &units,
@@ -597,15 +537,112 @@ fn train_loop(
     )
 }
 
-/// A text encoder with its token sequences, for the shared loop.
-struct TextLearner<'a> {
+/// The training and validation rows (stratified with the run's seed when
+/// `validation_fraction > 0`): the same for every configuration of a search.
+pub(crate) fn text_split(
+    labels: &[usize],
+    params: &FinetuneParams,
+) -> Result<(Vec<usize>, Vec<usize>), FinetuneError> {
+    let all: Vec<usize> = (0..labels.len()).collect();
+    if params.validation_fraction > 0.0 {
+        stratified_split(
+            labels,
+            &all,
+            params.validation_fraction as f64,
+            params.seed ^ 0x5EED,
+        )
+        .map_err(|e| FinetuneError::Data(e.to_string()))
+    } else {
+        Ok((all, Vec::new()))
+    }
+}
+
+/// Frozen layers' outputs per training row, by the first trainable depth: configurations
+/// of a search that freeze the same layers share them.
+pub(crate) type FrozenStates = std::collections::BTreeMap<usize, Arc<Vec<Vec<f32>>>>;
+
+/// The learner of one configuration, the units its epochs shuffle (rows, or pairs) and
+/// the loop's settings.
+pub(crate) fn text_learner<'a>(
     model: &'a mut BertClassifier,
     seqs: &'a [Vec<u32>],
     labels: &'a [usize],
-    train: &'a [usize],
+    params: &FinetuneParams,
+    run: &RunOptions,
+    train: &[usize],
+    frozen_by_depth: &mut FrozenStates,
+) -> Result<(TextLearner<'a>, Vec<usize>, LoopSettings), FinetuneError> {
+    let th = Threads(params.threads);
+    let first_trainable = params
+        .strategy
+        .first_trainable(model.config.num_hidden_layers);
+    // What one step's batch is made of: training rows, or (contrastive) pairs of rows.
+    let pairs = (params.strategy == Strategy::Contrastive)
+        .then(|| make_pairs(train, labels, params.pairs_per_item, params.seed));
+    let units: Vec<usize> = match &pairs {
+        Some(p) => (0..p.len()).collect(),
+        None => train.to_vec(),
+    };
+    // top:N: the frozen part runs once per item, not once per epoch.
+    let frozen = if first_trainable >= 1 {
+        if let Some(f) = frozen_by_depth.get(&first_trainable) {
+            Some(f.clone())
+        } else {
+            let t = Instant::now();
+            let train_seqs: Vec<Vec<u32>> = train.iter().map(|&i| seqs[i].clone()).collect();
+            let (states, computed) = crate::frozen::frozen_states(
+                model,
+                &train_seqs,
+                first_trainable,
+                run.frozen_store.as_ref(),
+                th,
+            )?;
+            tracing::info!(
+                "frozen layers: {} of {} items computed, the rest cached ({:.1}s)",
+                computed,
+                train.len(),
+                t.elapsed().as_secs_f64()
+            );
+            let mut by_row = vec![Vec::new(); seqs.len()];
+            for (&i, s) in train.iter().zip(states) {
+                by_row[i] = s;
+            }
+            let f = Arc::new(by_row);
+            frozen_by_depth.insert(first_trainable, f.clone());
+            Some(f)
+        }
+    } else {
+        None
+    };
+    let settings = params.common().settings(
+        first_trainable,
+        serde_json::to_string(params).expect("plain struct"),
+        "sentences",
+    );
+    let learner = TextLearner {
+        model,
+        seqs,
+        labels,
+        train: train.to_vec(),
+        pairs,
+        frozen,
+        params: params.clone(),
+        first_trainable,
+        no_state: Vec::new(),
+        th,
+    };
+    Ok((learner, units, settings))
+}
+
+/// A text encoder with its token sequences, for the shared loop.
+pub(crate) struct TextLearner<'a> {
+    model: &'a mut BertClassifier,
+    seqs: &'a [Vec<u32>],
+    labels: &'a [usize],
+    train: Vec<usize>,
     pairs: Option<Vec<(usize, usize, f32)>>,
-    frozen: Option<Vec<Vec<f32>>>,
-    params: &'a FinetuneParams,
+    frozen: Option<Arc<Vec<Vec<f32>>>>,
+    params: FinetuneParams,
     first_trainable: usize,
     no_state: Vec<f32>,
     th: Threads,
@@ -681,18 +718,25 @@ impl Learner for TextLearner<'_> {
         })
     }
 
-    fn accuracy(&mut self, val: &[usize]) -> Result<f64, FinetuneError> {
+    fn evaluate(&mut self, val: &[usize]) -> Result<Validation, FinetuneError> {
         let vs: Vec<Vec<u32>> = val.iter().map(|&i| self.seqs[i].clone()).collect();
-        let pred = if self.pairs.is_some() {
-            centroid_predict(self.model, self.seqs, self.labels, self.train, &vs, self.th)?
-        } else {
-            predict(self.model, &vs, 64, self.th)
-        };
-        let right = pred
-            .iter()
-            .zip(val)
-            .filter(|(p, i)| **p == self.labels[**i])
-            .count();
-        Ok(right as f64 / val.len() as f64)
+        let y: Vec<usize> = val.iter().map(|&i| self.labels[i]).collect();
+        if self.pairs.is_none() {
+            let logits = class_scores(self.model, &vs, 64, self.th);
+            return Ok(validation_of(&logits, &y, self.model.classes));
+        }
+        let pred = centroid_predict(
+            self.model,
+            self.seqs,
+            self.labels,
+            &self.train,
+            &vs,
+            self.th,
+        )?;
+        let right = pred.iter().zip(&y).filter(|(p, y)| p == y).count();
+        Ok(Validation {
+            accuracy: right as f64 / val.len() as f64,
+            loss: None,
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! learner for the shared training loop, inference, and loading a pretrained network
 //! from its model manifest.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -15,7 +16,7 @@ use crate::FinetuneError;
 use crate::bert::Slot;
 use crate::cnn::{BnMode, ConvNet};
 use crate::conv;
-use crate::fit::{Common, Learner, StepOut, run_epochs};
+use crate::fit::{Common, Learner, LoopSettings, StepOut, Validation, run_epochs, validation_of};
 use crate::ops::{self, Threads, hash_uniform};
 use crate::train::{EpochLog, FinetuneReport, RunOptions, Strategy, fnv};
 
@@ -479,15 +480,15 @@ fn check_resolution(net: &ConvNet, r: usize) -> Result<(), FinetuneError> {
 /// this many bytes.
 const FROZEN_CACHE_BYTES: usize = 2 << 30;
 
-struct ImageLearner<'a> {
+pub(crate) struct ImageLearner<'a> {
     net: &'a mut ConvNet,
     inputs: &'a [ImageInput],
     labels: &'a [usize],
     spec: ImageSpec,
-    params: &'a ImageParams,
+    params: ImageParams,
     first: usize,
     /// Input of block `first` per training image, when cached (no augmentation).
-    frozen: Option<Vec<Vec<f32>>>,
+    frozen: Option<Arc<Vec<Vec<f32>>>>,
     frozen_hw: (usize, usize),
     th: Threads,
 }
@@ -583,16 +584,11 @@ impl Learner for ImageLearner<'_> {
         })
     }
 
-    fn accuracy(&mut self, rows: &[usize]) -> Result<f64, FinetuneError> {
+    fn evaluate(&mut self, rows: &[usize]) -> Result<Validation, FinetuneError> {
         let f = features_at(self.net, self.inputs, rows, &self.spec, 64, self.th)?;
         let logits = self.net.logits_of(&f, rows.len(), self.th);
-        let right = logits
-            .chunks_exact(self.net.classes)
-            .map(argmax)
-            .zip(rows)
-            .filter(|(p, i)| *p == self.labels[**i])
-            .count();
-        Ok(right as f64 / rows.len().max(1) as f64)
+        let y: Vec<usize> = rows.iter().map(|&i| self.labels[i]).collect();
+        Ok(validation_of(&logits, &y, self.net.classes))
     }
 }
 
@@ -609,6 +605,34 @@ pub fn finetune_images(
     on_epoch: &mut (dyn FnMut(&EpochLog, &ConvNet) + Send),
 ) -> Result<FinetuneReport, FinetuneError> {
     params.check()?;
+    check_images(net, inputs, labels)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(params.threads)
+        .build()
+        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    pool.install(|| {
+        let (train, val) = image_split(labels, params)?;
+        let mut frozen = FrozenBlocks::default();
+        let (mut learner, units, settings) =
+            image_learner(net, inputs, labels, spec, params, run, &train, &mut frozen)?;
+        run_epochs(
+            &mut learner,
+            &units,
+            train.len(),
+            &val,
+            &settings,
+            run,
+            on_epoch,
+        )
+    })
+}
+
+/// Checks labelled training images; errors name the row.
+pub(crate) fn check_images(
+    net: &ConvNet,
+    inputs: &[ImageInput],
+    labels: &[usize],
+) -> Result<(), FinetuneError> {
     if inputs.is_empty() {
         return Err(FinetuneError::Data("no training images".into()));
     }
@@ -632,57 +656,80 @@ pub fn finetune_images(
             "the training rows hold a single class: a classifier needs at least two".into(),
         ));
     }
+    Ok(())
+}
+
+/// The training and validation images (stratified with the run's seed when
+/// `validation_fraction > 0`): the same for every configuration of a search.
+pub(crate) fn image_split(
+    labels: &[usize],
+    params: &ImageParams,
+) -> Result<(Vec<usize>, Vec<usize>), FinetuneError> {
+    let all: Vec<usize> = (0..labels.len()).collect();
+    if params.validation_fraction > 0.0 {
+        stratified_split(
+            labels,
+            &all,
+            params.validation_fraction as f64,
+            params.seed ^ 0x5EED,
+        )
+        .map_err(|e| FinetuneError::Data(e.to_string()))
+    } else {
+        Ok((all, Vec::new()))
+    }
+}
+
+/// Frozen blocks' outputs per training image and their size, by first trainable block
+/// and resolution: configurations of a search that freeze the same blocks share them.
+pub(crate) type FrozenBlocks =
+    std::collections::BTreeMap<(usize, usize), (Arc<Vec<Vec<f32>>>, (usize, usize))>;
+
+/// The learner of one configuration, the units its epochs shuffle and the loop's
+/// settings.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn image_learner<'a>(
+    net: &'a mut ConvNet,
+    inputs: &'a [ImageInput],
+    labels: &'a [usize],
+    spec: &ImageSpec,
+    params: &ImageParams,
+    run: &RunOptions,
+    train: &[usize],
+    frozen: &mut FrozenBlocks,
+) -> Result<(ImageLearner<'a>, Vec<usize>, LoopSettings), FinetuneError> {
     let spec = spec_at(spec, params.resolution);
     let r = spec.size as usize;
     check_resolution(net, r)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(params.threads)
-        .build()
-        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
-    pool.install(|| {
-        let th = Threads(params.threads);
-        let all: Vec<usize> = (0..inputs.len()).collect();
-        let (train, val) = if params.validation_fraction > 0.0 {
-            stratified_split(
-                labels,
-                &all,
-                params.validation_fraction as f64,
-                params.seed ^ 0x5EED,
-            )
-            .map_err(|e| FinetuneError::Data(e.to_string()))?
+    let th = Threads(params.threads);
+    let first = params.first_trainable(net);
+    let mut learner = ImageLearner {
+        net,
+        inputs,
+        labels,
+        spec,
+        params: params.clone(),
+        first,
+        frozen: None,
+        frozen_hw: (r, r),
+        th,
+    };
+    if first > 0 && !params.augment.is_active() {
+        if let Some((f, hw)) = frozen.get(&(first, r)) {
+            learner.frozen = Some(f.clone());
+            learner.frozen_hw = *hw;
         } else {
-            (all, Vec::new())
-        };
-        let first = params.first_trainable(net);
-        let mut learner = ImageLearner {
-            net,
-            inputs,
-            labels,
-            spec: spec.clone(),
-            params,
-            first,
-            frozen: None,
-            frozen_hw: (r, r),
-            th,
-        };
-        if first > 0 && !params.augment.is_active() {
-            cache_frozen(&mut learner, &train, run.frozen_store.as_ref())?;
+            cache_frozen(&mut learner, train, run.frozen_store.as_ref())?;
+            if let Some(f) = &learner.frozen {
+                frozen.insert((first, r), (f.clone(), learner.frozen_hw));
+            }
         }
-        let settings = params.common().settings(
-            first,
-            serde_json::to_string(params).expect("plain struct"),
-            "images",
-        );
-        run_epochs(
-            &mut learner,
-            &train,
-            train.len(),
-            &val,
-            &settings,
-            run,
-            on_epoch,
-        )
-    })
+    }
+    let settings = params.common().settings(
+        first,
+        serde_json::to_string(params).expect("plain struct"),
+        "images",
+    );
+    Ok((learner, train.to_vec(), settings))
 }
 
 /// Runs the frozen blocks once per training image (or reads their outputs from the
@@ -721,7 +768,7 @@ fn cache_frozen(
     for (&i, v) in train.iter().zip(states) {
         rows[i] = v;
     }
-    l.frozen = Some(rows);
+    l.frozen = Some(Arc::new(rows));
     l.frozen_hw = (h, w);
     Ok(())
 }
