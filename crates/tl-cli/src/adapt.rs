@@ -22,13 +22,17 @@ pub(crate) struct AdaptArgs {
     /// Backbone.
     #[arg(long, default_value = "all-minilm-l6-v2")]
     model: String,
-    /// Methods, comma-separated: standardize, coral, subspace, importance.
+    /// Methods, comma-separated: standardize, coral, subspace, importance (on features);
+    /// simcse, dann (text) and adabn (images) adapt the backbone itself and take minutes.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "standardize,coral,subspace,importance"
     )]
     methods: Vec<String>,
+    /// Use at most this many rows of each dataset (a stratified sample).
+    #[arg(long)]
+    limit: Option<usize>,
     /// Also write report.json, summary.md and results.csv here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -45,16 +49,19 @@ pub(crate) fn adapt(registry: &Registry, a: &AdaptArgs) -> Result<()> {
             target: a.target.clone(),
         }],
     );
-    let all = std::mem::take(&mut exp.methods);
+    let mut all = std::mem::take(&mut exp.methods);
+    all.extend(tl_eval::MethodGrid::model_level());
     for name in &a.methods {
         match all.iter().find(|g| g.kind() == name) {
             Some(g) => exp.methods.push(g.clone()),
             None => bail!(UsageError(format!(
-                "--methods: unknown method `{name}`; use standardize, coral, subspace or importance"
+                "--methods: unknown method `{name}`; use standardize, coral, subspace, \
+                 importance, simcse, dann or adabn"
             ))),
         }
     }
     exp.table = a.table.settings();
+    exp.limit = a.limit;
     exp.check().map_err(UsageError)?;
     let cache = Cache::from_env();
     tl_assets::ensure_fetched(registry.get("onnxruntime")?, &cache)?;

@@ -136,6 +136,22 @@ fn reviews(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// A target domain for `reviews`: 20 kettle reviews, same labels.
+fn kettles(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("target.csv");
+    let mut csv = String::from("text,label\n");
+    for i in 0..20 {
+        let (w, l) = if i % 2 == 0 {
+            ("superb", "pos")
+        } else {
+            ("dreadful", "neg")
+        };
+        csv.push_str(&format!("\"a {w} kettle, number {i}\",{l}\n"));
+    }
+    std::fs::write(&p, csv).unwrap();
+    p
+}
+
 #[test]
 fn run_writes_a_report_and_rejects_bad_experiment_files() {
     let d = tempfile::tempdir().unwrap();
@@ -314,17 +330,7 @@ fn cache_info_and_export() {
 fn adapt_compares_methods_and_rejects_bad_pairs() {
     let d = tempfile::tempdir().unwrap();
     let source = reviews(d.path());
-    let target = d.path().join("target.csv");
-    let mut csv = String::from("text,label\n");
-    for i in 0..20 {
-        let (w, l) = if i % 2 == 0 {
-            ("superb", "pos")
-        } else {
-            ("dreadful", "neg")
-        };
-        csv.push_str(&format!("\"a {w} kettle, number {i}\",{l}\n"));
-    }
-    std::fs::write(&target, csv).unwrap();
+    let target = kettles(d.path());
     let (s, t) = (source.to_str().unwrap(), target.to_str().unwrap());
     let folder = d.path().join("adapt-report");
     let (code, out, err) = tl(&[
@@ -382,6 +388,103 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
     assert_eq!(code, 1);
     assert!(
         err.contains("row 0: label `meh` never occurs in the source"),
+        "{err}"
+    );
+}
+
+/// Model-level adaptation through `tl adapt`: DANN and SimCSE tune the encoder itself
+/// (every candidate, chosen by reverse validation like the feature-level methods), AdaBN
+/// re-estimates an image network's BatchNorm statistics on the target, and a method of
+/// the other modality is refused by name.
+#[test]
+fn adapt_tunes_the_backbone_itself_with_dann_simcse_and_adabn() {
+    let d = tempfile::tempdir().unwrap();
+    let source = reviews(d.path());
+    let target = kettles(d.path());
+    let (s, t) = (source.to_str().unwrap(), target.to_str().unwrap());
+    let folder = d.path().join("model-level");
+    let (code, out, err) = tl(&[
+        "adapt",
+        "--source",
+        s,
+        "--target",
+        t,
+        "--methods",
+        "dann,simcse",
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("dann(lambda=0.1, lr=0.00002, epochs=2) (trains the backbone)"),
+        "{err}"
+    );
+    for line in [
+        "| dann | dann(lambda=",
+        "| simcse | simcse(lr=",
+        "| rv-selected |",
+    ] {
+        assert!(out.contains(line), "{line} missing from\n{out}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
+            .unwrap();
+    let methods = json["pairs"][0]["methods"].as_array().unwrap();
+    let dann = methods.iter().find(|m| m["method"] == "dann").unwrap();
+    assert_eq!(dann["candidates"].as_array().unwrap().len(), 3, "{dann}");
+    let simcse = methods.iter().find(|m| m["method"] == "simcse").unwrap();
+    assert_eq!(simcse["chosen"]["method"], "simcse");
+    for m in [dann, simcse] {
+        let acc = m["accuracy"]["estimate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{m}");
+    }
+    let (code, _, err) = tl(&["adapt", "--source", s, "--target", t, "--methods", "adabn"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("adabn re-estimates BatchNorm statistics of image networks; all-minilm-l6-v2 is a text model"),
+        "{err}"
+    );
+    // AdaBN on digits: the target's statistics replace the source's, and the run says
+    // what it did per pair.
+    let home = finetune_home();
+    let (code, out, err) = tl_in(
+        home.path(),
+        &[
+            "adapt",
+            "--model",
+            "mobilenetv2",
+            "--source",
+            "optdigits",
+            "--target",
+            "mnist",
+            "--methods",
+            "adabn",
+            "--limit",
+            "60",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("| adabn | adabn |"), "{out}");
+    assert!(out.contains("(60 source rows, 60 target rows)"), "{out}");
+    let (code, _, err) = tl_in(
+        home.path(),
+        &[
+            "adapt",
+            "--model",
+            "mobilenetv2",
+            "--source",
+            "optdigits",
+            "--target",
+            "mnist",
+            "--methods",
+            "dann",
+            "--limit",
+            "20",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("dann adapts text encoders; mobilenetv2 is an image model (use adabn)"),
         "{err}"
     );
 }

@@ -1,7 +1,9 @@
 //! Domain adaptation on features: carry a head from a labelled source domain to an unlabelled
 //! target domain by aligning feature statistics or reweighting source rows. Each method sees
 //! target features, never target labels; [`reverse_validation`] picks hyperparameters the same
-//! way.
+//! way. Model-level methods ([`Method::is_model_level`]) adapt the backbone itself; the
+//! adaptation runner encodes both domains with the adapted model and scores the vectors
+//! the same way.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
@@ -224,9 +226,43 @@ pub enum Method {
         /// Cap on a weight (after scaling to mean 1).
         clip: f64,
     },
+    /// Model-level: the text encoder tuned by SimCSE on the target texts alone
+    /// ([`tl_finetune::DomainMethod::SimCse`]).
+    Simcse {
+        /// Peak learning rate.
+        learning_rate: f64,
+        /// Passes over the target texts.
+        epochs: usize,
+        /// InfoNCE temperature.
+        temperature: f64,
+    },
+    /// Model-level: the text encoder fine-tuned on the source labels against a domain
+    /// classifier whose gradient is reversed ([`tl_finetune::DomainMethod::Dann`]);
+    /// `lambda = 0` is fine-tuning on the source alone.
+    Dann {
+        /// Weight of the reversed domain gradient.
+        lambda: f64,
+        /// Peak learning rate.
+        learning_rate: f64,
+        /// Passes over the source texts.
+        epochs: usize,
+    },
+    /// Model-level: an image network's BatchNorm statistics re-estimated on each domain's
+    /// own images ([`tl_finetune::adabn`]), source rows encoded with the source's, target
+    /// rows with the target's.
+    Adabn,
 }
 
 impl Method {
+    /// Whether the method adapts the backbone itself (its features then come from the
+    /// adapted model, not from the backbone's cached features).
+    pub fn is_model_level(&self) -> bool {
+        matches!(
+            self,
+            Method::Simcse { .. } | Method::Dann { .. } | Method::Adabn
+        )
+    }
+
     /// The method's name without hyperparameters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -235,16 +271,29 @@ impl Method {
             Method::Coral { .. } => "coral",
             Method::Subspace { .. } => "subspace",
             Method::Importance { .. } => "importance",
+            Method::Simcse { .. } => "simcse",
+            Method::Dann { .. } => "dann",
+            Method::Adabn => "adabn",
         }
     }
 
     /// The method with its hyperparameters, for reports.
     pub fn label(&self) -> String {
         match self {
-            Method::SourceOnly | Method::Standardize => self.kind().to_string(),
+            Method::SourceOnly | Method::Standardize | Method::Adabn => self.kind().to_string(),
             Method::Coral { eps_scale } => format!("coral(eps_scale={eps_scale})"),
             Method::Subspace { dims } => format!("subspace(dims={dims})"),
             Method::Importance { c, clip } => format!("importance(c={c}, clip={clip})"),
+            Method::Simcse {
+                learning_rate,
+                epochs,
+                temperature,
+            } => format!("simcse(lr={learning_rate}, epochs={epochs}, t={temperature})"),
+            Method::Dann {
+                lambda,
+                learning_rate,
+                epochs,
+            } => format!("dann(lambda={lambda}, lr={learning_rate}, epochs={epochs})"),
         }
     }
 
@@ -275,6 +324,13 @@ impl Method {
             Method::Importance { c, clip } => {
                 let w = importance_weights(source, target, *c, *clip, seed)?;
                 (source.to_owned(), target.to_owned(), Some(w))
+            }
+            Method::Simcse { .. } | Method::Dann { .. } | Method::Adabn => {
+                return Err(EvalError::Config(format!(
+                    "{} adapts the backbone, not its features: run it in an adaptation \
+                     experiment, which encodes both domains with the adapted model",
+                    self.label()
+                )));
             }
         };
         Ok(Adapted {

@@ -11,12 +11,13 @@ use ndarray::{Array2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_assets::{Cache, Registry};
-use tl_core::split::{stratified_kfold, stratified_sample};
+use tl_core::split::{stratified_kfold, stratified_sample, stratified_split};
 use tl_data::Dataset;
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 use crate::EvalError;
-use crate::adapt::{Method, reverse_validation};
+use crate::adapt::{Adapted, Method, reverse_validation};
+use crate::adapt_model::{Domain, adapted_features};
 use crate::report::{Report, ReportFile, csv_field};
 use crate::runner::{
     Observer, backbone_features, check_limits, check_name, default_batch, default_bootstrap,
@@ -62,10 +63,52 @@ pub enum MethodGrid {
         #[serde(default = "default_clip")]
         clip: f64,
     },
+    /// SimCSE on the target texts (model-level) over learning rates.
+    Simcse {
+        /// Candidate peak learning rates.
+        learning_rate: Vec<f64>,
+        /// Passes over the target texts.
+        #[serde(default = "default_simcse_epochs")]
+        epochs: usize,
+        /// InfoNCE temperature.
+        #[serde(default = "default_temperature")]
+        temperature: f64,
+    },
+    /// DANN (model-level) over the reversed gradient's weight; 0 is fine-tuning on the
+    /// source alone.
+    Dann {
+        /// Candidate weights of the reversed domain gradient.
+        lambda: Vec<f64>,
+        /// Peak learning rate.
+        #[serde(default = "default_dann_rate")]
+        learning_rate: f64,
+        /// Passes over the source texts.
+        #[serde(default = "default_dann_epochs")]
+        epochs: usize,
+    },
+    /// AdaBN (model-level, image backbones): BatchNorm statistics re-estimated on each
+    /// domain's own images.
+    Adabn,
 }
 
 fn default_clip() -> f64 {
     10.0
+}
+
+fn default_simcse_epochs() -> usize {
+    1
+}
+
+fn default_temperature() -> f64 {
+    0.05
+}
+
+fn default_dann_rate() -> f64 {
+    2e-5
+}
+
+fn default_dann_epochs() -> usize {
+    2
 }
 
 impl MethodGrid {
@@ -84,7 +127,52 @@ impl MethodGrid {
                 .iter()
                 .map(|&c| Method::Importance { c, clip: *clip })
                 .collect(),
+            MethodGrid::Simcse {
+                learning_rate,
+                epochs,
+                temperature,
+            } => learning_rate
+                .iter()
+                .map(|&lr| Method::Simcse {
+                    learning_rate: lr,
+                    epochs: *epochs,
+                    temperature: *temperature,
+                })
+                .collect(),
+            MethodGrid::Dann {
+                lambda,
+                learning_rate,
+                epochs,
+            } => lambda
+                .iter()
+                .map(|&l| Method::Dann {
+                    lambda: l,
+                    learning_rate: *learning_rate,
+                    epochs: *epochs,
+                })
+                .collect(),
+            MethodGrid::Adabn => vec![Method::Adabn],
         }
+    }
+
+    /// The model-level methods with their default grids: SimCSE at learning rates 1e-5
+    /// and 3e-5 (one epoch), DANN at lambda 0 (fine-tuning on the source alone), 0.1 and
+    /// 1 (2e-5, two epochs), and AdaBN. Not among an experiment's defaults: each candidate
+    /// trains the backbone.
+    pub fn model_level() -> Vec<MethodGrid> {
+        vec![
+            MethodGrid::Simcse {
+                learning_rate: vec![1e-5, 3e-5],
+                epochs: default_simcse_epochs(),
+                temperature: default_temperature(),
+            },
+            MethodGrid::Dann {
+                lambda: vec![0.0, 0.1, 1.0],
+                learning_rate: default_dann_rate(),
+                epochs: default_dann_epochs(),
+            },
+            MethodGrid::Adabn,
+        ]
     }
 
     /// The method's name.
@@ -94,6 +182,9 @@ impl MethodGrid {
             MethodGrid::Coral { .. } => "coral",
             MethodGrid::Subspace { .. } => "subspace",
             MethodGrid::Importance { .. } => "importance",
+            MethodGrid::Simcse { .. } => "simcse",
+            MethodGrid::Dann { .. } => "dann",
+            MethodGrid::Adabn => "adabn",
         }
     }
 }
@@ -233,11 +324,34 @@ impl AdaptationExperiment {
                     Method::Importance { c, clip } => {
                         !(c.is_finite() && c > 0.0 && clip.is_finite() && clip > 1.0)
                     }
-                    Method::SourceOnly | Method::Standardize => false,
+                    Method::Simcse {
+                        learning_rate,
+                        epochs,
+                        temperature,
+                    } => {
+                        !(learning_rate > 0.0
+                            && learning_rate <= 1.0
+                            && (1..=100).contains(&epochs)
+                            && temperature > 0.0
+                            && temperature <= 1.0)
+                    }
+                    Method::Dann {
+                        lambda,
+                        learning_rate,
+                        epochs,
+                    } => {
+                        !((0.0..=10.0).contains(&lambda)
+                            && learning_rate > 0.0
+                            && learning_rate <= 1.0
+                            && (1..=100).contains(&epochs))
+                    }
+                    Method::SourceOnly | Method::Standardize | Method::Adabn => false,
                 };
                 if bad {
                     return Err(format!(
-                        "methods[{i}]: {} is out of range (eps_scale > 0, dims > 0, c > 0, clip > 1)",
+                        "methods[{i}]: {} is out of range (eps_scale > 0, dims > 0, c > 0, \
+                         clip > 1, learning_rate in (0, 1], epochs 1..=100, temperature in \
+                         (0, 1], lambda in [0, 10])",
                         cand.label()
                     ));
                 }
@@ -423,6 +537,55 @@ pub fn run_adaptation(
             let names = &src.label_names;
             let ys: Vec<usize> = src_rows.iter().map(|&i| src.labels[i]).collect();
             let yt = map_labels(src, tgt, tgt_rows)?;
+            let mut tuned = Vec::new();
+            // DANN trains on the rows reverse validation trains on (the same split).
+            let positions: Vec<usize> = (0..ys.len()).collect();
+            let labelled = if exp.methods.iter().any(|g| g.kind() == "dann") {
+                stratified_split(&ys, &positions, exp.validation_fraction, exp.seed)?.0
+            } else {
+                positions
+            };
+            for m in exp
+                .methods
+                .iter()
+                .flat_map(|g| g.candidates())
+                .filter(Method::is_model_level)
+            {
+                let t0 = Instant::now();
+                obs.note(&format!(
+                    "adapt     {backbone}: {} -> {}: {} (trains the backbone)...",
+                    p.source,
+                    p.target,
+                    m.label()
+                ));
+                let (s, t) = adapted_features(
+                    &m,
+                    backbone,
+                    &Domain {
+                        ds: src,
+                        rows: src_rows,
+                    },
+                    &ys,
+                    &labelled,
+                    &Domain {
+                        ds: tgt,
+                        rows: tgt_rows,
+                    },
+                    names.len(),
+                    registry,
+                    cache,
+                    exp.seed,
+                    progress,
+                )?;
+                obs.note(&format!(
+                    "adapt     {backbone}: {} -> {}: {} done ({:.0}s)",
+                    p.source,
+                    p.target,
+                    m.label(),
+                    t0.elapsed().as_secs_f64()
+                ));
+                tuned.push((m, s, t));
+            }
             let result = run_pair(
                 exp,
                 &head,
@@ -433,6 +596,7 @@ pub fn run_adaptation(
                 features[&p.target].view(),
                 &yt,
                 names,
+                &tuned,
                 t,
             )?;
             let so = &result.methods[0].accuracy;
@@ -498,6 +662,7 @@ fn run_pair(
     xt: ndarray::ArrayView2<f32>,
     yt: &[usize],
     names: &[String],
+    tuned: &[Tuned],
     start: Instant,
 ) -> Result<PairResult, EvalError> {
     // Every candidate of every method, scored by reverse validation, then fitted on all source
@@ -534,7 +699,14 @@ fn run_pair(
     let scored: Vec<Scored> = jobs
         .into_par_iter()
         .map(|(g, m)| {
-            let adapted = m.apply(xs, xt, exp.seed)?;
+            let adapted = match tuned.iter().find(|t| t.0 == m) {
+                Some((_, s, t)) => Adapted {
+                    source: s.clone(),
+                    target: t.clone(),
+                    weights: None,
+                },
+                None => m.apply(xs, xt, exp.seed)?,
+            };
             let rv =
                 reverse_validation(&adapted, ys, names, head, exp.validation_fraction, exp.seed)?;
             let model = head.fit_weighted(
@@ -604,6 +776,9 @@ fn run_pair(
 }
 
 type Scored = (usize, Method, f64, Vec<usize>);
+
+/// A model-level method and the source and target vectors of the model it adapted.
+type Tuned = (Method, Array2<f32>, Array2<f32>);
 
 /// The candidate with the best reverse-validation score; ties go to the earlier (simpler) one.
 fn best_of<'a>(items: impl IntoIterator<Item = &'a Scored>) -> &'a Scored {
@@ -703,7 +878,9 @@ pub fn adaptation_markdown(r: &AdaptationReport) -> String {
         "# {} (domain adaptation)\n\nHead: {}. Hyperparameters chosen by reverse validation \
          (no target labels); `rv-selected` is the best reverse-validation score over all methods. \
          Bound: {}-fold cross-validation on target labels. Intervals: 95% bootstrap over target \
-         rows ({} resamples).\n",
+         rows ({} resamples). Model-level methods (simcse, dann, adabn) adapt the backbone \
+         itself (its fp32 weights) and encode both domains with it; the other rows, the \
+         source-only row and the bound use the backbone's cached features.\n",
         r.experiment.name,
         r.experiment.head.kind(),
         r.experiment.bound_folds,

@@ -629,6 +629,7 @@ impl Tuner {
     /// Trains a fresh copy of the pretrained model on dataset rows `train` (and nothing
     /// else: the validation part of early stopping is carved from them), then predicts rows
     /// `test`. `few_shot`: a handful of rows per class, all trained on (no validation part).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fit_predict(
         &self,
         ds: &Dataset,

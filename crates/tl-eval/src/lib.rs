@@ -72,6 +72,7 @@
 #![warn(missing_docs)]
 
 pub mod adapt;
+mod adapt_model;
 mod adaptation;
 mod experiment;
 mod finetuned;

@@ -71,6 +71,36 @@ fn bad_adaptation_files_name_the_problem() {
             format!("{ok}[[methods]]\nmethod = \"coral\"\neps = [1]\n"),
             &["unknown field `eps`"],
         ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"dann\"\nlambda = [-1]\n"),
+            &[
+                "methods[0]",
+                "dann(lambda=-1, lr=0.00002, epochs=2)",
+                "lambda in [0, 10]",
+            ],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"dann\"\nlambda = [0.1]\nepochs = 0\n"),
+            &["methods[0]", "epochs=0"],
+        ),
+        (
+            format!(
+                "{ok}[[methods]]\nmethod = \"simcse\"\nlearning_rate = [3e-5]\ntemperature = 2\n"
+            ),
+            &["methods[0]", "t=2"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"simcse\"\nlearning_rate = []\n"),
+            &["methods[0] (simcse)", "at least one value"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"simcse\"\nlr = [3e-5]\n"),
+            &["line 5", "unknown field `lr`"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"adabn\"\nmomentum = 0.1\n"),
+            &["unknown field `momentum`"],
+        ),
         (format!("{ok}bound_folds = 1\n"), &["bound_folds"]),
         (
             format!("{ok}validation_fraction = 1.5\n"),

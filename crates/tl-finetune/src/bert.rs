@@ -322,7 +322,6 @@ pub struct DropoutSpec {
 }
 
 /// What a training step minimises.
-#[derive(Debug, Clone, Copy)]
 pub enum Objective<'a> {
     /// Cross-entropy of the linear classifier on the pooled vectors, one label per
     /// sequence.
@@ -331,6 +330,15 @@ pub enum Objective<'a> {
     /// cosine of each pair's pooled vectors and its target (SetFit's
     /// CosineSimilarityLoss). The classifier is not used.
     CosinePairs(&'a [f32]),
+    /// Sequences come in pairs, each the same text twice: the two dropout masks make
+    /// two views, and SimCSE's InfoNCE ([`ops::info_nce_loss`]) at this temperature
+    /// pulls them together and the other texts apart. The classifier is not used.
+    InfoNce(f32),
+    /// Any loss of the pooled vectors `[B, H]`: the function writes the loss's gradient
+    /// w.r.t. them into its second argument and returns the loss. The model's classifier
+    /// is not used; heads the loss trains belong to the caller (DANN's label and domain
+    /// classifiers).
+    Pooled(&'a mut dyn FnMut(&[f32], &mut [f32]) -> f32),
 }
 
 /// The loss of one training step and where its time went.
@@ -1045,6 +1053,15 @@ impl BertClassifier {
             Objective::CosinePairs(targets) => {
                 assert_eq!(b, 2 * targets.len(), "two sequences per pair");
                 let loss = ops::cosine_pairs_loss(&pooled, targets, h, &mut dpooled);
+                (loss, t0.elapsed().as_secs_f64(), std::time::Instant::now())
+            }
+            Objective::InfoNce(temperature) => {
+                assert_eq!(b % 2, 0, "two views per text");
+                let loss = ops::info_nce_loss(&pooled, h, temperature, &mut dpooled);
+                (loss, t0.elapsed().as_secs_f64(), std::time::Instant::now())
+            }
+            Objective::Pooled(f) => {
+                let loss = f(&pooled, &mut dpooled);
                 (loss, t0.elapsed().as_secs_f64(), std::time::Instant::now())
             }
         };

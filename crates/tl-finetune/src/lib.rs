@@ -82,6 +82,7 @@
 pub mod bert;
 pub mod cnn;
 pub mod conv;
+pub mod domain;
 mod fit;
 pub mod frozen;
 pub mod model;
@@ -99,6 +100,7 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{Batch, BertClassifier, BertConfig, DropoutSpec, Objective, StepOutput};
 pub use cnn::{BnMode, ConvNet};
+pub use domain::{DomainMethod, adapt_text};
 pub use model::{
     Exported, Pretrained, check_trainable, export, export_image, head_classifier,
     image_head_classifier, load_pretrained,
@@ -110,7 +112,7 @@ pub use train::{
     finetune, finetune_with, predict, sentence_vectors, tokenize,
 };
 pub use vision::{
-    Augment, ImageParams, PretrainedImage, finetune_images, image_features, image_logits,
+    Augment, ImageParams, PretrainedImage, adabn, finetune_images, image_features, image_logits,
     load_pretrained_image, predict_images,
 };
 

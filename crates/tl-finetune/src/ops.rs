@@ -328,6 +328,80 @@ pub fn cosine_pairs_loss(pooled: &[f32], targets: &[f32], h: usize, d: &mut [f32
     (loss / p as f64) as f32
 }
 
+/// SimCSE's contrastive loss (InfoNCE, both directions, mean over the `2P` choices):
+/// rows `2k` and `2k+1` of `pooled[2P, h]` are two views of item `k` (the same sequence
+/// under two dropout masks), and each view must pick its partner among all `P` views of
+/// the other side by cosine similarity over `temperature`. Writes the gradient w.r.t.
+/// `pooled` into `d` and returns the loss. With one item there is nothing to contrast and
+/// the loss is 0.
+pub fn info_nce_loss(pooled: &[f32], h: usize, temperature: f32, d: &mut [f32]) -> f32 {
+    let p = pooled.len() / (2 * h);
+    d.fill(0.0);
+    if p < 2 {
+        return 0.0;
+    }
+    // Unit vectors and the norms the backward pass divides by.
+    let mut u = vec![0.0f32; pooled.len()];
+    let mut norms = vec![0.0f32; 2 * p];
+    for (r, (row, out)) in pooled
+        .chunks_exact(h)
+        .zip(u.chunks_exact_mut(h))
+        .enumerate()
+    {
+        // A zero vector has no direction; the epsilon keeps its gradient finite.
+        let n = row.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+        norms[r] = n;
+        for (o, v) in out.iter_mut().zip(row) {
+            *o = v / n;
+        }
+    }
+    let view = |side: usize, k: usize| &u[(2 * k + side) * h..(2 * k + side + 1) * h];
+    // s[i, j] = cos(view a of i, view b of j) / temperature.
+    let mut s = vec![0.0f64; p * p];
+    for i in 0..p {
+        for j in 0..p {
+            let dot: f32 = view(0, i).iter().zip(view(1, j)).map(|(x, y)| x * y).sum();
+            s[i * p + j] = dot as f64 / temperature as f64;
+        }
+    }
+    // dL/ds from the row softmax (a picks among b) and the column softmax (b among a).
+    let mut g = vec![0.0f64; p * p];
+    let mut loss = 0.0f64;
+    let scale = 1.0 / (2 * p) as f64;
+    for dir in 0..2 {
+        for i in 0..p {
+            let at = |j: usize| if dir == 0 { i * p + j } else { j * p + i };
+            let max = (0..p).map(|j| s[at(j)]).fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = (0..p).map(|j| (s[at(j)] - max).exp()).sum();
+            loss -= s[at(i)] - max - z.ln();
+            for j in 0..p {
+                let prob = (s[at(j)] - max).exp() / z;
+                g[at(j)] += scale * (prob - if i == j { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    // Through the cosine: du_a[i] = sum_j g[i, j] u_b[j] / t, du_b[j] = sum_i g[i, j] u_a[i] / t;
+    // then through the normalisation: dz = (du - u (u . du)) / |z|.
+    let mut du = vec![0.0f32; pooled.len()];
+    for i in 0..p {
+        for j in 0..p {
+            let w = (g[i * p + j] / temperature as f64) as f32;
+            for k in 0..h {
+                du[(2 * i) * h + k] += w * view(1, j)[k];
+                du[(2 * j + 1) * h + k] += w * view(0, i)[k];
+            }
+        }
+    }
+    for r in 0..2 * p {
+        let (ur, dr) = (&u[r * h..(r + 1) * h], &du[r * h..(r + 1) * h]);
+        let proj: f32 = ur.iter().zip(dr).map(|(a, b)| a * b).sum();
+        for k in 0..h {
+            d[r * h + k] = (dr[k] - ur[k] * proj) / norms[r];
+        }
+    }
+    (loss * scale) as f32
+}
+
 /// A counter-based random stream (SplitMix64 of a key): dropout masks can be drawn in
 /// any order, on any thread, and still be the same for the same seed and step.
 pub fn hash_uniform(key: u64, i: u64) -> f32 {

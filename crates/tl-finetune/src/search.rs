@@ -277,7 +277,7 @@ pub fn plan_halving(
     // longest run (r, eta r, ..., longest) when the budget allows more.
     let ladder = longest as f64 / (eta as f64).powi(entering.len() as i32);
     let r = ((allowed - fixed) / coef).min(ladder);
-    if !(r >= 1.0) {
+    if r.is_nan() || r < 1.0 {
         return Err(FinetuneError::Params(format!(
             "search: {n} configurations do not fit in {budget} runs of the base configuration ({} units each; the longest configuration trains {longest}); try fewer configurations, a larger eta or a larger budget",
             base_units
@@ -342,6 +342,7 @@ pub struct Halving {
 /// Runs successive halving over `n` configurations: `advance(i, Some(units))` trains
 /// configuration `i` until `units` and scores it, `advance(i, None)` finishes its run
 /// and scores the weights it keeps. `on_cut(rung, kept, stopped)` hears each decision.
+#[allow(clippy::type_complexity)]
 pub fn successive_halving<E>(
     plan: &HalvingPlan,
     n: usize,
@@ -471,6 +472,7 @@ fn text_config(p: &FinetuneParams) -> Config {
 /// rows (`base.validation_fraction` must be > 0). Returns the chosen configuration's
 /// model, trained to its end (its best validation epoch's weights), its run's report
 /// and the search's.
+#[allow(clippy::too_many_arguments)]
 pub fn search_text(
     model: &BertClassifier,
     seqs: &[Vec<u32>],
@@ -521,14 +523,7 @@ pub fn search_text(
         .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
     pool.install(|| {
         let (train, val) = text_split(labels, base)?;
-        let plan = plan_for(
-            &configs,
-            |p| text_config(p),
-            train.len(),
-            &val,
-            base.epochs,
-            space,
-        )?;
+        let plan = plan_for(&configs, text_config, train.len(), &val, base.epochs, space)?;
         let run = search_run(run);
         let mut models: Vec<BertClassifier> = configs.iter().map(|_| model.clone()).collect();
         let mut frozen = FrozenStates::default();

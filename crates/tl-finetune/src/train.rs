@@ -168,7 +168,7 @@ impl FinetuneParams {
         ])
     }
 
-    fn common(&self) -> Common {
+    pub(crate) fn common(&self) -> Common {
         Common {
             strategy: self.strategy,
             learning_rate: self.learning_rate,

@@ -431,6 +431,41 @@ fn features_at(
     Ok(out)
 }
 
+/// AdaBN (Li, Wang, Shi, Liu & Hou, 2016): every BatchNorm's running statistics
+/// re-estimated on unlabelled `target` images, weights untouched. (A head trained on
+/// another domain's features should see that domain through its own statistics too.) Each layer normalises
+/// with its batch's statistics while the running ones become the cumulative average
+/// over all batches (PyTorch's `momentum=None`), so the whole target counts equally and
+/// the source's statistics are gone after the first batch. Batches need at least two
+/// images (a one-image batch has no variance); a last single image is left out.
+pub fn adabn(
+    net: &mut ConvNet,
+    target: &[ImageInput],
+    spec: &ImageSpec,
+    batch_size: usize,
+    th: Threads,
+) -> Result<(), FinetuneError> {
+    let r = spec.size as usize;
+    check_resolution(net, r)?;
+    if target.len() < 2 || batch_size < 2 {
+        return Err(FinetuneError::Data(format!(
+            "AdaBN needs batches of at least 2 target images, got {} images in batches of {batch_size}",
+            target.len()
+        )));
+    }
+    let all: Vec<usize> = (0..target.len()).collect();
+    let momentum = net.bn_momentum;
+    for (k, idx) in all.chunks(batch_size).filter(|c| c.len() >= 2).enumerate() {
+        let x = preprocess_batch(target, idx, spec)?;
+        let x = crate::conv::nchw_to_chwn(&x, idx.len(), 3, r * r);
+        // Batch k of the cumulative average weighs 1 / (k + 1).
+        net.bn_momentum = 1.0 / (k + 1) as f32;
+        net.forward_train(x, idx.len(), (r, r), 0, true, 0.0, 0, th);
+    }
+    net.bn_momentum = momentum;
+    Ok(())
+}
+
 /// Class scores (logits) `[n, classes]` of images.
 pub fn image_logits(
     net: &ConvNet,

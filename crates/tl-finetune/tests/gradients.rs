@@ -275,6 +275,34 @@ fn cosine_pairs_loss_matches_finite_differences() {
     check("cosine pairs", &pooled, &d, f, 1e-2, 2e-3);
 }
 
+#[test]
+fn info_nce_loss_matches_finite_differences() {
+    let h = 5;
+    // Three texts, two views each (rows 2k and 2k+1).
+    let pooled = noise(6 * h, 21);
+    let mut d = vec![0.0; pooled.len()];
+    let loss = ops::info_nce_loss(&pooled, h, 0.5, &mut d);
+    assert!(loss > 0.0 && loss.is_finite());
+    let f = |x: &[f32]| {
+        let mut scratch = vec![0.0; x.len()];
+        ops::info_nce_loss(x, h, 0.5, &mut scratch) as f64
+    };
+    check("info-nce", &pooled, &d, f, 1e-2, 2e-3);
+    // Views that already match their partner and nothing else cost almost nothing.
+    let mut aligned = vec![0.0f32; 6 * h];
+    for k in 0..3 {
+        aligned[2 * k * h + k] = 1.0;
+        aligned[(2 * k + 1) * h + k] = 1.0;
+    }
+    let mut scratch = vec![0.0; aligned.len()];
+    assert!(ops::info_nce_loss(&aligned, h, 0.05, &mut scratch) < 1e-6);
+    // One text has nothing to be contrasted with.
+    assert_eq!(
+        ops::info_nce_loss(&pooled[..2 * h], h, 0.5, &mut scratch[..2 * h]),
+        0.0
+    );
+}
+
 /// The contrastive objective through the whole model.
 #[test]
 fn whole_model_gradient_under_the_pair_objective() {
@@ -286,14 +314,14 @@ fn whole_model_gradient_under_the_pair_objective() {
         &[1, 8, 8, 2],
     ]);
     let targets = [1.0f32, 0.0];
-    let obj = tl_finetune::Objective::CosinePairs(&targets);
+    let obj = || tl_finetune::Objective::CosinePairs(&targets);
     let mut grads = vec![0.0f32; model.params.len()];
-    model.loss_and_grads_from(&batch, None, obj, None, 0, &mut grads, TH);
+    model.loss_and_grads_from(&batch, None, obj(), None, 0, &mut grads, TH);
     let loss_at = |params: &[f32]| {
         let mut m = model.clone();
         m.params.copy_from_slice(params);
         let mut scratch = vec![0.0f32; params.len()];
-        m.loss_and_grads_from(&batch, None, obj, None, 0, &mut scratch, TH)
+        m.loss_and_grads_from(&batch, None, obj(), None, 0, &mut scratch, TH)
             .loss as f64
     };
     let h = 3e-3f32;
