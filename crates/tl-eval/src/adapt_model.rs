@@ -18,6 +18,38 @@ pub(crate) struct Domain<'a> {
     pub rows: &'a [usize],
 }
 
+/// Refuses a model-level method the backbone cannot take (a text method on an image
+/// network, AdaBN on a text encoder, a backbone without trainable weights), before any
+/// data is read.
+pub(crate) fn check_backbone(
+    method: &Method,
+    backbone: &str,
+    registry: &Registry,
+) -> Result<(), EvalError> {
+    let manifest = registry
+        .get(backbone)
+        .map_err(|e| EvalError::Config(format!("{}: {e}", method.kind())))?;
+    tl_finetune::check_trainable(manifest)?;
+    let text = manifest.model.as_ref().and_then(|m| m.text.as_ref());
+    match (method, text) {
+        (Method::Adabn, Some(_)) => Err(EvalError::Config(format!(
+            "adabn re-estimates BatchNorm statistics of image networks; {backbone} is a text model"
+        ))),
+        (Method::Simcse { .. } | Method::Dann { .. }, None) => Err(EvalError::Config(format!(
+            "{} adapts text encoders; {backbone} is an image model (use adabn)",
+            method.kind()
+        ))),
+        (_, Some(t)) if t.pooling != tl_assets::manifest::Pooling::Mean => {
+            Err(EvalError::Config(format!(
+                "{}: {backbone} pools with {:?}; the training engine pools by mean",
+                method.kind(),
+                t.pooling
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Source and target vectors `[rows, dim]` of the backbone after `method` adapted it.
 /// `labels` are the source rows' labels and `labelled` the positions among them DANN
 /// may train on (reverse validation's held-out rows stay out, or its score would favour
@@ -37,10 +69,10 @@ pub(crate) fn adapted_features(
     seed: u64,
     progress: bool,
 ) -> Result<(Array2<f32>, Array2<f32>), EvalError> {
+    check_backbone(method, backbone, registry)?;
     let manifest = registry
         .get(backbone)
         .map_err(|e| EvalError::Config(format!("{}: {e}", method.kind())))?;
-    tl_finetune::check_trainable(manifest)?;
     let spec = manifest
         .model
         .as_ref()
@@ -54,15 +86,6 @@ pub(crate) fn adapted_features(
         .num_threads(th.0)
         .build()
         .map_err(|e| EvalError::Config(format!("threads: {e}")))?;
-    if let Some(text) = &spec.text
-        && text.pooling != tl_assets::manifest::Pooling::Mean
-    {
-        return Err(EvalError::Config(format!(
-            "{}: {backbone} pools with {:?}; the training engine pools by mean",
-            method.kind(),
-            text.pooling
-        )));
-    }
     // A text method: what the encoder learns, at which rate, for how many epochs.
     let text_method = match *method {
         Method::Simcse {
@@ -136,13 +159,6 @@ pub(crate) fn adapted_features(
             })?;
             Ok(features)
         }
-        (Method::Adabn, Some(_)) => Err(EvalError::Config(format!(
-            "adabn re-estimates BatchNorm statistics of image networks; {backbone} is a text model"
-        ))),
-        (Method::Simcse { .. } | Method::Dann { .. }, None) => Err(EvalError::Config(format!(
-            "{} adapts text encoders; {backbone} is an image model (use adabn)",
-            method.kind()
-        ))),
         _ => Err(EvalError::Config(format!(
             "{} is a feature-level method",
             method.label()

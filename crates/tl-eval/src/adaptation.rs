@@ -17,7 +17,7 @@ use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 use crate::EvalError;
 use crate::adapt::{Adapted, Method, reverse_validation};
-use crate::adapt_model::{Domain, adapted_features};
+use crate::adapt_model::{Domain, adapted_features, check_backbone};
 use crate::report::{Report, ReportFile, csv_field};
 use crate::runner::{
     Observer, backbone_features, check_limits, check_name, default_batch, default_bootstrap,
@@ -497,6 +497,14 @@ pub fn run_adaptation(
 ) -> Result<AdaptationReport, EvalError> {
     let start = Instant::now();
     exp.check().map_err(EvalError::Config)?;
+    // A model-level method the backbone cannot take is refused before any work.
+    for backbone in &exp.backbones {
+        for m in exp.methods.iter().flat_map(|g| g.candidates()) {
+            if m.is_model_level() {
+                check_backbone(&m, backbone, registry)?;
+            }
+        }
+    }
     let mut datasets: HashMap<String, (Dataset, Vec<usize>)> = HashMap::new();
     for p in &exp.pairs {
         for name in [&p.source, &p.target] {
