@@ -87,8 +87,9 @@ pub enum MethodGrid {
         epochs: usize,
     },
     /// AdaBN (model-level, image backbones): BatchNorm statistics re-estimated on each
-    /// domain's own images.
-    Adabn,
+    /// domain's own images. (A struct variant with no fields, so that an unknown key in
+    /// its table is refused like anywhere else.)
+    Adabn {},
 }
 
 fn default_clip() -> f64 {
@@ -151,7 +152,7 @@ impl MethodGrid {
                     epochs: *epochs,
                 })
                 .collect(),
-            MethodGrid::Adabn => vec![Method::Adabn],
+            MethodGrid::Adabn {} => vec![Method::Adabn],
         }
     }
 
@@ -171,7 +172,7 @@ impl MethodGrid {
                 learning_rate: default_dann_rate(),
                 epochs: default_dann_epochs(),
             },
-            MethodGrid::Adabn,
+            MethodGrid::Adabn {},
         ]
     }
 
@@ -184,7 +185,7 @@ impl MethodGrid {
             MethodGrid::Importance { .. } => "importance",
             MethodGrid::Simcse { .. } => "simcse",
             MethodGrid::Dann { .. } => "dann",
-            MethodGrid::Adabn => "adabn",
+            MethodGrid::Adabn {} => "adabn",
         }
     }
 }
