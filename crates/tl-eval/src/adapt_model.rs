@@ -123,7 +123,7 @@ pub(crate) fn adapted_features(
             classes,
             cache,
             (seed, progress),
-            th,
+            (&pool, th),
         );
     }
     match (method, &spec.text) {
@@ -177,7 +177,7 @@ fn text_features(
     classes: usize,
     cache: &Cache,
     (seed, progress): (u64, bool),
-    th: Threads,
+    (pool, th): (&rayon::ThreadPool, Threads),
 ) -> Result<(Array2<f32>, Array2<f32>), EvalError> {
     let pre = tl_finetune::load_pretrained(manifest, cache, classes)?;
     let tokenizer = tokenizers::Tokenizer::from_file(&pre.tokenizer)
@@ -221,10 +221,6 @@ fn text_features(
             ..RunOptions::default()
         },
     )?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(th.0)
-        .build()
-        .map_err(|e| EvalError::Config(format!("threads: {e}")))?;
     let h = model.config.hidden_size;
     let vectors = |seqs: &[Vec<u32>]| {
         let mut v = pool.install(|| tl_finetune::sentence_vectors(&model, seqs, 64, th));

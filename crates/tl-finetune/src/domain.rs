@@ -118,10 +118,7 @@ pub fn adapt_text(
             e => e,
         })?;
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(params.threads)
-        .build()
-        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    let pool = crate::ops::Threads(params.threads).pool()?;
     let th = Threads(params.threads);
     let first_trainable = params
         .strategy

@@ -21,6 +21,15 @@ const REDUCE_ROWS: usize = 64;
 pub struct Threads(pub usize);
 
 impl Threads {
+    /// A rayon pool of this many threads: training runs inside one so its results depend
+    /// on the thread count it was given, not on the machine's.
+    pub fn pool(self) -> Result<rayon::ThreadPool, crate::FinetuneError> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.0)
+            .build()
+            .map_err(|e| crate::FinetuneError::Params(format!("threads: {e}")))
+    }
+
     pub(crate) fn par(self) -> Par {
         match std::num::NonZeroUsize::new(self.0) {
             Some(n) if n.get() > 1 => Par::Rayon(n),

@@ -517,10 +517,7 @@ pub fn search_text(
     for p in &configs {
         p.check()?;
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(base.threads)
-        .build()
-        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    let pool = crate::ops::Threads(base.threads).pool()?;
     pool.install(|| {
         let (train, val) = text_split(labels, base)?;
         let plan = plan_for(&configs, text_config, train.len(), &val, base.epochs, space)?;
@@ -745,10 +742,7 @@ pub fn search_images(
     for p in &configs {
         p.check()?;
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(base.threads)
-        .build()
-        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    let pool = crate::ops::Threads(base.threads).pool()?;
     pool.install(|| {
         let (train, val) = crate::vision::image_split(labels, base)?;
         let plan = plan_for(

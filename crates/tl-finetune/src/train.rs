@@ -507,10 +507,7 @@ pub fn finetune_with(
         model.classes,
         model.config.max_position_embeddings,
     )?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(params.threads)
-        .build()
-        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    let pool = crate::ops::Threads(params.threads).pool()?;
     pool.install(|| train_loop(model, seqs, labels, params, run, on_epoch))
 }
 

@@ -641,10 +641,7 @@ pub fn finetune_images(
 ) -> Result<FinetuneReport, FinetuneError> {
     params.check()?;
     check_images(net, inputs, labels)?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(params.threads)
-        .build()
-        .map_err(|e| FinetuneError::Params(format!("threads: {e}")))?;
+    let pool = crate::ops::Threads(params.threads).pool()?;
     pool.install(|| {
         let (train, val) = image_split(labels, params)?;
         let mut frozen = FrozenBlocks::default();
