@@ -53,3 +53,24 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// A matrix `fit-bench --out` exported: `{name}.f32` (row-major little-endian f32, `dim`
+/// columns) and `{name}.labels` (little-endian u32), as the Python side reads them.
+pub fn read_split(
+    dir: &Path,
+    name: &str,
+    dim: usize,
+) -> Result<(ndarray::Array2<f32>, Vec<usize>)> {
+    let raw = std::fs::read(dir.join(format!("{name}.f32"))).context("features")?;
+    let v: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    drop(raw);
+    let labels = std::fs::read(dir.join(format!("{name}.labels"))).context("labels")?;
+    let y: Vec<usize> = labels
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    Ok((ndarray::Array2::from_shape_vec((y.len(), dim), v)?, y))
+}

@@ -149,9 +149,83 @@ def fit_workload(a):
     print(json.dumps({"fit_s": fit_s, "accuracy": acc, "iterations": iters, "peak_rss_mb": rss}))
 
 
+def grid_workload(a):
+    """GridSearchCV(LogisticRegression(max_iter=1000), C in 6 values, 5 stratified folds,
+    n_jobs=threads) and KNeighborsClassifier(5, cosine, brute) on the features fit-bench
+    exported, as heads-side does: seconds, chosen C, kNN accuracy."""
+    import os
+    import resource
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.neighbors import KNeighborsClassifier
+
+    meta = json.load(open(os.path.join(a.features, "meta.json")))
+
+    def load(name):
+        x = np.fromfile(os.path.join(a.features, name + ".f32"), dtype="<f4").reshape(-1, meta["dim"])
+        y = np.fromfile(os.path.join(a.features, name + ".labels"), dtype="<u4")
+        return x, y
+
+    xtr, ytr = load("train")
+    xte, yte = load("test")
+    t = time.perf_counter()
+    knn = KNeighborsClassifier(5, metric="cosine", algorithm="brute").fit(xtr, ytr)
+    knn_acc = float((knn.predict(xte) == yte).mean())
+    knn_s = time.perf_counter() - t
+    t = time.perf_counter()
+    g = GridSearchCV(LogisticRegression(max_iter=1000), {"C": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]},
+                     cv=StratifiedKFold(5, shuffle=True, random_state=0), n_jobs=a.threads).fit(xtr, ytr)
+    grid_s = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"knn_s": knn_s, "knn_accuracy": knn_acc, "grid_s": grid_s,
+                      "best_c": g.best_params_["C"], "best_cv_accuracy": float(g.best_score_),
+                      "peak_rss_mb": rss}))
+
+
+def tfidf_workload(a):
+    """TfidfVectorizer(sublinear_tf=True, min_df=2) + LogisticRegression(C=1, lbfgs,
+    max_iter=1000) on the documents the tfidf-bench binary wrote (JSON lines: split, text,
+    label): seconds to vectorise, to fit and in all, test accuracy, vocabulary size."""
+    import os
+    import resource
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    rows = [json.loads(line) for line in open(a.docs, encoding="utf-8")]
+    tr = [r["text"] for r in rows if r["split"] == "train"]
+    ytr = np.array([r["label"] for r in rows if r["split"] == "train"])
+    te = [r["text"] for r in rows if r["split"] == "test"]
+    yte = np.array([r["label"] for r in rows if r["split"] == "test"])
+    del rows
+    vec_s, fit_s, total_s = [], [], []
+    acc, vocab, nnz = 0.0, 0, 0
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        v = TfidfVectorizer(sublinear_tf=True, min_df=2)
+        xtr = v.fit_transform(tr)
+        xte = v.transform(te)
+        vectorised = time.perf_counter() - t
+        m = LogisticRegression(C=1.0, max_iter=1000).fit(xtr, ytr)
+        fitted = time.perf_counter() - t
+        pred = m.predict(xte)
+        total_s.append(time.perf_counter() - t)
+        vec_s.append(vectorised)
+        fit_s.append(fitted - vectorised)
+        acc = float((pred == yte).mean())
+        vocab, nnz = len(v.vocabulary_), int(xtr.nnz)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"vectorise_s": vec_s, "fit_s": fit_s, "total_s": total_s, "accuracy": acc,
+                      "vocabulary": vocab, "train_nnz": nnz, "peak_rss_mb": rss}))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["text", "image", "fit"])
+    p.add_argument("kind", choices=["text", "image", "fit", "grid", "tfidf"])
+    p.add_argument("--docs", help="tfidf: JSON lines written by the tfidf-bench binary")
     p.add_argument("--features", help="fit: folder written by the fit-bench binary")
     p.add_argument("--onnx")
     p.add_argument("--tokenizer")
@@ -169,6 +243,12 @@ def main():
     a = p.parse_args()
     if a.kind == "fit":
         fit_workload(a)
+        return
+    if a.kind == "tfidf":
+        tfidf_workload(a)
+        return
+    if a.kind == "grid":
+        grid_workload(a)
         return
     run = text_workload(a) if a.kind == "text" else image_workload(a)
     run(warm=True)

@@ -1,12 +1,16 @@
 """scikit-learn reference for tl-eval's parity tests (crates/tl-eval/tests/parity.rs).
 
 Usage: python eval_reference.py AMAZON_JSON OUT.json
+       python eval_reference.py --tfidf-logistic AMAZON_JSON OUT.json
 
 1. Metrics on a fixed pseudo-random binary and 4-class problem (generated here from a seeded
    LCG the test replays): accuracy, balanced accuracy, macro-F1, log loss, ROC-AUC, average
    precision, per-class precision/recall/F1, confusion matrix.
 2. TfidfVectorizer(sublinear_tf=True, min_df=2) fitted on the first 800 Amazon sentences:
    vocabulary, idf, and the rows of the last 200 sentences transformed.
+3. (--tfidf-logistic, fixture sklearn_tfidf_logistic.json) the same vectoriser, sparse, then
+   LogisticRegression(C=1, tol=1e-8) on the same 800 sentences and their classes: the test
+   probabilities of the next 200, the intercept and the weight of every term.
 """
 
 import json
@@ -60,7 +64,30 @@ def metrics(k, n, seed):
     return out
 
 
+def tfidf_logistic(path, out_path):
+    from sklearn.linear_model import LogisticRegression
+    rows = [r for r in json.load(open(path)) if r["text"].strip()]
+    texts = [r["text"] for r in rows]
+    labels = [r["class"] for r in rows]
+    v = TfidfVectorizer(sublinear_tf=True, min_df=2).fit(texts[:800])
+    xtr, xte = v.transform(texts[:800]), v.transform(texts[800:1000])
+    m = LogisticRegression(C=1.0, tol=1e-8, max_iter=10000).fit(xtr, labels[:800])
+    vocab = sorted(v.vocabulary_, key=v.vocabulary_.get)
+    out = {
+        "train_rows": 800,
+        "test_rows": 200,
+        "vocabulary_size": len(vocab),
+        "intercept": round(float(m.intercept_[0]), 7),
+        "weights": {t: round(float(w), 7) for t, w in zip(vocab, m.coef_[0])},
+        "proba": [round(float(p), 7) for p in m.predict_proba(xte)[:, 1]],
+        "accuracy": float(m.score(xte, labels[800:1000])),
+    }
+    json.dump(out, open(out_path, "w"), separators=(",", ":"))
+
+
 def main():
+    if sys.argv[1] == "--tfidf-logistic":
+        return tfidf_logistic(sys.argv[2], sys.argv[3])
     texts = [r["text"] for r in json.load(open(sys.argv[1])) if r["text"].strip()]
     train, test = texts[:800], texts[800:1000]
     v = TfidfVectorizer(sublinear_tf=True, min_df=2).fit(train)

@@ -138,8 +138,10 @@ fn peak_gflops(threads: usize) -> (f64, String) {
 }
 
 pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
-    if let Some(w) = only.filter(|w| !["finetune", "image-finetune"].contains(w)) {
-        bail!("--only {w}: the workloads that run alone are `finetune` and `image-finetune`");
+    if let Some(w) = only.filter(|w| !["finetune", "image-finetune", "tfidf"].contains(w)) {
+        bail!(
+            "--only {w}: the workloads that run alone are `finetune`, `image-finetune` and `tfidf`"
+        );
     }
     let registry = Registry::builtin()?;
     let cache = Cache::from_env();
@@ -177,8 +179,11 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let rounds = 2;
+    let script = root.join("tools/bench/bench_python.py");
     if let Some(w) = only {
-        let (md, json) = if w == "finetune" {
+        let (md, json) = if w == "tfidf" {
+            tfidf_workload(&root, &out_dir, &python, &script, quick, rounds)?
+        } else if w == "finetune" {
             crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?
         } else {
             crate::bench_finetune::image_finetune_workload(&root, &out_dir, quick, rounds)?
@@ -193,7 +198,6 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         return Ok(());
     }
     let runner = root.join("target/release/embed-throughput");
-    let script = root.join("tools/bench/bench_python.py");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let repeat = 1;
     let (n_sentences, n_docs, n_images) = if quick {
@@ -393,6 +397,9 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let (e2e_md, e2e_json) = e2e_workload(&root, &out_dir)?;
     md += &e2e_md;
     raw.push(json!({"workload": "logistic regression fit", "result": fit_json}));
+    let (tfidf_md, tfidf_json) = tfidf_workload(&root, &out_dir, &python, &script, quick, rounds)?;
+    md += &tfidf_md;
+    raw.push(json!({"workload": "tfidf baseline", "result": tfidf_json}));
     raw.push(json!({"workload": "end-to-end experiment", "result": e2e_json}));
     let (ft_md, ft_json) =
         crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?;
@@ -433,12 +440,19 @@ fn fit_workload(
     let (train, test) = if quick { ("2000", "1000") } else { ("0", "0") };
     let (mut rust_s, mut py_s, mut ratios) = (vec![], vec![], vec![]);
     let mut last = (Value::Null, Value::Null);
+    // The export (features from the cache, the runtime loaded) is not part of the timing.
+    let status = Command::new(root.join("target/release/fit-bench"))
+        .arg("--out")
+        .arg(&dir)
+        .args(["--train", train, "--test", test])
+        .status()?;
+    if !status.success() {
+        bail!("fit-bench --out failed");
+    }
     for round in 0..rounds {
         eprintln!("logistic regression fit (round {}/{rounds})", round + 1);
         let mut r = Command::new(root.join("target/release/fit-bench"));
-        r.arg("--out")
-            .arg(&dir)
-            .args(["--train", train, "--test", test, "--repeat", "2"]);
+        r.arg("--from").arg(&dir).args(["--repeat", "2"]);
         let rv = run_json(r)?;
         let mut py = Command::new(python);
         py.arg(script)
@@ -465,9 +479,50 @@ fn fit_workload(
         ratios.push(b / a);
         last = (rv, pv);
     }
+    // Grid search of C and kNN on the same matrix (heads-side vs GridSearchCV), interleaved.
+    let (mut grid_rs, mut grid_py, mut knn_rs, mut knn_py) = (vec![], vec![], vec![], vec![]);
+    let mut grid_last = (Value::Null, Value::Null);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    for round in 0..rounds {
+        eprintln!("grid search and kNN (round {}/{rounds})", round + 1);
+        let mut r = Command::new(root.join("target/release/heads-side"));
+        r.arg("--features").arg(&dir);
+        let rv = run_json(r)?;
+        let mut py = Command::new(python);
+        py.arg(script)
+            .args(["grid", "--threads", &threads, "--features"])
+            .arg(&dir);
+        let pv = run_json(py)?;
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        grid_rs.push(f(&rv, "grid_s"));
+        grid_py.push(f(&pv, "grid_s"));
+        knn_rs.push(f(&rv, "knn_s"));
+        knn_py.push(f(&pv, "knn_s"));
+        grid_last = (rv, pv);
+    }
+    let (grv, gpv) = grid_last;
+    let (g_r, g_p) = (median(&mut grid_rs), median(&mut grid_py));
+    let (k_r, k_p) = (median(&mut knn_rs), median(&mut knn_py));
+    let grid_md = format!(
+        "| grid search of C (6 values x 5 stratified folds; GridSearchCV n_jobs={threads}) | {g_r:.1} s | {g_p:.1} s | {:.2}x |\n| chosen C (mean CV accuracy) | {} ({:.2}%){} | {} ({:.2}%) | |\n| kNN (k = 5, cosine, brute force): fit + predict the test rows | {k_r:.2} s | {k_p:.2} s | {:.2}x |\n| peak RSS of the grid + kNN process | {:.0} MB | {:.0} MB | |\n",
+        g_p / g_r,
+        grv["best_c"],
+        100.0 * grv["best_cv_accuracy"].as_f64().unwrap_or(0.0),
+        match grv["grid_extended"].as_array() {
+            Some(e) if !e.is_empty() => format!(", grid extended by {e:?}"),
+            _ => String::new(),
+        },
+        gpv["best_c"],
+        100.0 * gpv["best_cv_accuracy"].as_f64().unwrap_or(0.0),
+        k_p / k_r,
+        grv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        gpv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+    );
     let (rv, pv) = last;
     let md = format!(
-        "\n| logistic regression fit (C = 1), 20NG MiniLM-L6 features, {} x {} train / {} test, 20 classes | tl-heads | scikit-learn lbfgs | speed-up |\n|---|---|---|---|\n| fit time | {:.2} s | {:.2} s | {:.2}x |\n| test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| peak RSS | {:.0} MB | {:.0} MB | |\n",
+        "\n| logistic regression fit (C = 1), 20NG MiniLM-L6 features, {} x {} train / {} test, 20 classes | tl-heads | scikit-learn lbfgs | speed-up |\n|---|---|---|---|\n| fit time | {:.2} s | {:.2} s | {:.2}x |\n| test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| peak RSS (fit process) | {:.0} MB | {:.0} MB | |\n",
         rv["train"],
         rv["dim"],
         rv["test"],
@@ -479,8 +534,100 @@ fn fit_workload(
         100.0 * (rv["accuracy"].as_f64().unwrap_or(0.0) - pv["accuracy"].as_f64().unwrap_or(0.0)),
         rv["peak_rss_mb"].as_f64().unwrap_or(0.0),
         pv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+    ) + &grid_md;
+    Ok((
+        md,
+        json!({"rust": rv, "python": pv, "grid_rust": grv, "grid_python": gpv}),
+    ))
+}
+
+/// Workload 4b: the TF-IDF baseline (sparse, whole vocabulary) + logistic regression on 20
+/// Newsgroups and on long documents (8 newsgroup posts joined), tl vs scikit-learn's
+/// TfidfVectorizer + LogisticRegression on the same texts, interleaved.
+fn tfidf_workload(
+    root: &Path,
+    out_dir: &Path,
+    python: &Path,
+    script: &Path,
+    quick: bool,
+    rounds: usize,
+) -> Result<(String, Value)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let mut md = String::from(
+        "\n| TF-IDF (whole vocabulary, min_df 2, sublinear tf) + logistic regression (C = 1) | tl | scikit-learn | ratio |\n|---|---|---|---|\n",
     );
-    Ok((md, json!({"rust": rv, "python": pv})))
+    let mut all = Vec::new();
+    for (name, concat) in [
+        ("20 Newsgroups", "1"),
+        ("long documents (8 posts joined)", "8"),
+    ] {
+        let docs = out_dir.join(format!("tfidf-docs-{concat}.jsonl"));
+        let train = if quick { "2000" } else { "0" };
+        let (mut rust_s, mut py_s) = (vec![], vec![]);
+        let mut last = (Value::Null, Value::Null);
+        for round in 0..rounds {
+            eprintln!("tf-idf baseline, {name} (round {}/{rounds})", round + 1);
+            let mut r = Command::new(root.join("target/release/tfidf-bench"));
+            r.arg("--out")
+                .arg(&docs)
+                .args(["--concat", concat, "--train", train, "--repeat", "2"]);
+            let rv = run_json(r)?;
+            let mut py = Command::new(python);
+            py.arg(script)
+                .args(["tfidf", "--threads", &threads, "--repeat", "2", "--docs"])
+                .arg(&docs);
+            let pv = run_json(py)?;
+            let med = |v: &Value, key: &str| {
+                let mut t: Vec<f64> = v[key]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                    .unwrap_or_default();
+                median(&mut t)
+            };
+            rust_s.push([
+                med(&rv, "total_s"),
+                med(&rv, "vectorise_s"),
+                med(&rv, "fit_s"),
+            ]);
+            py_s.push([
+                med(&pv, "total_s"),
+                med(&pv, "vectorise_s"),
+                med(&pv, "fit_s"),
+            ]);
+            last = (rv, pv);
+        }
+        let col =
+            |v: &[[f64; 3]], i: usize| median(&mut v.iter().map(|r| r[i]).collect::<Vec<_>>());
+        let (rv, pv) = last;
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        md += &format!(
+            "| {name}, {} train / {} test docs of {} characters on average: time (vectorise + fit + predict) | {:.1} s ({:.1} + {:.1}) | {:.1} s ({:.1} + {:.1}) | {:.2}x |\n| {name}: test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| {name}: vocabulary, stored entries | {} terms, {} | {} terms, {} | |\n| {name}: peak RSS | {:.0} MB | {:.0} MB | {:.2}x |\n",
+            rv["train"],
+            rv["test"],
+            rv["mean_chars"],
+            col(&rust_s, 0),
+            col(&rust_s, 1),
+            col(&rust_s, 2),
+            col(&py_s, 0),
+            col(&py_s, 1),
+            col(&py_s, 2),
+            col(&py_s, 0) / col(&rust_s, 0),
+            100.0 * f(&rv, "accuracy"),
+            100.0 * f(&pv, "accuracy"),
+            100.0 * (f(&rv, "accuracy") - f(&pv, "accuracy")),
+            rv["vocabulary"],
+            rv["train_nnz"],
+            pv["vocabulary"],
+            pv["train_nnz"],
+            f(&rv, "peak_rss_mb"),
+            f(&pv, "peak_rss_mb"),
+            f(&rv, "peak_rss_mb") / f(&pv, "peak_rss_mb").max(1e-9),
+        );
+        all.push(json!({"corpus": name, "rust": rv, "python": pv}));
+    }
+    Ok((md, Value::Array(all)))
 }
 
 /// Workload 5: the default experiment (`tl run experiments/sentiment.toml`) with an empty

@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Run one workload alone: `finetune` (text) or `image-finetune` (tl-finetune vs
-        /// PyTorch).
+        /// PyTorch), or `tfidf` (the sparse TF-IDF baseline vs scikit-learn).
         #[arg(long)]
         only: Option<String>,
     },

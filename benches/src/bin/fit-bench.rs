@@ -1,7 +1,9 @@
-//! One side of `cargo xtask bench`'s logistic-regression workload: 20 Newsgroups MiniLM-L6
-//! features (from the feature cache, computed once) written as raw little-endian f32 for the
-//! Python side, then `--repeat` timed fits of tl-heads' logistic regression (C = 1) and the
-//! test accuracy, as one JSON line.
+//! One side of `cargo xtask bench`'s logistic-regression workload: `--out DIR` writes 20
+//! Newsgroups MiniLM-L6 features (from the feature cache, computed once) as raw little-endian
+//! f32; `--from DIR` reads them back, as the Python side does, and runs `--repeat` timed fits
+//! of tl-heads' logistic regression (C = 1): fit times and test accuracy as one JSON line.
+//! The timed process holds what the Python one holds (the matrices, no runtime, no model),
+//! so their peak memory compares the fits.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,9 +19,12 @@ use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
 #[derive(Parser)]
 struct Args {
-    /// Folder for the exported features (`train.f32`, `train.labels`, `test.*`, `meta.json`).
-    #[arg(long)]
-    out: PathBuf,
+    /// Folder to export the features to (`train.f32`, `train.labels`, `test.*`, `meta.json`).
+    #[arg(long, conflicts_with = "from")]
+    out: Option<PathBuf>,
+    /// Folder of exported features to fit on.
+    #[arg(long, required_unless_present = "out")]
+    from: Option<PathBuf>,
     /// Training documents (first N of the train split; 0 = all).
     #[arg(long, default_value_t = 0)]
     train: usize,
@@ -42,6 +47,14 @@ fn write_split(out: &std::path::Path, name: &str, x: &Array2<f32>, y: &[usize]) 
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    match (&a.out, &a.from) {
+        (Some(out), _) => export(&a, out),
+        (None, Some(from)) => fit(from, a.repeat),
+        (None, None) => unreachable!("clap requires one"),
+    }
+}
+
+fn export(a: &Args, out: &std::path::Path) -> Result<()> {
     let registry = Registry::builtin()?;
     let cache = Cache::from_env();
     let ds = tl_data::load_builtin(registry.get("20newsgroups")?, &cache)?;
@@ -67,21 +80,31 @@ fn main() -> Result<()> {
     let (xtr, xte) = (embed(&tr)?, embed(&te)?);
     let ytr: Vec<usize> = tr.iter().map(|&i| ds.labels[i]).collect();
     let yte: Vec<usize> = te.iter().map(|&i| ds.labels[i]).collect();
-    std::fs::create_dir_all(&a.out)?;
-    write_split(&a.out, "train", &xtr, &ytr)?;
-    write_split(&a.out, "test", &xte, &yte)?;
+    std::fs::create_dir_all(out)?;
+    write_split(out, "train", &xtr, &ytr)?;
+    write_split(out, "test", &xte, &yte)?;
     std::fs::write(
-        a.out.join("meta.json"),
+        out.join("meta.json"),
         serde_json::to_vec(
             &serde_json::json!({"dim": xtr.ncols(), "classes": ds.label_names.len()}),
         )?,
     )?;
+    Ok(())
+}
+
+fn fit(dir: &std::path::Path, repeat: usize) -> Result<()> {
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
+    let dim = meta["dim"].as_u64().unwrap_or(0) as usize;
+    let k = meta["classes"].as_u64().unwrap_or(0) as usize;
+    let names: Vec<String> = (0..k).map(|i| i.to_string()).collect();
+    let (xtr, ytr) = tl_benches::read_split(dir, "train", dim)?;
+    let (xte, yte) = tl_benches::read_split(dir, "test", dim)?;
     let config = HeadConfig::new(HeadSpec::Logistic(LogisticParams::default()));
     let mut fit_s = Vec::new();
     let mut accuracy = 0.0;
-    for _ in 0..a.repeat {
+    for _ in 0..repeat {
         let t = Instant::now();
-        let model = config.fit(xtr.view(), &ytr, &ds.label_names, None)?;
+        let model = config.fit(xtr.view(), &ytr, &names, None)?;
         fit_s.push(t.elapsed().as_secs_f64());
         let pred = model.predict(xte.view())?;
         accuracy = pred.iter().zip(&yte).filter(|(p, y)| p == y).count() as f64 / yte.len() as f64;

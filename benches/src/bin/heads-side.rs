@@ -6,9 +6,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use ndarray::Array2;
 use tl_heads::{HeadConfig, HeadSpec, KnnParams, LogisticParams, Metric, Weighting, grid_search};
 
 #[derive(Parser)]
@@ -18,20 +17,6 @@ struct Args {
     features: PathBuf,
 }
 
-fn load(dir: &std::path::Path, name: &str, dim: usize) -> Result<(Array2<f32>, Vec<usize>)> {
-    let raw = std::fs::read(dir.join(format!("{name}.f32"))).context("features")?;
-    let v: Vec<f32> = raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    let labels = std::fs::read(dir.join(format!("{name}.labels"))).context("labels")?;
-    let y: Vec<usize> = labels
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
-    Ok((Array2::from_shape_vec((y.len(), dim), v)?, y))
-}
-
 fn main() -> Result<()> {
     let a = Args::parse();
     let meta: serde_json::Value =
@@ -39,8 +24,8 @@ fn main() -> Result<()> {
     let dim = meta["dim"].as_u64().unwrap_or(0) as usize;
     let k = meta["classes"].as_u64().unwrap_or(0) as usize;
     let names: Vec<String> = (0..k).map(|i| i.to_string()).collect();
-    let (xtr, ytr) = load(&a.features, "train", dim)?;
-    let (xte, yte) = load(&a.features, "test", dim)?;
+    let (xtr, ytr) = tl_benches::read_split(&a.features, "train", dim)?;
+    let (xte, yte) = tl_benches::read_split(&a.features, "test", dim)?;
     let t = Instant::now();
     let knn = HeadConfig::new(HeadSpec::Knn(KnnParams {
         k: 5,

@@ -10,7 +10,7 @@
 //!   paired when two systems are compared on the same rows.
 //! - [`fs`] writes files crash-safely (temporary file, fsync, rename, folder fsync): the one
 //!   way every cache, checkpoint and model file is written.
-//! - [`vector`] holds the one L2 normaliser.
+//! - [`vector`] holds the one L2 normaliser; [`Csr`] is the sparse row layout of a bag of words.
 //!
 //! ```
 //! use tl_core::{metrics, split};
@@ -36,9 +36,11 @@
 pub mod fs;
 pub mod metrics;
 mod rng;
+mod sparse;
 pub mod split;
 pub mod vector;
 
 pub use metrics::{Interval, Metrics};
 pub use rng::Rng;
+pub use sparse::Csr;
 pub use split::{Fold, SplitError};

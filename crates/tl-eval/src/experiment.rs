@@ -11,7 +11,7 @@ use tl_assets::{Cache, Registry};
 use tl_backbone::OnError;
 use tl_core::split::{per_class_subsample, stratified_kfold, stratified_sample, stratified_split};
 use tl_data::{Dataset, Item};
-use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Preprocess};
+use tl_heads::{HeadConfig, HeadSpec, LogisticParams, Matrix, Preprocess};
 
 use crate::EvalError;
 use crate::finetuned::{
@@ -26,7 +26,9 @@ use tl_core::metrics::{
     Interval, Metrics, accuracy_on, bootstrap, evaluate, macro_f1_on, paired_accuracy_difference,
 };
 use tl_data::{TableSettings, load_dataset};
-use tl_features::{Embedder, Inputs, RawPixels, Tfidf, TfidfParams};
+use tl_features::{Embedder, Inputs, RawPixels, Store, Tfidf, TfidfParams};
+
+use crate::fits::{FitCache, Key, Outcome};
 
 /// Which features stand for "before transfer".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -618,7 +620,7 @@ impl System {
         train: &[usize],
         test: &[usize],
         few_shot: bool,
-    ) -> Result<(Array2<f32>, Array2<f32>), EvalError> {
+    ) -> Result<(Matrix, Matrix), EvalError> {
         match &self.source {
             Source::Fixed { rows, x } => {
                 let pick = |idx: &[usize]| {
@@ -626,7 +628,7 @@ impl System {
                         .iter()
                         .map(|&i| rows[i].expect("row computed"))
                         .collect();
-                    x.select(Axis(0), &r)
+                    Matrix::Dense(x.select(Axis(0), &r))
                 };
                 Ok((pick(train), pick(test)))
             }
@@ -652,14 +654,15 @@ impl System {
                     // No term reaches min_df in so few documents: the baseline can only guess,
                     // which a constant feature expresses (the head falls back to the prior).
                     return Ok((
-                        Array2::zeros((train.len(), 1)),
-                        Array2::zeros((test.len(), 1)),
+                        Matrix::Dense(Array2::zeros((train.len(), 1))),
+                        Matrix::Dense(Array2::zeros((test.len(), 1))),
                     ));
                 }
-                let embed = |t: Vec<&str>| -> Result<Array2<f32>, EvalError> {
-                    Ok(v.embed(&Inputs::Texts(t), OnError::Fail)?.features)
-                };
-                Ok((embed(tr)?, embed(texts(test))?))
+                // Sparse: the whole vocabulary of a large corpus would not fit dense.
+                Ok((
+                    Matrix::Sparse(v.transform_sparse(&tr)),
+                    Matrix::Sparse(v.transform_sparse(&texts(test))),
+                ))
             }
         }
     }
@@ -1087,8 +1090,64 @@ fn choose(
     Ok((g.best, Some(chosen)))
 }
 
+/// The key of one [`fit_predict`]: everything its outcome depends on (see `fits.rs`).
+#[allow(clippy::too_many_arguments)]
+fn fit_key(
+    system: &System,
+    ds: &Dataset,
+    spec: &HeadSpec,
+    exp: &Experiment,
+    train: &[usize],
+    test: &[usize],
+    few_shot: bool,
+    search: Option<&Search>,
+) -> Key {
+    let json = |v: serde_json::Result<String>| v.unwrap_or_default();
+    let mut key = Key::new();
+    match &system.source {
+        Source::Fixed { rows, x } => {
+            key.part(b"fixed");
+            for idx in [train, test] {
+                for &i in idx {
+                    let row = x.row(rows[i].expect("row computed"));
+                    match row.as_slice() {
+                        Some(v) => key.floats(v),
+                        None => key.floats(&row.to_vec()),
+                    };
+                }
+                key.part(b"|");
+            }
+        }
+        Source::Tfidf(params) => {
+            key.part(b"tfidf")
+                .part(json(serde_json::to_string(params)).as_bytes());
+            for idx in [train, test] {
+                for &i in idx {
+                    key.part(match &ds.items[i] {
+                        Item::Text(t) => t.as_bytes(),
+                        _ => b"",
+                    });
+                }
+                key.part(b"|");
+            }
+        }
+    }
+    let labels: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
+    key.indices(&labels);
+    for name in &ds.label_names {
+        key.part(name.as_bytes());
+    }
+    key.part(json(serde_json::to_string(spec)).as_bytes())
+        .part(json(serde_json::to_string(&exp.preprocess)).as_bytes())
+        .part(&exp.seed.to_le_bytes())
+        .part(json(serde_json::to_string(&search)).as_bytes())
+        .part(&[u8::from(few_shot)]);
+    key
+}
+
 /// Fits `spec` on `train` rows of `system` and predicts `test` rows. With `search`, the
 /// head's main hyperparameter is first chosen by inner cross-validation on `train` alone.
+/// An outcome `fits` remembers from an earlier run is returned without fitting.
 #[allow(clippy::too_many_arguments)]
 fn fit_predict(
     system: &System,
@@ -1099,7 +1158,13 @@ fn fit_predict(
     test: &[usize],
     few_shot: bool,
     search: Option<&Search>,
+    fits: &FitCache,
 ) -> Result<(Fitted, Option<Chosen>), EvalError> {
+    let key = fit_key(system, ds, spec, exp, train, test, few_shot, search);
+    if let Some(o) = fits.get(&key, test.len(), ds.label_names.len()) {
+        let proba = o.proba();
+        return Ok(((o.predictions, proba, o.warnings), o.chosen));
+    }
     let (config, chosen) = choose(system, ds, spec, exp, train, few_shot, search)?;
     let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();
     let (xtr, xte) = system.matrices(ds, train, test, few_shot)?;
@@ -1109,14 +1174,18 @@ fn fit_predict(
         &ds.label_names,
         system.info.fingerprint.as_deref(),
     )?;
-    Ok((
-        (
-            model.predict(xte.view())?,
-            model.predict_proba(xte.view())?,
-            model.warnings,
+    let predictions = model.predict(xte.view())?;
+    let proba = model.predict_proba(xte.view())?;
+    fits.put(
+        &key,
+        &Outcome::new(
+            predictions.clone(),
+            &proba,
+            model.warnings.clone(),
+            chosen.clone(),
         ),
-        chosen,
-    ))
+    );
+    Ok(((predictions, proba, model.warnings), chosen))
 }
 
 /// The verdict line of a paired comparison (`d` in points): `what` helps when the whole
@@ -1194,6 +1263,7 @@ pub fn run(
     let mut tuners = open_tuners(&ds, &used, exp, &folds, &test_rows, registry, cache, obs)?;
     tuners.iter_mut().for_each(|(t, _)| t.progress = progress);
     let systems = build_systems(&ds, &used, exp, registry, cache, progress, obs)?;
+    let fits = FitCache::in_store(Store::from_cache(cache).root());
     let score = |pred: &[usize], proba: &Array2<f64>| {
         let metrics = evaluate(
             &truth,
@@ -1226,7 +1296,7 @@ pub fn run(
                 .map(|(tr, te)| {
                     let search = exp.search.enabled.then_some(&exp.search);
                     let ((p, pr, w), c) =
-                        fit_predict(system, &ds, spec, exp, tr, te, false, search)?;
+                        fit_predict(system, &ds, spec, exp, tr, te, false, search, &fits)?;
                     Ok((te.clone(), p, pr, w, c))
                 })
                 .collect();
@@ -1482,9 +1552,17 @@ pub fn run(
             &tuners,
             &train_pool,
             &test_split,
+            &fits,
             obs,
         )?,
     };
+    let (hits, lookups) = fits.counts();
+    if hits > 0 {
+        obs.note(&format!(
+            "fits      {hits} of {lookups} head fits remembered from earlier runs ({}; delete it to fit again)",
+            fits.dir().map_or(String::new(), |d| d.display().to_string())
+        ));
+    }
     Ok(RunReport {
         schema_version: REPORT_SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1716,6 +1794,7 @@ fn few_shot_curve(
     tuners: &[(Tuner, f64)],
     train_pool: &[usize],
     test_split: &[usize],
+    fits: &FitCache,
     obs: &dyn Observer,
 ) -> Result<(Vec<FewShotPoint>, Vec<FewShotComparison>), EvalError> {
     let (pool, test) = if test_split.is_empty() {
@@ -1785,7 +1864,7 @@ fn few_shot_curve(
                     let train = draw(k, r)?;
                     // A few rows per class leave nothing to search on: the head as written.
                     let ((pred, _, _), _) =
-                        fit_predict(system, ds, spec, exp, &train, &test, true, None)?;
+                        fit_predict(system, ds, spec, exp, &train, &test, true, None, fits)?;
                     Ok(pred)
                 })
                 .collect();

@@ -76,6 +76,7 @@ mod adapt_model;
 mod adaptation;
 mod experiment;
 mod finetuned;
+mod fits;
 pub mod plot;
 mod report;
 pub mod runner;

@@ -693,3 +693,89 @@ fn a_head_that_stopped_early_is_named_in_the_report() {
     let json = std::fs::read_to_string(out.join("report.json")).unwrap();
     assert!(json.contains("did not converge"));
 }
+
+#[test]
+fn remembered_fits_give_what_fitting_gives_and_change_with_what_they_depend_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = write_table(dir.path());
+    let registry = Registry::builtin().unwrap();
+    let file = |c: f64| {
+        format!(
+            "name = \"t\"\ndataset = {:?}\nbaseline = \"tfidf\"\nbootstrap = 200\n[[heads]]\nkind = \"logistic\"\nc = {c:?}\n[search]\nfolds = 3\nc = [0.1, 1.0]\n[protocol]\nkind = \"cv\"\nfolds = 5\n[few_shot]\nshots = [1, 4]\nrepeats = 2\n",
+            table.to_str().unwrap()
+        )
+    };
+    let go = |cache: &Cache, c: f64| {
+        let notes = std::sync::Mutex::new(Vec::new());
+        let report = run(
+            &parse(&file(c)).unwrap(),
+            &registry,
+            cache,
+            false,
+            &|l: &str| notes.lock().unwrap().push(l.to_string()),
+        )
+        .unwrap();
+        let remembered = notes
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.starts_with("fits "));
+        (report, remembered)
+    };
+    // What a report says, less the time it took.
+    let said = |r: &tl_eval::RunReport| {
+        let mut v = serde_json::to_value(&r.results).unwrap();
+        for x in v.as_array_mut().unwrap() {
+            x.as_object_mut().unwrap().remove("fit_seconds");
+        }
+        (
+            v,
+            r.results
+                .iter()
+                .map(|x| x.predictions.clone())
+                .collect::<Vec<_>>(),
+            serde_json::to_value(&r.few_shot).unwrap(),
+        )
+    };
+    let cache = Cache::at(dir.path().join("cache"));
+    let (first, note) = go(&cache, 1.0);
+    assert_eq!(note, None, "nothing to remember on a first run");
+    let (second, note) = go(&cache, 1.0);
+    assert_eq!(said(&first), said(&second));
+    // 5 protocol folds + 2 shots x 2 draws.
+    assert!(
+        note.as_deref()
+            .is_some_and(|n| n.contains("9 of 9 head fits remembered")),
+        "{note:?}"
+    );
+    // Another C for the head: nothing remembered applies.
+    let (_, note) = go(&cache, 10.0);
+    assert_eq!(note, None);
+    // Damaged files are fitted again, with the same outcome, and rewritten.
+    let fits = dir.path().join("cache/features/.fits");
+    let mut damaged = 0;
+    for sub in std::fs::read_dir(&fits).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 18, "one file per fit of the two files");
+    let (third, note) = go(&cache, 1.0);
+    assert_eq!(note, None, "every damaged file is a miss");
+    assert_eq!(said(&first), said(&third));
+    assert!(go(&cache, 1.0).1.is_some_and(|n| n.contains("9 of 9")));
+    // A changed label changes the fits whose training rows hold it: the run with remembered
+    // fits says exactly what a run from an empty cache says.
+    let text = std::fs::read_to_string(&table).unwrap();
+    std::fs::write(&table, text.replacen(",pos\n", ",neg\n", 1)).unwrap();
+    let (changed, note) = go(&cache, 1.0);
+    let (fresh, _) = go(&Cache::at(dir.path().join("other")), 1.0);
+    assert_eq!(said(&changed), said(&fresh));
+    assert!(
+        !note.as_deref().is_some_and(|n| n.contains("9 of 9")),
+        "{note:?}"
+    );
+}

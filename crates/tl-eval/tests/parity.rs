@@ -122,3 +122,74 @@ fn tfidf_matches_sklearn() {
     eprintln!("tf-idf: {} terms, max |diff| = {worst:e}", vocab.len());
     assert!(worst < 1e-6, "{worst}");
 }
+
+/// The TF-IDF baseline as the experiment runner builds it (sparse rows, whole vocabulary)
+/// and logistic regression on it, against scikit-learn's TfidfVectorizer + LogisticRegression
+/// on the same sentences (fixture from `eval_reference.py --tfidf-logistic`).
+#[test]
+fn sparse_tfidf_and_logistic_regression_match_sklearn() {
+    let want: Value =
+        serde_json::from_str(include_str!("fixtures/sklearn_tfidf_logistic.json")).unwrap();
+    let r = tl_assets::Registry::builtin().unwrap();
+    let ds = tl_data::load_builtin(
+        r.get("sentiment-amazon").unwrap(),
+        &tl_assets::Cache::from_env(),
+    )
+    .unwrap();
+    let texts: Vec<&str> = ds
+        .items
+        .iter()
+        .map(|i| match i {
+            tl_data::Item::Text(t) => t.as_str(),
+            _ => unreachable!(),
+        })
+        .collect();
+    let v = Tfidf::fit(&texts[..800], &TfidfParams::default());
+    assert_eq!(v.dim() as u64, want["vocabulary_size"].as_u64().unwrap());
+    let (xtr, xte) = (
+        v.transform_sparse(&texts[..800]),
+        v.transform_sparse(&texts[800..1000]),
+    );
+    // The sparse rows are the dense ones without their zeros.
+    assert_eq!(
+        xte.to_dense_vec(0.0),
+        v.transform(&texts[800..1000]).into_raw_vec_and_offset().0
+    );
+    let config =
+        tl_heads::HeadConfig::new(tl_heads::HeadSpec::Logistic(tl_heads::LogisticParams {
+            c: 1.0,
+            tol: 1e-8,
+            max_iter: 10_000,
+        }));
+    let model = config
+        .fit(&xtr, &ds.labels[..800], &ds.label_names, None)
+        .unwrap();
+    assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+    let proba = model.predict_proba(&xte).unwrap();
+    let mut worst = 0.0f64;
+    for (i, p) in want["proba"].as_array().unwrap().iter().enumerate() {
+        worst = worst.max((proba[[i, 1]] - p.as_f64().unwrap()).abs());
+    }
+    let tl_heads::FittedHead::Logistic { linear } = &model.head else {
+        unreachable!()
+    };
+    let intercept = (linear.b[0] - want["intercept"].as_f64().unwrap()).abs();
+    let weights = want["weights"].as_object().unwrap();
+    let mut worst_w = 0.0f64;
+    let mut terms: Vec<&String> = weights.keys().collect();
+    terms.sort();
+    for (j, t) in terms.iter().enumerate() {
+        worst_w = worst_w.max((linear.w[[j, 0]] - weights[*t].as_f64().unwrap()).abs());
+    }
+    let pred = model.predict(&xte).unwrap();
+    let correct = pred
+        .iter()
+        .zip(&ds.labels[800..1000])
+        .filter(|(p, y)| p == y)
+        .count();
+    eprintln!(
+        "tf-idf + logistic: max |proba diff| {worst:e}, |intercept diff| {intercept:e}, max |weight diff| {worst_w:e}, accuracy {correct}/200"
+    );
+    assert!(worst < 1e-5 && intercept < 1e-5 && worst_w < 1e-5);
+    assert_eq!(correct as f64 / 200.0, want["accuracy"].as_f64().unwrap());
+}

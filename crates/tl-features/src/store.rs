@@ -265,7 +265,9 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io(&self.root))?;
             let dir = entry.path();
-            if !dir.is_dir() {
+            // Dot folders hold data derived from the features (tl-eval's remembered head
+            // fits), not a backbone's.
+            if !dir.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
             let manifest = fs::read_to_string(dir.join("manifest.json"))

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use tl_backbone::{Embeddings, OnError};
+use tl_core::Csr;
 
 use crate::FeatureError;
 use crate::embedder::{Embedder, Inputs, plain_embeddings};
@@ -16,8 +17,8 @@ use crate::embedder::{Embedder, Inputs, plain_embeddings};
 pub struct TfidfParams {
     /// Ignore terms in fewer training documents than this.
     pub min_df: usize,
-    /// Keep only this many terms, the most frequent over the training documents (the matrix is
-    /// dense: 20 Newsgroups needs a cap).
+    /// Keep only this many terms, the most frequent over the training documents (none: the
+    /// whole vocabulary, as scikit-learn; the experiment runner keeps the matrix sparse).
     pub max_features: Option<usize>,
     /// Use 1 + ln(tf) instead of tf.
     pub sublinear_tf: bool,
@@ -105,30 +106,43 @@ impl Tfidf {
         self.idf.len()
     }
 
-    /// Dense, L2-normalised TF-IDF rows. Documents with no known term are all zeros.
-    pub fn transform<S: AsRef<str>>(&self, texts: &[S]) -> Array2<f32> {
-        let mut out = Array2::<f32>::zeros((texts.len(), self.dim()));
-        for (r, t) in texts.iter().enumerate() {
+    /// Sparse, L2-normalised TF-IDF rows (scikit-learn's `TfidfVectorizer` output, in f32).
+    /// Documents with no known term are empty rows.
+    pub fn transform_sparse<S: AsRef<str>>(&self, texts: &[S]) -> Csr {
+        let rows = texts.iter().map(|t| {
             let mut counts: HashMap<usize, f32> = HashMap::new();
             for tok in tokenize(t.as_ref()) {
                 if let Some(&j) = self.vocab.get(&tok) {
                     *counts.entry(j).or_default() += 1.0;
                 }
             }
-            let mut row = out.row_mut(r);
-            for (j, c) in counts {
-                let tf = if self.params.sublinear_tf {
-                    1.0 + c.ln()
-                } else {
-                    c
-                };
-                row[j] = tf * self.idf[j];
-            }
-            if let Some(values) = row.as_slice_mut() {
-                tl_core::vector::l2_normalize(values);
-            }
-        }
-        out
+            let mut row: Vec<(u32, f32)> = counts
+                .into_iter()
+                .map(|(j, c)| {
+                    let tf = if self.params.sublinear_tf {
+                        1.0 + c.ln()
+                    } else {
+                        c
+                    };
+                    (j as u32, tf * self.idf[j])
+                })
+                .collect();
+            row.sort_unstable_by_key(|&(j, _)| j);
+            let mut values: Vec<f32> = row.iter().map(|&(_, v)| v).collect();
+            tl_core::vector::l2_normalize(&mut values);
+            row.iter()
+                .zip(values)
+                .map(|(&(j, _), v)| (j, v))
+                .collect::<Vec<_>>()
+        });
+        Csr::from_rows(self.dim(), rows)
+    }
+
+    /// Dense, L2-normalised TF-IDF rows: [`transform_sparse`](Self::transform_sparse) with
+    /// every zero stored (`texts.len() x dim` floats: cap the vocabulary for large corpora).
+    pub fn transform<S: AsRef<str>>(&self, texts: &[S]) -> Array2<f32> {
+        let m = self.transform_sparse(texts);
+        Array2::from_shape_vec((m.nrows(), m.ncols()), m.to_dense_vec(0.0)).expect("rows x dim")
     }
 }
 

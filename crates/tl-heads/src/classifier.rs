@@ -3,13 +3,14 @@
 use std::fs;
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 use tl_core::split::stratified_kfold;
 
 use crate::HeadError;
 use crate::knn::{Centroid, Knn, softmax};
 use crate::linear::{self, Linear};
+use crate::matrix::{Features, X};
 use crate::params::{ClassWeight, HeadConfig, HeadSpec};
 use crate::preprocess::FittedPreprocess;
 
@@ -77,19 +78,6 @@ pub struct Classifier {
     pub warnings: Vec<String>,
 }
 
-/// Returns an error naming the first non-finite value.
-pub(crate) fn check_finite(x: ArrayView2<f32>, what: &str) -> Result<(), HeadError> {
-    for (i, row) in x.outer_iter().enumerate() {
-        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
-            return Err(HeadError::Data(format!(
-                "{what} row {i}, column {j}: feature is {}; features must be finite numbers",
-                row[j]
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn class_weights(
     config: &HeadConfig,
     label_names: &[String],
@@ -127,7 +115,7 @@ fn class_weights(
 /// Fits the margin head (SVM or ridge) on a subset, for calibration folds and the final model.
 fn fit_margin(
     spec: &HeadSpec,
-    x: ArrayView2<f64>,
+    x: &X,
     y: &[usize],
     k: usize,
     sw: &Array1<f64>,
@@ -143,7 +131,7 @@ fn fit_margin(
 /// Out-of-fold scores for Platt scaling; in-sample scores when a class is too small to split.
 fn calibrate(
     spec: &HeadSpec,
-    x: ArrayView2<f64>,
+    x: &X,
     y: &[usize],
     k: usize,
     sw: &Array1<f64>,
@@ -163,12 +151,11 @@ fn calibrate(
         let splits =
             stratified_kfold(y, &all, folds, seed).map_err(|e| HeadError::Data(e.to_string()))?;
         for fold in splits {
-            let xt = x.select(ndarray::Axis(0), &fold.train);
+            let xt = x.select(&fold.train);
             let yt: Vec<usize> = fold.train.iter().map(|&i| y[i]).collect();
             let swt = sw.select(ndarray::Axis(0), &fold.train);
-            let model = fit_margin(spec, xt.view(), &yt, k, &swt, seed)?;
-            let xv = x.select(ndarray::Axis(0), &fold.test);
-            let sv = model.scores(xv.view());
+            let model = fit_margin(spec, &xt, &yt, k, &swt, seed)?;
+            let sv = model.scores(&x.select(&fold.test));
             for (r, &i) in fold.test.iter().enumerate() {
                 scores.row_mut(i).assign(&sv.row(r));
             }
@@ -191,9 +178,9 @@ fn calibrate(
 impl HeadConfig {
     /// Fits preprocessing and head on `x` (rows = samples) with labels `y` (indices into
     /// `label_names`). `fingerprint` is the backbone fingerprint the features came from, if any.
-    pub fn fit(
+    pub fn fit<'a>(
         &self,
-        x: ArrayView2<f32>,
+        x: impl Into<Features<'a>>,
         y: &[usize],
         label_names: &[String],
         fingerprint: Option<&str>,
@@ -204,15 +191,15 @@ impl HeadConfig {
     /// [`fit`](Self::fit) with a weight per training row (e.g. importance weights for domain
     /// adaptation), multiplied into the class weights. Only the loss-based heads (logistic,
     /// linear SVM, ridge) take row weights; preprocessing is fitted unweighted.
-    pub fn fit_weighted(
+    pub fn fit_weighted<'a>(
         &self,
-        x: ArrayView2<f32>,
+        x: impl Into<Features<'a>>,
         y: &[usize],
         sample_weight: Option<&[f64]>,
         label_names: &[String],
         fingerprint: Option<&str>,
     ) -> Result<Classifier, HeadError> {
-        self.fit_from(x, y, sample_weight, label_names, fingerprint, None)
+        self.fit_from(x.into(), y, sample_weight, label_names, fingerprint, None)
     }
 
     /// [`fit_weighted`](Self::fit_weighted) whose solver starts from `warm`'s weights when
@@ -220,7 +207,7 @@ impl HeadConfig {
     /// optimum moves little from one C to the next, so far fewer iterations reach it).
     pub(crate) fn fit_from(
         &self,
-        x: ArrayView2<f32>,
+        x: Features<'_>,
         y: &[usize],
         sample_weight: Option<&[f64]>,
         label_names: &[String],
@@ -228,7 +215,7 @@ impl HeadConfig {
         warm: Option<&Classifier>,
     ) -> Result<Classifier, HeadError> {
         self.check()?;
-        let (n, d) = x.dim();
+        let (n, d) = (x.nrows(), x.ncols());
         if let Some(w) = sample_weight {
             if w.len() != n {
                 return Err(HeadError::Data(format!(
@@ -273,7 +260,7 @@ impl HeadConfig {
                 label_names.len()
             )));
         }
-        check_finite(x, "training")?;
+        x.check_finite("training")?;
         let mut classes: Vec<usize> = y.to_vec();
         classes.sort_unstable();
         classes.dedup();
@@ -312,8 +299,7 @@ impl HeadConfig {
             None => local.iter().map(|&c| cw[c]).collect(),
         };
 
-        let x64 = x.mapv(f64::from);
-        let (preprocess, xt) = FittedPreprocess::fit(&self.preprocess, x64.view())?;
+        let (preprocess, xt) = FittedPreprocess::fit_x(&self.preprocess, x.to_f64())?;
         let mut warnings = Vec::new();
         let head = match &self.head {
             HeadSpec::Logistic(p) => {
@@ -321,17 +307,21 @@ impl HeadConfig {
                     Some(FittedHead::Logistic { linear }) => Some(linear),
                     _ => None,
                 };
-                let (linear, warning) = linear::fit_logistic(p, xt.view(), &local, k, &sw, start)?;
+                let (linear, warning) = linear::fit_logistic(p, &xt, &local, k, &sw, start)?;
                 warnings.extend(warning);
                 FittedHead::Logistic { linear }
             }
             spec @ (HeadSpec::LinearSvm(_) | HeadSpec::Ridge(_)) => {
-                let linear = fit_margin(spec, xt.view(), &local, k, &sw, self.seed)?;
-                let platt = calibrate(spec, xt.view(), &local, k, &sw, self.seed, &linear)?;
+                let linear = fit_margin(spec, &xt, &local, k, &sw, self.seed)?;
+                let platt = calibrate(spec, &xt, &local, k, &sw, self.seed, &linear)?;
                 FittedHead::Margin { linear, platt }
             }
-            HeadSpec::Knn(p) => FittedHead::Knn(Knn::fit(p, xt.view(), &local, k, cw)),
+            HeadSpec::Knn(p) => {
+                let xt = xt.into_dense("the knn head")?;
+                FittedHead::Knn(Knn::fit(p, xt.view(), &local, k, cw))
+            }
             HeadSpec::Centroid(p) => {
+                let xt = xt.dense("the centroid head")?;
                 FittedHead::Centroid(Centroid::fit(p.metric, xt.view(), &local, k, &cw))
             }
         };
@@ -353,7 +343,7 @@ impl HeadConfig {
 }
 
 impl Classifier {
-    fn prepare(&self, x: ArrayView2<f32>) -> Result<Array2<f64>, HeadError> {
+    fn prepare(&self, x: Features<'_>) -> Result<X, HeadError> {
         if x.ncols() != self.features.dim {
             return Err(HeadError::Incompatible(format!(
                 "features have {} columns but the classifier was trained on {}",
@@ -361,8 +351,8 @@ impl Classifier {
                 self.features.dim
             )));
         }
-        check_finite(x, "input")?;
-        Ok(self.preprocess.transform(x.mapv(f64::from).view()))
+        x.check_finite("input")?;
+        self.preprocess.transform_x(x.to_f64())
     }
 
     /// Expands per-trained-class columns to one column per label, filling absent classes.
@@ -380,24 +370,27 @@ impl Classifier {
     /// Scores with one column per label (higher = more likely); classes never seen in training
     /// score negative infinity. Linear heads give margins, kNN vote shares, nearest centroid
     /// log-posteriors.
-    pub fn decision_function(&self, x: ArrayView2<f32>) -> Result<Array2<f64>, HeadError> {
-        let xt = self.prepare(x)?;
+    pub fn decision_function<'a>(
+        &self,
+        x: impl Into<Features<'a>>,
+    ) -> Result<Array2<f64>, HeadError> {
+        let xt = self.prepare(x.into())?;
         let local = match &self.head {
             FittedHead::Logistic { linear } | FittedHead::Margin { linear, .. } => {
-                linear.class_scores(xt.view())
+                linear.class_scores(&xt)
             }
-            FittedHead::Knn(knn) => knn.proba(xt.view()),
-            FittedHead::Centroid(c) => c.scores(xt.view()),
+            FittedHead::Knn(knn) => knn.proba(xt.dense("the knn head")?.view()),
+            FittedHead::Centroid(c) => c.scores(xt.dense("the centroid head")?.view()),
         };
         Ok(self.expand(local, f64::NEG_INFINITY))
     }
 
     /// Class probabilities, one column per label (absent classes get 0); rows sum to 1.
-    pub fn predict_proba(&self, x: ArrayView2<f32>) -> Result<Array2<f64>, HeadError> {
-        let xt = self.prepare(x)?;
+    pub fn predict_proba<'a>(&self, x: impl Into<Features<'a>>) -> Result<Array2<f64>, HeadError> {
+        let xt = self.prepare(x.into())?;
         let local = match &self.head {
             FittedHead::Logistic { linear } => {
-                let s = linear.scores(xt.view());
+                let s = linear.scores(&xt);
                 if s.ncols() == 1 {
                     let mut out = Array2::zeros((s.nrows(), 2));
                     for (i, &v) in s.column(0).iter().enumerate() {
@@ -410,17 +403,15 @@ impl Classifier {
                     softmax(&s)
                 }
             }
-            FittedHead::Margin { linear, platt } => {
-                linear::platt_proba(&linear.scores(xt.view()), platt)
-            }
-            FittedHead::Knn(knn) => knn.proba(xt.view()),
-            FittedHead::Centroid(c) => softmax(&c.scores(xt.view())),
+            FittedHead::Margin { linear, platt } => linear::platt_proba(&linear.scores(&xt), platt),
+            FittedHead::Knn(knn) => knn.proba(xt.dense("the knn head")?.view()),
+            FittedHead::Centroid(c) => softmax(&c.scores(xt.dense("the centroid head")?.view())),
         };
         Ok(self.expand(local, 0.0))
     }
 
     /// Predicted label index per row (the highest score; ties go to the lower index).
-    pub fn predict(&self, x: ArrayView2<f32>) -> Result<Vec<usize>, HeadError> {
+    pub fn predict<'a>(&self, x: impl Into<Features<'a>>) -> Result<Vec<usize>, HeadError> {
         let scores = self.decision_function(x)?;
         Ok(scores
             .outer_iter()

@@ -3,7 +3,7 @@
 //!
 //! One way to do each thing: describe a head with a [`HeadConfig`] (a [`HeadSpec`] with its
 //! hyperparameters, [`Preprocess`]ing, [`ClassWeight`]s, a seed), call [`HeadConfig::fit`] on an
-//! `n x d` feature matrix and label indices, and use the [`Classifier`] it returns to
+//! `n x d` feature matrix (dense, or sparse rows: a [`tl_core::Csr`] bag of words) and label indices, and use the [`Classifier`] it returns to
 //! `predict`, `predict_proba` or `decision_function`, or `save` it to one JSON file that records
 //! the label names, the feature dimension and the backbone fingerprint the features came from.
 //! [`grid_search`] tunes a head's main hyperparameter by stratified k-fold CV, extending the
@@ -39,6 +39,7 @@ pub mod linalg {
     pub use crate::la::{eigh_desc, solve_spd};
 }
 mod linear;
+mod matrix;
 mod params;
 mod preprocess;
 mod select;
@@ -48,6 +49,7 @@ use std::path::PathBuf;
 pub use classifier::{Classifier, FORMAT_VERSION, FeatureMeta, FittedHead};
 pub use knn::{Centroid, Knn};
 pub use linear::Linear;
+pub use matrix::{DENSE_LIMIT, Features, Matrix};
 pub use params::{
     CentroidParams, ClassWeight, HeadConfig, HeadSpec, KnnParams, LogisticParams, Metric, Pca,
     Preprocess, RidgeParams, SvmParams, Weighting,

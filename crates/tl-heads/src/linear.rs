@@ -8,6 +8,7 @@ use tl_core::Rng;
 
 use crate::HeadError;
 use crate::la;
+use crate::matrix::X;
 use crate::params::{LogisticParams, SvmParams};
 
 /// `scores = x . w + b`; one column for a binary problem (positive = the second class),
@@ -21,16 +22,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub(crate) fn scores(&self, x: ArrayView2<f64>) -> Array2<f64> {
-        if self.w.ncols() == 1 {
-            // Matrix-vector: see `logistic_objective`.
-            return (x.dot(&self.w.column(0)) + self.b[0]).insert_axis(Axis(1));
-        }
-        x.dot(&self.w) + &self.b
+    pub(crate) fn scores(&self, x: &X) -> Array2<f64> {
+        x.dot(self.w.view()) + &self.b
     }
 
     /// Scores with one column per class: a binary score `s` becomes `[-s, s]`.
-    pub(crate) fn class_scores(&self, x: ArrayView2<f64>) -> Array2<f64> {
+    pub(crate) fn class_scores(&self, x: &X) -> Array2<f64> {
         let s = self.scores(x);
         if s.ncols() == 1 {
             let mut out = Array2::zeros((s.nrows(), 2));
@@ -48,7 +45,7 @@ impl Linear {
 /// Logistic loss + `alpha/2 |W|^2` and its gradient at `theta` = [W row-major (d x m), b (m)].
 /// One score column is the binary model (class 1 positive), more columns the multinomial one.
 fn logistic_objective(
-    x: ArrayView2<f64>,
+    x: &X,
     y: &[usize],
     sw: &Array1<f64>,
     alpha: f64,
@@ -58,13 +55,7 @@ fn logistic_objective(
     let d = x.ncols();
     let w = ArrayView2::from_shape((d, m), &theta[..d * m]).expect("theta holds W");
     let b = ndarray::ArrayView1::from(&theta[d * m..]);
-    // One score column: matrix-vector products. A d x 1 matrix product would have the gemm
-    // repack all of x on every call (87% of a TF-IDF fit's time went to that packing).
-    let s = if m == 1 {
-        (x.dot(&w.column(0)) + b[0]).insert_axis(Axis(1))
-    } else {
-        x.dot(&w) + b
-    };
+    let s = x.dot(w) + b;
     let mut loss = 0.0;
     let mut diff = Array2::<f64>::zeros(s.dim());
     for (i, row) in s.outer_iter().enumerate() {
@@ -91,17 +82,7 @@ fn logistic_objective(
             diff[[i, y[i]]] -= wi;
         }
     }
-    let gw = if m == 1 {
-        let mut g = w.column(0).to_owned() * alpha;
-        for (row, &di) in x.outer_iter().zip(diff.column(0)) {
-            if di != 0.0 {
-                g.scaled_add(di, &row);
-            }
-        }
-        g.insert_axis(Axis(1))
-    } else {
-        x.t().dot(&diff) + &w * alpha
-    };
+    let gw = x.t_dot(&diff) + &w * alpha;
     let gb = diff.sum_axis(Axis(0));
     loss += 0.5 * alpha * w.iter().map(|v| v * v).sum::<f64>();
     let mut grad = Vec::with_capacity(theta.len());
@@ -212,7 +193,7 @@ fn lbfgs(
 /// weights need. `tests/parity.rs` keeps the comparison.
 pub(crate) fn fit_logistic(
     p: &LogisticParams,
-    x: ArrayView2<f64>,
+    x: &X,
     y: &[usize],
     k: usize,
     sw: &Array1<f64>,
@@ -283,11 +264,13 @@ fn sign_targets(y: &[usize], k: usize) -> Array2<f64> {
 /// the primal (d x d) or, with more features than rows, the dual (n x n).
 pub(crate) fn fit_ridge(
     alpha: f64,
-    x: ArrayView2<f64>,
+    x: &X,
     y: &[usize],
     k: usize,
     sw: &Array1<f64>,
 ) -> Result<Linear, HeadError> {
+    let x = x.dense("the ridge head")?;
+    let x = x.view();
     let (n, d) = x.dim();
     let t = sign_targets(y, k);
     let wsum = sw.sum();
@@ -311,31 +294,20 @@ pub(crate) fn fit_ridge(
 
 /// One binary L2-loss SVM by dual coordinate descent (Hsieh et al., 2008), with the intercept as
 /// an extra constant feature as liblinear and scikit-learn's LinearSVC do. Returns (w, b).
-fn svm_binary(
-    p: &SvmParams,
-    x: ArrayView2<f64>,
-    y: &[f64],
-    cost: &[f64],
-    seed: u64,
-) -> (Array1<f64>, f64) {
-    let (n, d) = x.dim();
+fn svm_binary(p: &SvmParams, x: &X, y: &[f64], cost: &[f64], seed: u64) -> (Array1<f64>, f64) {
+    let (n, d) = (x.nrows(), x.ncols());
     let mut w = Array1::<f64>::zeros(d);
     let mut b = 0.0;
     let mut alpha = vec![0.0f64; n];
     let diag: Vec<f64> = cost.iter().map(|c| 0.5 / c).collect();
-    let qii: Vec<f64> = x
-        .axis_iter(Axis(0))
-        .zip(&diag)
-        .map(|(row, dii)| row.dot(&row) + 1.0 + dii)
-        .collect();
+    let qii: Vec<f64> = (0..n).map(|i| x.row_sq(i) + 1.0 + diag[i]).collect();
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(seed);
     for _ in 0..p.max_iter {
         rng.shuffle(&mut order);
         let (mut pg_max, mut pg_min) = (f64::NEG_INFINITY, f64::INFINITY);
         for &i in &order {
-            let row = x.row(i);
-            let g = y[i] * (row.dot(&w) + b) - 1.0 + diag[i] * alpha[i];
+            let g = y[i] * (x.row_dot(i, &w) + b) - 1.0 + diag[i] * alpha[i];
             let pg = if alpha[i] == 0.0 { g.min(0.0) } else { g };
             pg_max = pg_max.max(pg);
             pg_min = pg_min.min(pg);
@@ -343,7 +315,7 @@ fn svm_binary(
                 let old = alpha[i];
                 alpha[i] = (old - g / qii[i]).max(0.0);
                 let step = (alpha[i] - old) * y[i];
-                w.scaled_add(step, &row);
+                x.row_axpy(i, step, &mut w.view_mut());
                 b += step;
             }
         }
@@ -357,7 +329,7 @@ fn svm_binary(
 /// One-vs-rest linear SVM; binary problems fit one model with class 1 positive.
 pub(crate) fn fit_svm(
     p: &SvmParams,
-    x: ArrayView2<f64>,
+    x: &X,
     y: &[usize],
     k: usize,
     sw: &Array1<f64>,

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::HeadError;
 use crate::la;
+use crate::matrix::X;
 use crate::params::{Pca, Preprocess};
+use tl_core::Csr;
 
 /// Fitted preprocessing, saved with the head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +41,21 @@ fn l2_rows(x: &mut Array2<f64>) {
     }
 }
 
+fn l2_sparse(x: &mut Csr<f64>) {
+    for i in 0..x.nrows() {
+        tl_core::vector::l2_normalize(x.row_values_mut(i));
+    }
+}
+
+/// The preprocessing step that needs dense features, for error messages.
+fn step(settings: &Preprocess) -> String {
+    if settings.standardize {
+        "standardisation (it centres every column)".into()
+    } else {
+        "PCA".into()
+    }
+}
+
 /// Column means and (population) standard deviations.
 fn mean_std(x: &Array2<f64>) -> (Array1<f64>, Array1<f64>) {
     let n = x.nrows() as f64;
@@ -59,7 +76,14 @@ impl FittedPreprocess {
         settings: &Preprocess,
         x: ArrayView2<f64>,
     ) -> Result<(Self, Array2<f64>), HeadError> {
-        let mut out = x.to_owned();
+        Self::fit_owned(settings, x.to_owned())
+    }
+
+    /// [`fit`](Self::fit) in place.
+    fn fit_owned(
+        settings: &Preprocess,
+        mut out: Array2<f64>,
+    ) -> Result<(Self, Array2<f64>), HeadError> {
         if settings.l2_normalize {
             l2_rows(&mut out);
         }
@@ -94,7 +118,10 @@ impl FittedPreprocess {
 
     /// Applies the fitted transformation to new features.
     pub fn transform(&self, x: ArrayView2<f64>) -> Array2<f64> {
-        let mut out = x.to_owned();
+        self.transform_owned(x.to_owned())
+    }
+
+    fn transform_owned(&self, mut out: Array2<f64>) -> Array2<f64> {
         if self.settings.l2_normalize {
             l2_rows(&mut out);
         }
@@ -105,6 +132,45 @@ impl FittedPreprocess {
         match &self.pca {
             Some(p) => project(&out, p),
             None => out,
+        }
+    }
+
+    /// [`fit`](Self::fit) on the solvers' matrix: a sparse one stays sparse through L2
+    /// normalisation; standardisation and PCA expand it (they centre every column).
+    pub(crate) fn fit_x(settings: &Preprocess, x: X) -> Result<(Self, X), HeadError> {
+        match x {
+            X::Sparse(mut m) if !settings.standardize && settings.pca.is_none() => {
+                if settings.l2_normalize {
+                    l2_sparse(&mut m);
+                }
+                let fitted = FittedPreprocess {
+                    settings: settings.clone(),
+                    mean: None,
+                    scale: None,
+                    pca: None,
+                };
+                Ok((fitted, X::Sparse(m)))
+            }
+            x => {
+                let dense = x.into_dense(&step(settings))?;
+                let (fitted, out) = Self::fit_owned(settings, dense)?;
+                Ok((fitted, X::Dense(out)))
+            }
+        }
+    }
+
+    /// [`transform`](Self::transform) on the solvers' matrix.
+    pub(crate) fn transform_x(&self, x: X) -> Result<X, HeadError> {
+        match x {
+            X::Sparse(mut m) if self.mean.is_none() && self.pca.is_none() => {
+                if self.settings.l2_normalize {
+                    l2_sparse(&mut m);
+                }
+                Ok(X::Sparse(m))
+            }
+            x => Ok(X::Dense(
+                self.transform_owned(x.into_dense(&step(&self.settings))?),
+            )),
         }
     }
 

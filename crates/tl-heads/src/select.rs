@@ -1,13 +1,13 @@
 //! Hyperparameter search: stratified k-fold cross-validation over a grid, folds in parallel,
 //! the grid extended past an end when the best value lies on it.
 
-use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tl_core::split::stratified_kfold;
 
 use crate::HeadError;
-use crate::classifier::{Classifier, check_finite};
+use crate::classifier::Classifier;
+use crate::matrix::{Features, Matrix};
 use crate::params::{HeadConfig, HeadSpec};
 
 /// How many values a search adds beyond each end of its grid, one at a time, while the best
@@ -51,15 +51,16 @@ pub struct GridSearch {
 /// (the head's default grid when empty) by stratified `folds`-fold CV with `seed`. Every fold
 /// refits the preprocessing on its own training part. When the best value is the grid's
 /// smallest or largest, the grid is extended on that side (see [`GridSearch::edge`]).
-pub fn grid_search(
+pub fn grid_search<'a>(
     config: &HeadConfig,
     values: &[f64],
-    x: ArrayView2<f32>,
+    x: impl Into<Features<'a>>,
     y: &[usize],
     label_names: &[String],
     folds: usize,
     seed: u64,
 ) -> Result<GridSearch, HeadError> {
+    let x = x.into();
     if y.len() != x.nrows() {
         return Err(HeadError::Data(format!(
             "{} feature rows but {} labels",
@@ -67,7 +68,7 @@ pub fn grid_search(
             y.len()
         )));
     }
-    check_finite(x, "training")?;
+    x.check_finite("training")?;
     grid_search_with(
         config,
         values,
@@ -76,14 +77,14 @@ pub fn grid_search(
         folds,
         seed,
         |train: &[usize], test: &[usize]| -> Result<_, HeadError> {
-            Ok((x.select(Axis(0), train), x.select(Axis(0), test)))
+            Ok((x.select(train), x.select(test)))
         },
     )
 }
 
 /// [`grid_search`] for features that are fitted on each training part (a TF-IDF vocabulary):
 /// `features(train, test)` returns the training and test matrices of those rows (indices into
-/// `y`). It is called once per fold for the grid and once per fold for each extension.
+/// `y`), dense or sparse. It is called once per fold for the grid and once per fold for each extension.
 pub fn grid_search_with<E, F>(
     config: &HeadConfig,
     values: &[f64],
@@ -95,7 +96,7 @@ pub fn grid_search_with<E, F>(
 ) -> Result<GridSearch, E>
 where
     E: From<HeadError> + Send,
-    F: Fn(&[usize], &[usize]) -> Result<(Array2<f32>, Array2<f32>), E> + Sync,
+    F: Fn(&[usize], &[usize]) -> Result<(Matrix, Matrix), E> + Sync,
 {
     config.check()?;
     let Some((param, _)) = config.head.main_param() else {
