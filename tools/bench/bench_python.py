@@ -120,6 +120,20 @@ def image_workload(a):
     return run
 
 
+def exported(folder):
+    """The train and test matrices and labels fit-bench exported (raw little-endian f32 / u32)."""
+    import os
+
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+
+    def load(name):
+        x = np.fromfile(os.path.join(folder, name + ".f32"), dtype="<f4").reshape(-1, meta["dim"])
+        y = np.fromfile(os.path.join(folder, name + ".labels"), dtype="<u4")
+        return x, y
+
+    return load("train"), load("test")
+
+
 def fit_workload(a):
     """scikit-learn LogisticRegression(C=1, lbfgs, max_iter=1000) on the features the Rust side
     exported; prints fit times, test accuracy and peak RSS."""
@@ -129,15 +143,7 @@ def fit_workload(a):
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     from sklearn.linear_model import LogisticRegression
 
-    meta = json.load(open(os.path.join(a.features, "meta.json")))
-
-    def load(name):
-        x = np.fromfile(os.path.join(a.features, name + ".f32"), dtype="<f4").reshape(-1, meta["dim"])
-        y = np.fromfile(os.path.join(a.features, name + ".labels"), dtype="<u4")
-        return x, y
-
-    xtr, ytr = load("train")
-    xte, yte = load("test")
+    (xtr, ytr), (xte, yte) = exported(a.features)
     fit_s, acc, iters = [], 0.0, 0
     for _ in range(a.repeat):
         t = time.perf_counter()
@@ -161,15 +167,7 @@ def grid_workload(a):
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
 
-    meta = json.load(open(os.path.join(a.features, "meta.json")))
-
-    def load(name):
-        x = np.fromfile(os.path.join(a.features, name + ".f32"), dtype="<f4").reshape(-1, meta["dim"])
-        y = np.fromfile(os.path.join(a.features, name + ".labels"), dtype="<u4")
-        return x, y
-
-    xtr, ytr = load("train")
-    xte, yte = load("test")
+    (xtr, ytr), (xte, yte) = exported(a.features)
     t = time.perf_counter()
     knn = KNeighborsClassifier(5, metric="cosine", algorithm="brute").fit(xtr, ytr)
     knn_acc = float((knn.predict(xte) == yte).mean())

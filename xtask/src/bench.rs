@@ -603,7 +603,7 @@ fn tfidf_workload(
         let (rv, pv) = last;
         let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
         md += &format!(
-            "| {name}, {} train / {} test docs of {} characters on average: time (vectorise + fit + predict) | {:.1} s ({:.1} + {:.1}) | {:.1} s ({:.1} + {:.1}) | {:.2}x |\n| {name}: test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| {name}: vocabulary, stored entries | {} terms, {} | {} terms, {} | |\n| {name}: peak RSS | {:.0} MB | {:.0} MB | {:.2}x |\n",
+            "| {name}, {} train / {} test docs of {} characters on average: time in all (vectorising, fitting) | {:.1} s ({:.1}, {:.1}) | {:.1} s ({:.1}, {:.1}) | {:.2}x |\n| {name}: test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| {name}: vocabulary, stored entries | {} terms, {} | {} terms, {} | |\n| {name}: peak RSS | {:.0} MB | {:.0} MB | {:.2}x |\n",
             rv["train"],
             rv["test"],
             rv["mean_chars"],

@@ -79,22 +79,30 @@ fn metrics_match_sklearn() {
     }
 }
 
-#[test]
-fn tfidf_matches_sklearn() {
+/// The Amazon sentences the fixtures were made from, in tl-data's order.
+fn amazon() -> tl_data::Dataset {
     let r = tl_assets::Registry::builtin().unwrap();
-    let ds = tl_data::load_builtin(
+    tl_data::load_builtin(
         r.get("sentiment-amazon").unwrap(),
         &tl_assets::Cache::from_env(),
     )
-    .unwrap();
-    let texts: Vec<&str> = ds
-        .items
+    .unwrap()
+}
+
+fn texts(ds: &tl_data::Dataset) -> Vec<&str> {
+    ds.items
         .iter()
         .map(|i| match i {
             tl_data::Item::Text(t) => t.as_str(),
             _ => unreachable!(),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn tfidf_matches_sklearn() {
+    let ds = amazon();
+    let texts = texts(&ds);
     let f = fixture();
     let want = &f["tfidf"];
     let v = Tfidf::fit(&texts[..800], &TfidfParams::default());
@@ -130,20 +138,8 @@ fn tfidf_matches_sklearn() {
 fn sparse_tfidf_and_logistic_regression_match_sklearn() {
     let want: Value =
         serde_json::from_str(include_str!("fixtures/sklearn_tfidf_logistic.json")).unwrap();
-    let r = tl_assets::Registry::builtin().unwrap();
-    let ds = tl_data::load_builtin(
-        r.get("sentiment-amazon").unwrap(),
-        &tl_assets::Cache::from_env(),
-    )
-    .unwrap();
-    let texts: Vec<&str> = ds
-        .items
-        .iter()
-        .map(|i| match i {
-            tl_data::Item::Text(t) => t.as_str(),
-            _ => unreachable!(),
-        })
-        .collect();
+    let ds = amazon();
+    let texts = texts(&ds);
     let v = Tfidf::fit(&texts[..800], &TfidfParams::default());
     assert_eq!(v.dim() as u64, want["vocabulary_size"].as_u64().unwrap());
     let (xtr, xte) = (
