@@ -1,5 +1,5 @@
-//! Fingerprints the code a head fit's outcome depends on (this crate, tl-heads, tl-core and
-//! the TF-IDF vectoriser), so results remembered by one build are never served by another
+//! Fingerprints the code a head fit's outcome depends on (this crate, tl-heads, tl-core, the
+//! TF-IDF vectoriser and the locked dependency versions), so results remembered by one build are never served by another
 //! whose code differs (`fits.rs`). Outside the workspace (a packaged crate) only this crate's
 //! sources are there; the crate versions stand in for the rest.
 
@@ -27,6 +27,8 @@ fn main() {
         crates.join("tl-heads/src"),
         crates.join("tl-core/src"),
         crates.join("tl-features/src/tfidf.rs"),
+        // The solvers' dependencies (ndarray, faer, rayon) at their locked versions.
+        crates.join("../Cargo.lock"),
     ];
     let mut all = Vec::new();
     for s in &sources {

@@ -564,8 +564,15 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
     match command {
         CacheCmd::Info => {
             let all = store.info()?;
-            if all.is_empty() {
+            let (fits, bytes) = store.derived_info();
+            if all.is_empty() && fits == 0 {
                 out!("feature cache {} is empty", store.root().display());
+            }
+            if fits > 0 {
+                out!(
+                    "remembered head fits: {fits} files, {:.1} MB (tl cache gc deletes the unused)",
+                    bytes as f64 / 1e6
+                );
             }
             for s in all {
                 let (model, dim) = s
@@ -636,15 +643,22 @@ fn cache(registry: &Registry, command: CacheCmd) -> Result<()> {
                 ))
             })?;
             let removed = store.gc(Duration::from_secs(secs), dry_run)?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
             for s in &removed {
                 out!(
-                    "{} {} ({:.1} MB)",
-                    if dry_run { "would delete" } else { "deleted" },
+                    "{verb} {} ({:.1} MB)",
                     s.dir.display(),
                     s.bytes as f64 / 1e6
                 );
             }
-            if removed.is_empty() {
+            let (fits, bytes) = store.gc_derived(Duration::from_secs(secs), dry_run)?;
+            if fits > 0 {
+                out!(
+                    "{verb} {fits} remembered head fits ({:.1} MB)",
+                    bytes as f64 / 1e6
+                );
+            }
+            if removed.is_empty() && fits == 0 {
                 out!("nothing unused for {days} days");
             }
             Ok(())

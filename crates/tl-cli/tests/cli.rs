@@ -1018,6 +1018,61 @@ fn cache_gc_refuses_a_number_of_days_that_overflows() {
     assert!(out.contains("nothing unused"), "{out}");
 }
 
+/// A second `tl run` takes its head fits from the cache and says so; `tl cache info` counts
+/// them and `tl cache gc` deletes the unused ones, after which the run fits again.
+#[test]
+fn remembered_fits_are_listed_and_collected_by_the_cache_commands() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let mut csv = String::from("text,label\n");
+    for i in 0..40 {
+        let (w, l) = if i % 2 == 0 {
+            ("great", "pos")
+        } else {
+            ("awful", "neg")
+        };
+        csv.push_str(&format!("a {w} phone number {i},{l}\n"));
+    }
+    std::fs::write(h.join("reviews.csv"), csv).unwrap();
+    let exp = h.join("exp.toml");
+    let data = h.join("reviews.csv");
+    std::fs::write(
+        &exp,
+        format!("name = \"t\"\ndataset = {data:?}\nbaseline = \"tfidf\"\nbootstrap = 100\n[[heads]]\nkind = \"logistic\"\n[search]\nfolds = 2\nc = [1.0]\n[protocol]\nkind = \"cv\"\nfolds = 4\n"),
+    )
+    .unwrap();
+    let run = || {
+        let (code, out, err) = tl_in(
+            h,
+            &[
+                "run",
+                exp.to_str().unwrap(),
+                "--out",
+                h.join("r").to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        format!("{out}{err}")
+    };
+    assert!(!run().contains("remembered"));
+    let second = run();
+    assert!(second.contains("4 of 4 head fits remembered"), "{second}");
+    let (code, out, err) = tl_in(h, &["cache", "info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("remembered head fits: 4 files"), "{out}");
+    assert!(!out.contains("/.fits"), "not listed as a backbone: {out}");
+    let (code, out, err) = tl_in(h, &["cache", "gc", "--days", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing unused"), "just used: {out}");
+    let (code, out, err) = tl_in(h, &["cache", "gc", "--days", "0", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would delete 4 remembered head fits"), "{out}");
+    let (code, out, err) = tl_in(h, &["cache", "gc", "--days", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted 4 remembered head fits"), "{out}");
+    assert!(!run().contains("remembered"));
+}
+
 /// Output to a reader that went away ends quietly with 0 (as `tl ... | head -1`); a
 /// stdout that cannot be written (a full disk) is exit 1 with a message. Both panicked
 /// before. (A closed descriptor cannot be told apart: Rust's runtime reopens a closed

@@ -8,7 +8,8 @@
 //! and label names, the head configuration, the nested search's settings, the seed, and
 //! whether it is a few-shot fit. Anything that could change a prediction changes the key; a
 //! file that cannot be read back is a miss, recomputed and rewritten. Files live in the
-//! feature store's `.fits` folder: a cold feature cache is a cold fit cache.
+//! feature store's `.fits` folder: a cold feature cache is a cold fit cache, and `tl cache
+//! gc` deletes the files no run has read for its number of days.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,6 +142,10 @@ impl FitCache {
                 path.display()
             );
             return None;
+        }
+        // Refresh its time: `tl cache gc` deletes the fits no run has used for a while.
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         Some(outcome)

@@ -318,6 +318,71 @@ impl Store {
     }
 }
 
+/// Files under the store's dot folders with their metadata (recursively; a folder that
+/// cannot be read is skipped: derived data is only ever a cache).
+fn derived_files(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, fs::Metadata)>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => walk(&path, out),
+                Ok(m) if m.is_file() => out.push((path, m)),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(root) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
+            walk(&entry.path(), &mut out);
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Files and bytes of the data derived from the features in the store's dot folders
+    /// (tl-eval's remembered head fits).
+    pub fn derived_info(&self) -> (usize, u64) {
+        let files = derived_files(&self.root);
+        (files.len(), files.iter().map(|(_, m)| m.len()).sum())
+    }
+
+    /// Deletes derived files (see [`Store::derived_info`]) not used for `unused_for`, by
+    /// modification time (their readers refresh it). With `dry_run` only counts. Returns the
+    /// files and bytes removed (or that would be).
+    pub fn gc_derived(
+        &self,
+        unused_for: Duration,
+        dry_run: bool,
+    ) -> Result<(usize, u64), FeatureError> {
+        let now = SystemTime::now();
+        let (mut files, mut bytes) = (0, 0);
+        for (path, meta) in derived_files(&self.root) {
+            let used = meta.modified().unwrap_or(UNIX_EPOCH);
+            if now.duration_since(used).unwrap_or_default() >= unused_for {
+                if !dry_run {
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        // Another gc got there first.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io(&path)(e)),
+                    }
+                }
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        Ok((files, bytes))
+    }
+}
+
 fn last_used(dir: &Path) -> Option<SystemTime> {
     let secs: u64 = fs::read_to_string(dir.join("last-used"))
         .ok()?
