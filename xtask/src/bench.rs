@@ -95,12 +95,22 @@ fn run_json(cmd: Command) -> Result<Value> {
     Ok(v)
 }
 
-fn rate(v: &Value) -> f64 {
-    let mut r: Vec<f64> = v["items_per_s"]
+/// The median of the numbers a runner printed under `key` (one per timed repeat).
+fn median_of(v: &Value, key: &str) -> f64 {
+    let mut r: Vec<f64> = v[key]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
     median(&mut r)
+}
+
+fn rate(v: &Value) -> f64 {
+    median_of(v, "items_per_s")
+}
+
+/// Threads both stacks are given: every core.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Peak single-precision FLOP/s of this machine's cores, from /proc/cpuinfo.
@@ -198,7 +208,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         return Ok(());
     }
     let runner = root.join("target/release/embed-throughput");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads();
     let repeat = 1;
     let (n_sentences, n_docs, n_images) = if quick {
         (1000, 100, 300)
@@ -457,23 +467,12 @@ fn fit_workload(
         let mut py = Command::new(python);
         py.arg(script)
             .args(["fit", "--threads"])
-            .arg(
-                std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .to_string(),
-            )
+            .arg(threads().to_string())
             .arg("--features")
             .arg(&dir)
             .args(["--repeat", "2"]);
         let pv = run_json(py)?;
-        let med = |v: &Value| {
-            let mut t: Vec<f64> = v["fit_s"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_f64).collect())
-                .unwrap_or_default();
-            median(&mut t)
-        };
-        let (a, b) = (med(&rv), med(&pv));
+        let (a, b) = (median_of(&rv, "fit_s"), median_of(&pv, "fit_s"));
         rust_s.push(a);
         py_s.push(b);
         ratios.push(b / a);
@@ -482,9 +481,7 @@ fn fit_workload(
     // Grid search of C and kNN on the same matrix (heads-side vs GridSearchCV), interleaved.
     let (mut grid_rs, mut grid_py, mut knn_rs, mut knn_py) = (vec![], vec![], vec![], vec![]);
     let mut grid_last = (Value::Null, Value::Null);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .to_string();
+    let threads = threads().to_string();
     for round in 0..rounds {
         eprintln!("grid search and kNN (round {}/{rounds})", round + 1);
         let mut r = Command::new(root.join("target/release/heads-side"));
@@ -552,9 +549,7 @@ fn tfidf_workload(
     quick: bool,
     rounds: usize,
 ) -> Result<(String, Value)> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .to_string();
+    let threads = threads().to_string();
     let mut md = String::from(
         "\n| TF-IDF (whole vocabulary, min_df 2, sublinear tf) + logistic regression (C = 1) | tl | scikit-learn | ratio |\n|---|---|---|---|\n",
     );
@@ -579,22 +574,15 @@ fn tfidf_workload(
                 .args(["tfidf", "--threads", &threads, "--repeat", "2", "--docs"])
                 .arg(&docs);
             let pv = run_json(py)?;
-            let med = |v: &Value, key: &str| {
-                let mut t: Vec<f64> = v[key]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_f64).collect())
-                    .unwrap_or_default();
-                median(&mut t)
-            };
             rust_s.push([
-                med(&rv, "total_s"),
-                med(&rv, "vectorise_s"),
-                med(&rv, "fit_s"),
+                median_of(&rv, "total_s"),
+                median_of(&rv, "vectorise_s"),
+                median_of(&rv, "fit_s"),
             ]);
             py_s.push([
-                med(&pv, "total_s"),
-                med(&pv, "vectorise_s"),
-                med(&pv, "fit_s"),
+                median_of(&pv, "total_s"),
+                median_of(&pv, "vectorise_s"),
+                median_of(&pv, "fit_s"),
             ]);
             last = (rv, pv);
         }

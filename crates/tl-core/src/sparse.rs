@@ -113,9 +113,15 @@ impl<T: Copy> Csr<T> {
         &mut self.values[a..b]
     }
 
-    /// All stored values.
-    pub fn values(&self) -> &[T] {
-        &self.values
+    /// Scales every row to unit L2 norm (empty rows stay empty), with
+    /// [`crate::vector::l2_normalize`]'s semantics.
+    pub fn l2_normalize_rows(&mut self)
+    where
+        T: crate::vector::Real,
+    {
+        for i in 0..self.nrows() {
+            crate::vector::l2_normalize(self.row_values_mut(i));
+        }
     }
 
     /// The rows `rows`, in that order (a row may repeat).

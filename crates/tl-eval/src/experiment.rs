@@ -1162,8 +1162,8 @@ fn fit_predict(
 ) -> Result<(Fitted, Option<Chosen>), EvalError> {
     let key = fit_key(system, ds, spec, exp, train, test, few_shot, search);
     if let Some(o) = fits.get(&key, test.len(), ds.label_names.len()) {
-        let proba = o.proba();
-        return Ok(((o.predictions, proba, o.warnings), o.chosen));
+        let (predictions, proba, warnings, chosen) = o.into_parts();
+        return Ok(((predictions, proba, warnings), chosen));
     }
     let (config, chosen) = choose(system, ds, spec, exp, train, few_shot, search)?;
     let ytr: Vec<usize> = train.iter().map(|&i| ds.labels[i]).collect();

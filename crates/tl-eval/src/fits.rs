@@ -50,9 +50,11 @@ impl Outcome {
         }
     }
 
-    pub(crate) fn proba(&self) -> Array2<f64> {
-        Array2::from_shape_vec((self.predictions.len(), self.classes), self.proba.clone())
-            .expect("checked when read")
+    /// Predictions, probabilities as a matrix, warnings, the search's choice.
+    pub(crate) fn into_parts(self) -> (Vec<usize>, Array2<f64>, Vec<String>, Option<Chosen>) {
+        let proba = Array2::from_shape_vec((self.predictions.len(), self.classes), self.proba)
+            .expect("checked when read");
+        (self.predictions, proba, self.warnings, self.chosen)
     }
 }
 

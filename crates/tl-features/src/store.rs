@@ -265,9 +265,7 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io(&self.root))?;
             let dir = entry.path();
-            // Dot folders hold data derived from the features (tl-eval's remembered head
-            // fits), not a backbone's.
-            if !dir.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
+            if !dir.is_dir() || is_derived(&entry) {
                 continue;
             }
             let manifest = fs::read_to_string(dir.join("manifest.json"))
@@ -318,6 +316,12 @@ impl Store {
     }
 }
 
+/// Dot folders in the store hold data derived from the features (tl-eval's remembered head
+/// fits), not a backbone's.
+fn is_derived(entry: &fs::DirEntry) -> bool {
+    entry.file_name().to_string_lossy().starts_with('.')
+}
+
 /// Files under the store's dot folders with their metadata (recursively; a folder that
 /// cannot be read is skipped: derived data is only ever a cache).
 fn derived_files(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
@@ -339,7 +343,7 @@ fn derived_files(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
         return out;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with('.') && entry.path().is_dir() {
+        if is_derived(&entry) && entry.path().is_dir() {
             walk(&entry.path(), &mut out);
         }
     }

@@ -128,14 +128,11 @@ impl Tfidf {
                 })
                 .collect();
             row.sort_unstable_by_key(|&(j, _)| j);
-            let mut values: Vec<f32> = row.iter().map(|&(_, v)| v).collect();
-            tl_core::vector::l2_normalize(&mut values);
-            row.iter()
-                .zip(values)
-                .map(|(&(j, _), v)| (j, v))
-                .collect::<Vec<_>>()
+            row
         });
-        Csr::from_rows(self.dim(), rows)
+        let mut m = Csr::from_rows(self.dim(), rows);
+        m.l2_normalize_rows();
+        m
     }
 
     /// Dense, L2-normalised TF-IDF rows: [`transform_sparse`](Self::transform_sparse) with

@@ -307,7 +307,7 @@ fn svm_binary(p: &SvmParams, x: &X, y: &[f64], cost: &[f64], seed: u64) -> (Arra
         rng.shuffle(&mut order);
         let (mut pg_max, mut pg_min) = (f64::NEG_INFINITY, f64::INFINITY);
         for &i in &order {
-            let g = y[i] * (x.row_dot(i, &w) + b) - 1.0 + diag[i] * alpha[i];
+            let g = y[i] * (x.row_dot(i, w.view()) + b) - 1.0 + diag[i] * alpha[i];
             let pg = if alpha[i] == 0.0 { g.min(0.0) } else { g };
             pg_max = pg_max.max(pg);
             pg_min = pg_min.min(pg);

@@ -219,15 +219,7 @@ impl X {
     pub(crate) fn dot_vec(&self, v: ArrayView1<f64>) -> Array1<f64> {
         match self {
             X::Dense(x) => x.dot(&v),
-            X::Sparse(x) => (0..x.nrows())
-                .map(|i| {
-                    let (cols, vals) = x.row(i);
-                    cols.iter()
-                        .zip(vals)
-                        .map(|(&j, &a)| a * v[j as usize])
-                        .sum()
-                })
-                .collect(),
+            X::Sparse(x) => (0..x.nrows()).map(|i| self.row_dot(i, v)).collect(),
         }
     }
 
@@ -263,57 +255,55 @@ impl X {
 
     /// `x^T . d`, `d` being `nrows x m`.
     pub(crate) fn t_dot(&self, d: &Array2<f64>) -> Array2<f64> {
-        match self {
-            X::Dense(x) if d.ncols() > 1 => x.t().dot(d),
-            _ => {
-                let mut out = Array2::zeros((self.ncols(), d.ncols()));
-                if d.ncols() == 1 {
-                    let mut col = out.column_mut(0);
-                    for (i, &di) in d.column(0).iter().enumerate() {
-                        if di != 0.0 {
-                            self.row_axpy(i, di, &mut col);
-                        }
-                    }
-                } else if let X::Sparse(x) = self {
-                    let m = d.ncols();
-                    let scatter = |rows: std::ops::Range<usize>, out: &mut Array2<f64>| {
-                        for i in rows {
-                            let di = d.row(i);
-                            let (cols, vals) = x.row(i);
-                            for (&j, &a) in cols.iter().zip(vals) {
-                                out.row_mut(j as usize).scaled_add(a, &di);
-                            }
-                        }
-                    };
-                    let threads = rayon::current_num_threads();
-                    if x.nnz() * m >= PARALLEL_WORK && threads > 1 {
-                        // One accumulator per thread over its block of rows, summed after.
-                        let n = x.nrows();
-                        let block = n.div_ceil(threads);
-                        let parts: Vec<Array2<f64>> = (0..threads)
-                            .into_par_iter()
-                            .map(|t| {
-                                let mut acc = Array2::zeros((x.ncols(), m));
-                                scatter(t * block..((t + 1) * block).min(n), &mut acc);
-                                acc
-                            })
-                            .collect();
-                        for p in parts {
-                            out += &p;
-                        }
-                    } else {
-                        scatter(0..x.nrows(), &mut out);
-                    }
+        let m = d.ncols();
+        if m == 1 {
+            // One column: a sum of rows, skipping the zero weights (a d x 1 gemm would repack
+            // x, see `dot`).
+            let mut out = Array2::zeros((self.ncols(), 1));
+            let mut col = out.column_mut(0);
+            for (i, &di) in d.column(0).iter().enumerate() {
+                if di != 0.0 {
+                    self.row_axpy(i, di, &mut col);
                 }
-                out
             }
+            return out;
         }
+        let x = match self {
+            X::Dense(x) => return x.t().dot(d),
+            X::Sparse(x) => x,
+        };
+        let scatter = |rows: std::ops::Range<usize>| {
+            let mut acc = Array2::zeros((x.ncols(), m));
+            for i in rows {
+                let di = d.row(i);
+                let (cols, vals) = x.row(i);
+                for (&j, &a) in cols.iter().zip(vals) {
+                    acc.row_mut(j as usize).scaled_add(a, &di);
+                }
+            }
+            acc
+        };
+        let (n, threads) = (x.nrows(), rayon::current_num_threads());
+        if x.nnz() * m < PARALLEL_WORK || threads == 1 {
+            return scatter(0..n);
+        }
+        // One accumulator per thread over its block of rows, summed after.
+        let block = n.div_ceil(threads);
+        let parts: Vec<Array2<f64>> = (0..threads)
+            .into_par_iter()
+            .map(|t| scatter(t * block..((t + 1) * block).min(n)))
+            .collect();
+        let mut out = Array2::zeros((x.ncols(), m));
+        for p in parts {
+            out += &p;
+        }
+        out
     }
 
     /// Row `i` . `w`.
-    pub(crate) fn row_dot(&self, i: usize, w: &Array1<f64>) -> f64 {
+    pub(crate) fn row_dot(&self, i: usize, w: ArrayView1<f64>) -> f64 {
         match self {
-            X::Dense(x) => x.row(i).dot(w),
+            X::Dense(x) => x.row(i).dot(&w),
             X::Sparse(x) => {
                 let (cols, vals) = x.row(i);
                 cols.iter()

@@ -7,7 +7,6 @@ use crate::HeadError;
 use crate::la;
 use crate::matrix::X;
 use crate::params::{Pca, Preprocess};
-use tl_core::Csr;
 
 /// Fitted preprocessing, saved with the head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,12 +37,6 @@ fn l2_rows(x: &mut Array2<f64>) {
         if let Some(values) = row.as_slice_mut() {
             tl_core::vector::l2_normalize(values);
         }
-    }
-}
-
-fn l2_sparse(x: &mut Csr<f64>) {
-    for i in 0..x.nrows() {
-        tl_core::vector::l2_normalize(x.row_values_mut(i));
     }
 }
 
@@ -141,7 +134,7 @@ impl FittedPreprocess {
         match x {
             X::Sparse(mut m) if !settings.standardize && settings.pca.is_none() => {
                 if settings.l2_normalize {
-                    l2_sparse(&mut m);
+                    m.l2_normalize_rows();
                 }
                 let fitted = FittedPreprocess {
                     settings: settings.clone(),
@@ -164,7 +157,7 @@ impl FittedPreprocess {
         match x {
             X::Sparse(mut m) if self.mean.is_none() && self.pca.is_none() => {
                 if self.settings.l2_normalize {
-                    l2_sparse(&mut m);
+                    m.l2_normalize_rows();
                 }
                 Ok(X::Sparse(m))
             }
