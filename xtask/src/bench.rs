@@ -148,9 +148,10 @@ fn peak_gflops(threads: usize) -> (f64, String) {
 }
 
 pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
-    if let Some(w) = only.filter(|w| !["finetune", "image-finetune", "tfidf"].contains(w)) {
+    if let Some(w) = only.filter(|w| !["finetune", "image-finetune", "tfidf", "levers"].contains(w))
+    {
         bail!(
-            "--only {w}: the workloads that run alone are `finetune`, `image-finetune` and `tfidf`"
+            "--only {w}: the workloads that run alone are `finetune`, `image-finetune`, `tfidf` and `levers`"
         );
     }
     let registry = Registry::builtin()?;
@@ -190,9 +191,37 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let rounds = 2;
     let script = root.join("tools/bench/bench_python.py");
+    let (n_sentences, n_docs, n_images) = if quick {
+        (1000, 100, 300)
+    } else {
+        (3000, 2000, 2000)
+    };
+    // Inputs, written once so both stacks read the same texts.
+    let status = Command::new(root.join("target/release/bench-inputs"))
+        .arg(&out_dir)
+        .arg(n_sentences.to_string())
+        .arg(n_docs.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("bench-inputs failed");
+    }
+    let sentences_path = out_dir.join("sentences.json");
+    let minilm = registry.get("all-minilm-l6-v2")?;
+    let threads = threads();
+    let (peak, machine) = peak_gflops(threads);
     if let Some(w) = only {
         let (md, json) = if w == "tfidf" {
             tfidf_workload(&root, &out_dir, &python, &script, quick, rounds)?
+        } else if w == "levers" {
+            levers_workload(
+                &root,
+                &out_dir,
+                &python,
+                &cache,
+                minilm,
+                &sentences_path,
+                peak,
+            )?
         } else if w == "finetune" {
             crate::bench_finetune::finetune_workload(&root, &out_dir, quick, rounds)?
         } else {
@@ -208,26 +237,9 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         return Ok(());
     }
     let runner = root.join("target/release/embed-throughput");
-    let threads = threads();
     let repeat = 1;
-    let (n_sentences, n_docs, n_images) = if quick {
-        (1000, 100, 300)
-    } else {
-        (3000, 2000, 2000)
-    };
 
-    // Inputs, written once so both stacks read the same texts.
-    let status = Command::new(root.join("target/release/bench-inputs"))
-        .arg(&out_dir)
-        .arg(n_sentences.to_string())
-        .arg(n_docs.to_string())
-        .status()?;
-    if !status.success() {
-        bail!("bench-inputs failed");
-    }
-    let sentences_path = out_dir.join("sentences.json");
     let docs_path = out_dir.join("docs.json");
-    let minilm = registry.get("all-minilm-l6-v2")?;
     let eff = registry.get("efficientnet-lite0")?;
     let mnist = cache.file_path(registry.get("mnist")?, "train-images-idx3-ubyte");
     let spec_path = out_dir.join("efficientnet-lite0.image.json");
@@ -305,7 +317,6 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             unit: "images/s",
         },
     ];
-    let (peak, machine) = peak_gflops(threads);
     let ort_version = "onnxruntime 1.31.1 (both)";
     let mut rows = Vec::new();
     let mut raw = Vec::new();
@@ -402,6 +413,17 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             r["python_rss_mb"].as_f64().unwrap_or(0.0),
         );
     }
+    let (lever_md, lever_json) = levers_workload(
+        &root,
+        &out_dir,
+        &python,
+        &cache,
+        minilm,
+        &sentences_path,
+        peak,
+    )?;
+    md += &lever_md;
+    raw.push(json!({"workload": "text extraction levers", "result": lever_json}));
     let (fit_md, fit_json) = fit_workload(&root, &out_dir, &python, &script, quick, rounds)?;
     md += &fit_md;
     let (e2e_md, e2e_json) = e2e_workload(&root, &out_dir)?;
@@ -436,8 +458,157 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Workload 4: logistic regression (C = 1) on 20 Newsgroups MiniLM-L6 features, tl-heads vs
-/// scikit-learn's lbfgs on the same exported matrix, interleaved.
+/// Workload 3b: the levers of text extraction on one ONNX Runtime (`levers.py`): batching,
+/// threads, session options, a fused graph and int8 activations, with how far each moves
+/// the vectors, and a profile of where the reference pass spends its time.
+fn levers_workload(
+    root: &Path,
+    out_dir: &Path,
+    python: &Path,
+    cache: &Cache,
+    minilm: &tl_assets::Manifest,
+    sentences: &Path,
+    peak: f64,
+) -> Result<(String, Value)> {
+    eprintln!("text extraction levers (one process, interleaved)");
+    let mut c = Command::new(python);
+    c.arg(root.join("tools/bench/levers.py"))
+        .arg("--onnx")
+        .arg(cache.file_path(minilm, "model.onnx"))
+        .arg("--tokenizer")
+        .arg(cache.file_path(minilm, "tokenizer.json"))
+        .arg("--texts")
+        .arg(sentences)
+        .args(["--threads", &threads().to_string(), "--rounds", "3"])
+        .arg("--work")
+        .arg(out_dir.join("levers"))
+        .arg("--peak-gflops")
+        .arg(format!("{peak:.1}"));
+    let v = run_json(c)?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let base = rows
+        .get(1)
+        .and_then(|r| r["items_per_s"].as_f64())
+        .unwrap_or(1.0);
+    let mut md = format!(
+        "\n| text-extraction lever ({} sentiment sentences, {} tokens, MiniLM-L6, one ONNX Runtime, {} threads) | sentences/s | vs this toolkit's batches | GFLOP/s (% of peak) | max abs. difference of the vectors | min cosine |\n|---|---|---|---|---|---|\n",
+        v["items"],
+        v["tokens"],
+        threads()
+    );
+    for r in &rows {
+        let rate = r["items_per_s"].as_f64().unwrap_or(0.0);
+        let gflops = r["gflops"].as_f64().unwrap_or(0.0);
+        md += &format!(
+            "| {} | {rate:.1} | {:.2}x | {gflops:.0} ({:.0}%) | {:.1e} | {:.4} |\n",
+            r["variant"].as_str().unwrap_or_default(),
+            rate / base,
+            100.0 * gflops / peak,
+            r["max_abs_diff"].as_f64().unwrap_or(f64::NAN),
+            r["min_cosine"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    // [op, share] pairs, largest first.
+    let shares: Vec<String> = v["profile"]["op_share"]
+        .as_array()
+        .map(|o| {
+            o.iter()
+                .map(|p| {
+                    format!(
+                        "{} {:.0}%",
+                        p[0].as_str().unwrap_or_default(),
+                        100.0 * p[1].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let load = |k: &str| v["load_s"][k].as_f64().unwrap_or(0.0);
+    md += &format!(
+        "\nWhere the reference pass spends its time (ONNX Runtime's profiler): {}. The matrix products run at {:.0} GFLOP/s, {:.0}% of the fp32 peak; int8 instructions of this CPU: {}. Opening the session: {:.2} s from the model file, {:.2} s from the optimised graph ONNX Runtime saved of it.\n",
+        shares.join(", "),
+        v["profile"]["matmul_gflops"].as_f64().unwrap_or(0.0),
+        100.0 * v["matmul_peak_fraction"].as_f64().unwrap_or(0.0),
+        v["int8_isa"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into()),
+        load("model file"),
+        load("saved optimised graph"),
+    );
+    Ok((md, v))
+}
+
+/// One logistic-regression fit comparison (C = 1) on a matrix fit-bench exports (`export`:
+/// its arguments), tl-heads vs scikit-learn's lbfgs on the same rows, interleaved: the
+/// Markdown rows and both sides' last JSON.
+fn logistic_fit(
+    root: &Path,
+    dir: &Path,
+    export: &[&str],
+    python: &Path,
+    script: &Path,
+    rounds: usize,
+) -> Result<(String, Value)> {
+    // The export (features from the cache, the runtime loaded) is not part of the timing.
+    let status = Command::new(root.join("target/release/fit-bench"))
+        .arg("--out")
+        .arg(dir)
+        .args(export)
+        .status()?;
+    if !status.success() {
+        bail!("fit-bench --out failed");
+    }
+    let (mut rust_s, mut py_s, mut ratios) = (vec![], vec![], vec![]);
+    let mut last = (Value::Null, Value::Null);
+    for round in 0..rounds {
+        eprintln!(
+            "logistic regression fit, {} (round {}/{rounds})",
+            dir.display(),
+            round + 1
+        );
+        let mut r = Command::new(root.join("target/release/fit-bench"));
+        r.arg("--from").arg(dir).args(["--repeat", "2"]);
+        let rv = run_json(r)?;
+        let mut py = Command::new(python);
+        py.arg(script)
+            .args(["fit", "--threads"])
+            .arg(threads().to_string())
+            .arg("--features")
+            .arg(dir)
+            .args(["--repeat", "2"]);
+        let pv = run_json(py)?;
+        let (a, b) = (median_of(&rv, "fit_s"), median_of(&pv, "fit_s"));
+        rust_s.push(a);
+        py_s.push(b);
+        ratios.push(b / a);
+        last = (rv, pv);
+    }
+    let (rv, pv) = last;
+    let acc = |v: &Value| v["accuracy"].as_f64().unwrap_or(0.0);
+    let md = format!(
+        "| fit time | {:.2} s | {:.2} s | {:.2}x |\n| test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| peak RSS (fit process) | {:.0} MB | {:.0} MB | {:.2}x |\n",
+        median(&mut rust_s),
+        median(&mut py_s),
+        median(&mut ratios),
+        100.0 * acc(&rv),
+        100.0 * acc(&pv),
+        100.0 * (acc(&rv) - acc(&pv)),
+        rv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        pv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        rv["peak_rss_mb"].as_f64().unwrap_or(0.0) / pv["peak_rss_mb"].as_f64().unwrap_or(1.0),
+    );
+    Ok((md, json!({"rust": rv, "python": pv})))
+}
+
+/// Workload 4: logistic regression (C = 1) on 20 Newsgroups MiniLM-L6 features and on the
+/// MNIST raw-pixels baseline's rows, tl-heads vs scikit-learn's lbfgs on the same exported
+/// matrices; then grid search of C and kNN on the 20 Newsgroups features.
 fn fit_workload(
     root: &Path,
     out_dir: &Path,
@@ -448,36 +619,27 @@ fn fit_workload(
 ) -> Result<(String, Value)> {
     let dir = out_dir.join("fit-20ng");
     let (train, test) = if quick { ("2000", "1000") } else { ("0", "0") };
-    let (mut rust_s, mut py_s, mut ratios) = (vec![], vec![], vec![]);
-    let mut last = (Value::Null, Value::Null);
-    // The export (features from the cache, the runtime loaded) is not part of the timing.
-    let status = Command::new(root.join("target/release/fit-bench"))
-        .arg("--out")
-        .arg(&dir)
-        .args(["--train", train, "--test", test])
-        .status()?;
-    if !status.success() {
-        bail!("fit-bench --out failed");
-    }
-    for round in 0..rounds {
-        eprintln!("logistic regression fit (round {}/{rounds})", round + 1);
-        let mut r = Command::new(root.join("target/release/fit-bench"));
-        r.arg("--from").arg(&dir).args(["--repeat", "2"]);
-        let rv = run_json(r)?;
-        let mut py = Command::new(python);
-        py.arg(script)
-            .args(["fit", "--threads"])
-            .arg(threads().to_string())
-            .arg("--features")
-            .arg(&dir)
-            .args(["--repeat", "2"]);
-        let pv = run_json(py)?;
-        let (a, b) = (median_of(&rv, "fit_s"), median_of(&pv, "fit_s"));
-        rust_s.push(a);
-        py_s.push(b);
-        ratios.push(b / a);
-        last = (rv, pv);
-    }
+    let (ng_md, ng) = logistic_fit(
+        root,
+        &dir,
+        &["--train", train, "--test", test],
+        python,
+        script,
+        rounds,
+    )?;
+    let (train, test) = if quick {
+        ("2000", "500")
+    } else {
+        ("10000", "2000")
+    };
+    let (px_md, px) = logistic_fit(
+        root,
+        &out_dir.join("fit-mnist-pixels"),
+        &["--dataset", "mnist", "--train", train, "--test", test],
+        python,
+        script,
+        rounds,
+    )?;
     // Grid search of C and kNN on the same matrix (heads-side vs GridSearchCV), interleaved.
     let (mut grid_rs, mut grid_py, mut knn_rs, mut knn_py) = (vec![], vec![], vec![], vec![]);
     let mut grid_last = (Value::Null, Value::Null);
@@ -503,7 +665,7 @@ fn fit_workload(
     let (g_r, g_p) = (median(&mut grid_rs), median(&mut grid_py));
     let (k_r, k_p) = (median(&mut knn_rs), median(&mut knn_py));
     let grid_md = format!(
-        "| grid search of C (6 values x 5 stratified folds; GridSearchCV n_jobs={threads}) | {g_r:.1} s | {g_p:.1} s | {:.2}x |\n| chosen C (mean CV accuracy) | {} ({:.2}%){} | {} ({:.2}%) | |\n| kNN (k = 5, cosine, brute force): fit + predict the test rows | {k_r:.2} s | {k_p:.2} s | {:.2}x |\n| peak RSS of the grid + kNN process | {:.0} MB | {:.0} MB | |\n",
+        "| **20NG MiniLM-L6 features: grid search and kNN** | | | |\n| grid search of C (6 values x 5 stratified folds; GridSearchCV n_jobs={threads}) | {g_r:.1} s | {g_p:.1} s | {:.2}x |\n| chosen C (mean CV accuracy) | {} ({:.2}%){} | {} ({:.2}%) | |\n| kNN (k = 5, cosine, brute force): fit + predict the test rows | {k_r:.2} s | {k_p:.2} s | {:.2}x |\n| peak RSS of the grid + kNN process | {:.0} MB | {:.0} MB | |\n",
         g_p / g_r,
         grv["best_c"],
         100.0 * grv["best_cv_accuracy"].as_f64().unwrap_or(0.0),
@@ -517,24 +679,15 @@ fn fit_workload(
         grv["peak_rss_mb"].as_f64().unwrap_or(0.0),
         gpv["peak_rss_mb"].as_f64().unwrap_or(0.0),
     );
-    let (rv, pv) = last;
+    let shape = |v: &Value| format!("{} x {} train / {} test", v["train"], v["dim"], v["test"]);
     let md = format!(
-        "\n| logistic regression fit (C = 1), 20NG MiniLM-L6 features, {} x {} train / {} test, 20 classes | tl-heads | scikit-learn lbfgs | speed-up |\n|---|---|---|---|\n| fit time | {:.2} s | {:.2} s | {:.2}x |\n| test accuracy | {:.2}% | {:.2}% | {:+.2} points |\n| peak RSS (fit process) | {:.0} MB | {:.0} MB | |\n",
-        rv["train"],
-        rv["dim"],
-        rv["test"],
-        median(&mut rust_s),
-        median(&mut py_s),
-        median(&mut ratios),
-        100.0 * rv["accuracy"].as_f64().unwrap_or(0.0),
-        100.0 * pv["accuracy"].as_f64().unwrap_or(0.0),
-        100.0 * (rv["accuracy"].as_f64().unwrap_or(0.0) - pv["accuracy"].as_f64().unwrap_or(0.0)),
-        rv["peak_rss_mb"].as_f64().unwrap_or(0.0),
-        pv["peak_rss_mb"].as_f64().unwrap_or(0.0),
+        "\n| logistic regression fit (C = 1, lbfgs) | tl-heads | scikit-learn | speed-up |\n|---|---|---|---|\n| **20NG MiniLM-L6 features, {}, 20 classes** | | | |\n{ng_md}| **MNIST raw pixels (the baseline of `experiments/mnist.toml`), {}, 10 classes** | | | |\n{px_md}",
+        shape(&ng["rust"]),
+        shape(&px["rust"]),
     ) + &grid_md;
     Ok((
         md,
-        json!({"rust": rv, "python": pv, "grid_rust": grv, "grid_python": gpv}),
+        json!({"fit_20ng": ng, "fit_raw_pixels": px, "grid_rust": grv, "grid_python": gpv}),
     ))
 }
 

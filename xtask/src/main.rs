@@ -50,7 +50,8 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Run one workload alone: `finetune` (text) or `image-finetune` (tl-finetune vs
-        /// PyTorch), or `tfidf` (the sparse TF-IDF baseline vs scikit-learn).
+        /// PyTorch), `tfidf` (the sparse TF-IDF baseline vs scikit-learn) or `levers` (text
+        /// extraction's levers on one ONNX Runtime, with a profile).
         #[arg(long)]
         only: Option<String>,
     },
