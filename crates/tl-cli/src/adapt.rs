@@ -23,7 +23,7 @@ pub(crate) struct AdaptArgs {
     #[arg(long, default_value = "all-minilm-l6-v2")]
     model: String,
     /// Methods, comma-separated: standardize, coral, subspace, importance (on features);
-    /// simcse, dann (text) and adabn (images) adapt the backbone itself and take minutes.
+    /// simcse (text), dann (text and images) and adabn (images) adapt the backbone itself and take minutes.
     #[arg(
         long,
         value_delimiter = ',',

@@ -394,8 +394,8 @@ fn adapt_compares_methods_and_rejects_bad_pairs() {
 
 /// Model-level adaptation through `tl adapt`: DANN and SimCSE tune the encoder itself
 /// (every candidate, chosen by reverse validation like the feature-level methods), AdaBN
-/// re-estimates an image network's BatchNorm statistics on the target, and a method of
-/// the other modality is refused by name.
+/// re-estimates an image network's BatchNorm statistics on the target, DANN tunes an
+/// image network too, and a method of the other modality is refused by name.
 #[test]
 fn adapt_tunes_the_backbone_itself_with_dann_simcse_and_adabn() {
     let d = tempfile::tempdir().unwrap();
@@ -416,7 +416,7 @@ fn adapt_tunes_the_backbone_itself_with_dann_simcse_and_adabn() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("dann(lambda=0.1, lr=0.00002, epochs=2) (trains the backbone)"),
+        err.contains("dann(lambda=0.1, lr=default, epochs=2) (trains the backbone)"),
         "{err}"
     );
     for line in [
@@ -466,7 +466,9 @@ fn adapt_tunes_the_backbone_itself_with_dann_simcse_and_adabn() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("| adabn | adabn |"), "{out}");
     assert!(out.contains("(60 source rows, 60 target rows)"), "{out}");
-    let (code, _, err) = tl_in(
+    // DANN trains the image network itself on labelled source and unlabelled target
+    // digits, every lambda of its grid.
+    let (code, out, err) = tl_in(
         home.path(),
         &[
             "adapt",
@@ -482,9 +484,33 @@ fn adapt_tunes_the_backbone_itself_with_dann_simcse_and_adabn() {
             "20",
         ],
     );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("dann(lambda=1, lr=default, epochs=2) (trains the backbone)"),
+        "{err}"
+    );
+    assert!(out.contains("| dann | dann(lambda="), "{out}");
+    let (code, _, err) = tl_in(
+        home.path(),
+        &[
+            "adapt",
+            "--model",
+            "mobilenetv2",
+            "--source",
+            "optdigits",
+            "--target",
+            "mnist",
+            "--methods",
+            "simcse",
+            "--limit",
+            "20",
+        ],
+    );
     assert_eq!(code, 1);
     assert!(
-        err.contains("dann adapts text encoders; mobilenetv2 is an image model (use adabn)"),
+        err.contains(
+            "simcse adapts text encoders; mobilenetv2 is an image model (use dann or adabn)"
+        ),
         "{err}"
     );
 }

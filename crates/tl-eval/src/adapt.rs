@@ -236,16 +236,21 @@ pub enum Method {
         /// InfoNCE temperature.
         temperature: f64,
     },
-    /// Model-level: the text encoder fine-tuned on the source labels against a domain
-    /// classifier whose gradient is reversed ([`tl_finetune::DomainMethod::Dann`]);
-    /// `lambda = 0` is fine-tuning on the source alone.
+    /// Model-level: the text encoder or image network fine-tuned on the source labels
+    /// against a domain classifier whose gradient is reversed
+    /// ([`tl_finetune::DomainMethod::Dann`]); `lambda = 0` is fine-tuning on the source
+    /// alone.
     Dann {
         /// Weight of the reversed domain gradient.
         lambda: f64,
-        /// Peak learning rate.
-        learning_rate: f64,
-        /// Passes over the source texts.
+        /// Peak learning rate (none: 2e-5 for text encoders, 5e-4 for image networks, as
+        /// in fine-tuning).
+        learning_rate: Option<f64>,
+        /// Passes over the source rows.
         epochs: usize,
+        /// Image networks: the side in pixels they train and encode at (none: the
+        /// model's own).
+        resolution: Option<usize>,
     },
     /// Model-level: an image network's BatchNorm statistics re-estimated on each domain's
     /// own images ([`tl_finetune::adabn`]), source rows encoded with the source's, target
@@ -293,7 +298,12 @@ impl Method {
                 lambda,
                 learning_rate,
                 epochs,
-            } => format!("dann(lambda={lambda}, lr={learning_rate}, epochs={epochs})"),
+                resolution,
+            } => {
+                let lr = learning_rate.map_or("default".into(), |r| r.to_string());
+                let px = resolution.map(|r| format!(", px={r}")).unwrap_or_default();
+                format!("dann(lambda={lambda}, lr={lr}, epochs={epochs}{px})")
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! Model-level domain adaptation inside adaptation experiments: the backbone itself is
-//! adapted (SimCSE or DANN for text encoders, AdaBN for image networks, from
+//! adapted (SimCSE for text encoders, DANN for both, AdaBN for image networks, from
 //! `tl-finetune`), then every source and target row is encoded by the adapted model, and
 //! those vectors go through the same head, reverse validation and scoring as the
 //! feature-level methods. Target labels are never read here.
@@ -7,7 +7,7 @@
 use ndarray::Array2;
 use tl_assets::{Cache, Registry};
 use tl_data::{Dataset, Item};
-use tl_finetune::{DomainMethod, FinetuneParams, RunOptions, Strategy, Threads};
+use tl_finetune::{DomainMethod, FinetuneParams, ImageParams, RunOptions, Strategy, Threads};
 
 use crate::EvalError;
 use crate::adapt::Method;
@@ -35,9 +35,17 @@ pub(crate) fn check_backbone(
         (Method::Adabn, Some(_)) => Err(EvalError::Config(format!(
             "adabn re-estimates BatchNorm statistics of image networks; {backbone} is a text model"
         ))),
-        (Method::Simcse { .. } | Method::Dann { .. }, None) => Err(EvalError::Config(format!(
-            "{} adapts text encoders; {backbone} is an image model (use adabn)",
-            method.kind()
+        (Method::Simcse { .. }, None) => Err(EvalError::Config(format!(
+            "simcse adapts text encoders; {backbone} is an image model (use dann or adabn)"
+        ))),
+        (
+            Method::Dann {
+                resolution: Some(_),
+                ..
+            },
+            Some(_),
+        ) => Err(EvalError::Config(format!(
+            "dann: resolution is for image networks; {backbone} is a text model"
         ))),
         (_, Some(t)) if t.pooling != tl_assets::manifest::Pooling::Mean => {
             Err(EvalError::Config(format!(
@@ -103,11 +111,12 @@ pub(crate) fn adapted_features(
             lambda,
             learning_rate,
             epochs,
+            ..
         } => Some((
             DomainMethod::Dann {
                 lambda: lambda as f32,
             },
-            learning_rate,
+            learning_rate.unwrap_or(FinetuneParams::default().learning_rate as f64),
             epochs,
         )),
         _ => None,
@@ -126,22 +135,73 @@ pub(crate) fn adapted_features(
             (&pool, th),
         );
     }
+    let images = |d: &Domain| -> Result<Vec<tl_backbone::ImageInput>, EvalError> {
+        d.rows
+            .iter()
+            .map(|&i| {
+                tl_features::image_input(&d.ds.items[i]).ok_or_else(|| {
+                    EvalError::Config(format!(
+                        "{}: row {i} is a text; {backbone} is an image model",
+                        d.ds.name
+                    ))
+                })
+            })
+            .collect()
+    };
     match (method, &spec.text) {
+        (
+            &Method::Dann {
+                lambda,
+                learning_rate,
+                epochs,
+                resolution,
+            },
+            None,
+        ) => {
+            let pre = tl_finetune::load_pretrained_image(manifest, cache, classes, seed)?;
+            let (xs, xt) = (images(source)?, images(target)?);
+            let params = ImageParams {
+                strategy: Strategy::Full,
+                learning_rate: learning_rate
+                    .map_or(ImageParams::default().learning_rate, |r| r as f32),
+                epochs,
+                resolution,
+                seed,
+                threads: th.0,
+                ..ImageParams::default()
+            };
+            let mut net = pre.model;
+            let train: Vec<_> = labelled.iter().map(|&i| xs[i].clone()).collect();
+            let train_labels: Vec<usize> = labelled.iter().map(|&i| labels[i]).collect();
+            tl_finetune::adapt_images(
+                &mut net,
+                DomainMethod::Dann {
+                    lambda: lambda as f32,
+                },
+                &train,
+                &train_labels,
+                &xt,
+                &pre.spec,
+                &params,
+                &RunOptions {
+                    progress,
+                    ..RunOptions::default()
+                },
+            )?;
+            // Both domains are encoded at the resolution the network was adapted at.
+            let at = tl_finetune::vision::spec_at(&pre.spec, resolution);
+            pool.install(|| -> Result<_, EvalError> {
+                let f =
+                    |x: &[tl_backbone::ImageInput]| -> Result<Array2<f32>, EvalError> {
+                        let v = tl_finetune::image_features(&net, x, &at, 64, th)?;
+                        Ok(Array2::from_shape_vec((x.len(), net.features), v)
+                            .expect("rows x features"))
+                    };
+                Ok((f(&xs)?, f(&xt)?))
+            })
+        }
         (Method::Adabn, None) => {
             let pre = tl_finetune::load_pretrained_image(manifest, cache, classes, seed)?;
-            let images = |d: &Domain| -> Result<Vec<tl_backbone::ImageInput>, EvalError> {
-                d.rows
-                    .iter()
-                    .map(|&i| {
-                        tl_features::image_input(&d.ds.items[i]).ok_or_else(|| {
-                            EvalError::Config(format!(
-                                "{}: row {i} is a text; {backbone} is an image model",
-                                d.ds.name
-                            ))
-                        })
-                    })
-                    .collect()
-            };
             let (xs, xt) = (images(source)?, images(target)?);
             // Each domain is normalised by its own statistics at every BatchNorm: the
             // source head then sees source images as the target network sees target

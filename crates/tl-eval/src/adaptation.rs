@@ -79,12 +79,16 @@ pub enum MethodGrid {
     Dann {
         /// Candidate weights of the reversed domain gradient.
         lambda: Vec<f64>,
-        /// Peak learning rate.
-        #[serde(default = "default_dann_rate")]
-        learning_rate: f64,
-        /// Passes over the source texts.
+        /// Peak learning rate (none: 2e-5 for text encoders, 5e-4 for image networks).
+        #[serde(default)]
+        learning_rate: Option<f64>,
+        /// Passes over the source rows.
         #[serde(default = "default_dann_epochs")]
         epochs: usize,
+        /// Image networks: the side in pixels they train and encode at (none: the
+        /// model's own; small images train many times faster at a small one).
+        #[serde(default)]
+        resolution: Option<usize>,
     },
     /// AdaBN (model-level, image backbones): BatchNorm statistics re-estimated on each
     /// domain's own images. (A struct variant with no fields, so that an unknown key in
@@ -102,10 +106,6 @@ fn default_simcse_epochs() -> usize {
 
 fn default_temperature() -> f64 {
     0.05
-}
-
-fn default_dann_rate() -> f64 {
-    2e-5
 }
 
 fn default_dann_epochs() -> usize {
@@ -144,12 +144,14 @@ impl MethodGrid {
                 lambda,
                 learning_rate,
                 epochs,
+                resolution,
             } => lambda
                 .iter()
                 .map(|&l| Method::Dann {
                     lambda: l,
                     learning_rate: *learning_rate,
                     epochs: *epochs,
+                    resolution: *resolution,
                 })
                 .collect(),
             MethodGrid::Adabn {} => vec![Method::Adabn],
@@ -158,7 +160,7 @@ impl MethodGrid {
 
     /// The model-level methods with their default grids: SimCSE at learning rates 1e-5
     /// and 3e-5 (one epoch), DANN at lambda 0 (fine-tuning on the source alone), 0.1 and
-    /// 1 (2e-5, two epochs), and AdaBN. Not among an experiment's defaults: each candidate
+    /// 1 (fine-tuning's learning rate, two epochs), and AdaBN. Not among an experiment's defaults: each candidate
     /// trains the backbone.
     pub fn model_level() -> Vec<MethodGrid> {
         vec![
@@ -169,8 +171,9 @@ impl MethodGrid {
             },
             MethodGrid::Dann {
                 lambda: vec![0.0, 0.1, 1.0],
-                learning_rate: default_dann_rate(),
+                learning_rate: None,
                 epochs: default_dann_epochs(),
+                resolution: None,
             },
             MethodGrid::Adabn {},
         ]
@@ -340,11 +343,12 @@ impl AdaptationExperiment {
                         lambda,
                         learning_rate,
                         epochs,
+                        resolution,
                     } => {
                         !((0.0..=10.0).contains(&lambda)
-                            && learning_rate > 0.0
-                            && learning_rate <= 1.0
-                            && (1..=100).contains(&epochs))
+                            && learning_rate.is_none_or(|r| r > 0.0 && r <= 1.0)
+                            && (1..=100).contains(&epochs)
+                            && resolution.is_none_or(|r| (8..=1024).contains(&r)))
                     }
                     Method::SourceOnly | Method::Standardize | Method::Adabn => false,
                 };
@@ -352,7 +356,7 @@ impl AdaptationExperiment {
                     return Err(format!(
                         "methods[{i}]: {} is out of range (eps_scale > 0, dims > 0, c > 0, \
                          clip > 1, learning_rate in (0, 1], epochs 1..=100, temperature in \
-                         (0, 1], lambda in [0, 10])",
+                         (0, 1], lambda in [0, 10], resolution 8..=1024)",
                         cand.label()
                     ));
                 }

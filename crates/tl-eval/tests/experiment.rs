@@ -81,13 +81,17 @@ fn bad_adaptation_files_name_the_problem() {
             format!("{ok}[[methods]]\nmethod = \"dann\"\nlambda = [-1]\n"),
             &[
                 "methods[0]",
-                "dann(lambda=-1, lr=0.00002, epochs=2)",
+                "dann(lambda=-1, lr=default, epochs=2)",
                 "lambda in [0, 10]",
             ],
         ),
         (
             format!("{ok}[[methods]]\nmethod = \"dann\"\nlambda = [0.1]\nepochs = 0\n"),
             &["methods[0]", "epochs=0"],
+        ),
+        (
+            format!("{ok}[[methods]]\nmethod = \"dann\"\nlambda = [1]\nresolution = 4\n"),
+            &["methods[0]", "px=4", "resolution 8..=1024"],
         ),
         (
             format!(

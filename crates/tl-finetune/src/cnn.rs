@@ -128,6 +128,13 @@ pub struct Activations {
     last_hw: usize,
 }
 
+impl Activations {
+    /// Pooled features after dropout `[n, features]`.
+    pub fn pooled(&self) -> &[f32] {
+        &self.pooled
+    }
+}
+
 /// Builds the layout while reading tensors from a state dict (or drawing them).
 struct Builder<'a> {
     params: Vec<f32>,
@@ -838,6 +845,21 @@ impl ConvNet {
         grads: &mut [f32],
         th: Threads,
     ) {
+        self.backward_with_pooled(acts, dlogits, None, first, grads, th);
+    }
+
+    /// [`ConvNet::backward`] with a gradient `extra[n, features]` w.r.t. the pooled
+    /// features (after dropout) from another objective on them (DANN's domain
+    /// classifier), added to the classifier's.
+    pub fn backward_with_pooled(
+        &self,
+        acts: &Activations,
+        dlogits: &[f32],
+        extra: Option<&[f32]>,
+        first: usize,
+        grads: &mut [f32],
+        th: Threads,
+    ) {
         let n = acts.n;
         let f = self.features;
         let mut dpooled = vec![0.0f32; n * f];
@@ -855,6 +877,10 @@ impl ConvNet {
                 self.classes,
                 th,
             );
+        }
+        if let Some(extra) = extra {
+            assert_eq!(extra.len(), n * f, "the pooled gradient is [n, features]");
+            add_into(&mut dpooled, extra);
         }
         if !acts.mask.is_empty() {
             ops::apply_mask(&mut dpooled, &acts.mask);

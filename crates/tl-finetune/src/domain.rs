@@ -1,4 +1,4 @@
-//! Model-level domain adaptation of a text encoder, without target labels:
+//! Model-level domain adaptation of an encoder, without target labels:
 //!
 //! - **SimCSE** (Gao, Yao & Chen, 2021): unsupervised contrastive tuning on unlabelled
 //!   target text; each text is encoded twice, dropout is the only noise, and InfoNCE
@@ -8,18 +8,26 @@
 //!   source while a domain classifier learns to tell source from target vectors, and its
 //!   gradient reaches the encoder reversed (scaled by `-lambda`, ramped up as in the
 //!   paper), so the encoder unlearns what separates the domains. `lambda = 0` is plain
-//!   fine-tuning on the source.
+//!   fine-tuning on the source. Text encoders ([`adapt_text`]) and image networks
+//!   ([`adapt_images`]) alike.
 //!
 //! A classical head trained on the tuned source vectors then labels the target (in
 //! `tl-eval`, which also chooses the hyperparameters by reverse validation).
 
+use std::time::Instant;
+
+use tl_assets::manifest::ImageSpec;
+use tl_backbone::ImageInput;
 use tl_core::Rng;
 
 use crate::FinetuneError;
 use crate::bert::{Batch, BertClassifier, DropoutSpec, Objective, Slot};
+use crate::cnn::{BnMode, ConvNet};
+use crate::conv;
 use crate::fit::{Learner, StepOut, Validation, run_epochs};
 use crate::ops::{self, Threads};
 use crate::train::{FinetuneParams, FinetuneReport, RunOptions, Strategy, check_data, fnv};
+use crate::vision::{ImageParams, augmented_batch, check_images, check_resolution, spec_at};
 
 /// Which adaptation runs, with its own hyperparameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,19 +141,17 @@ pub fn adapt_text(
         .settings(first_trainable, fingerprint, "sentences");
     let kind = match method {
         DomainMethod::SimCse { temperature } => Kind::SimCse { temperature },
-        DomainMethod::Dann { lambda } => {
-            let mut order: Vec<usize> = (0..target.len()).collect();
-            Rng::new(params.seed ^ fnv("dann-target")).shuffle(&mut order);
-            Kind::Dann(Dann {
-                source,
-                labels,
-                target_order: order,
+        DomainMethod::Dann { lambda } => Kind::Dann(Dann {
+            source,
+            labels,
+            state: DannState::new(
                 lambda,
-                total_steps: source.len().div_ceil(params.batch_size) as u64 * params.epochs as u64,
-                domain: DomainClassifier::new(model.config.hidden_size, params.seed),
-                epoch: usize::MAX,
-            })
-        }
+                target.len(),
+                source.len().div_ceil(params.batch_size) as u64 * params.epochs as u64,
+                model.config.hidden_size,
+                params.seed,
+            ),
+        }),
     };
     // One epoch passes over the target texts (SimCSE) or the labelled source (DANN).
     let units: Vec<usize> = match &kind {
@@ -174,10 +180,7 @@ pub fn adapt_text(
         )
     })?;
     if let Kind::Dann(d) = &learner.kind {
-        tracing::info!(
-            "dann: domain classifier accuracy {:.1}% over the last epoch",
-            100.0 * d.domain.accuracy()
-        );
+        d.state.log();
     }
     Ok(report)
 }
@@ -328,13 +331,80 @@ enum Kind<'a> {
 struct Dann<'a> {
     source: &'a [Vec<u32>],
     labels: &'a [usize],
-    /// Target texts in the order steps take them (cycling).
+    state: DannState,
+}
+
+/// What DANN keeps between steps, for any encoder: the target rows' order, the
+/// schedule of the reversed gradient and the domain classifier.
+struct DannState {
+    /// Target rows in the order steps take them (cycling).
     target_order: Vec<usize>,
     lambda: f32,
     total_steps: u64,
     domain: DomainClassifier,
     /// The epoch of the last step.
     epoch: usize,
+}
+
+impl DannState {
+    fn new(lambda: f32, targets: usize, total_steps: u64, width: usize, seed: u64) -> DannState {
+        let mut order: Vec<usize> = (0..targets).collect();
+        Rng::new(seed ^ fnv("dann-target")).shuffle(&mut order);
+        DannState {
+            target_order: order,
+            lambda,
+            total_steps,
+            domain: DomainClassifier::new(width, seed),
+            epoch: usize::MAX,
+        }
+    }
+
+    /// The target rows that join `b` source rows at optimizer step `step` (they follow
+    /// from the step number alone, so a resumed run takes the same ones) and the weight
+    /// of the reversed gradient then.
+    fn step(&mut self, epoch: usize, step: u64, b: usize) -> (Vec<usize>, f32) {
+        if epoch != self.epoch {
+            // The domain classifier's accuracy is reported over the last epoch.
+            self.epoch = epoch;
+            self.domain.right = 0;
+            self.domain.seen = 0;
+        }
+        let nt = self.target_order.len();
+        let start = ((step - 1) as usize * b) % nt;
+        // Without a domain loss (lambda 0: source fine-tuning) target rows would only
+        // cost a forward pass.
+        let take = if self.lambda > 0.0 { b.min(nt) } else { 0 };
+        let tgt = (0..take)
+            .map(|k| self.target_order[(start + k) % nt])
+            .collect();
+        let weight = self.lambda * dann_ramp(step as f64 / self.total_steps.max(1) as f64);
+        (tgt, weight)
+    }
+
+    /// Trains the domain classifier on `pooled` (`b` source rows, then target rows) and
+    /// adds its reversed gradient, times `weight`, into `dpooled`.
+    fn domain_loss(
+        &mut self,
+        pooled: &[f32],
+        b: usize,
+        weight: f32,
+        dpooled: &mut [f32],
+        th: Threads,
+    ) {
+        if weight > 0.0 {
+            let rows = pooled.len() / self.domain.h;
+            let domain: Vec<f32> = (0..rows).map(|r| if r < b { 0.0 } else { 1.0 }).collect();
+            self.domain
+                .loss_and_update(pooled, &domain, -weight, dpooled, th);
+        }
+    }
+
+    fn log(&self) {
+        tracing::info!(
+            "dann: domain classifier accuracy {:.1}% over the last epoch",
+            100.0 * self.domain.accuracy()
+        );
+    }
 }
 
 /// The paper's schedule of the reversed gradient's weight: `2 / (1 + e^(-10 p)) - 1` at
@@ -424,36 +494,19 @@ impl Dann<'_> {
         grads: &mut [f32],
         th: Threads,
     ) -> crate::bert::StepOutput {
-        if epoch != self.epoch {
-            // The domain classifier's accuracy is reported over the last epoch.
-            self.epoch = epoch;
-            self.domain.right = 0;
-            self.domain.seen = 0;
-        }
-        let nt = target.len();
         let b = idx.len();
-        // The target texts of this step follow from the step number alone, so a resumed
-        // run takes the same ones.
-        let start = ((step - 1) as usize * b) % nt;
-        // Without a domain loss (lambda 0: source fine-tuning) target texts would only
-        // cost a forward pass.
-        let take = if self.lambda > 0.0 { b.min(nt) } else { 0 };
-        let tgt: Vec<usize> = (0..take)
-            .map(|k| self.target_order[(start + k) % nt])
-            .collect();
+        let (tgt, weight) = self.state.step(epoch, step, b);
         let batch = Batch::pack(
             idx.iter()
                 .map(|&i| self.source[i].as_slice())
                 .chain(tgt.iter().map(|&i| target[i].as_slice())),
         );
         let y: Vec<usize> = idx.iter().map(|&i| self.labels[i]).collect();
-        let domain: Vec<f32> = (0..b).map(|_| 0.0).chain(tgt.iter().map(|_| 1.0)).collect();
-        let weight = self.lambda * dann_ramp(step as f64 / self.total_steps.max(1) as f64);
         let (h, c) = (model.config.hidden_size, model.classes);
         let (wr, br) = (model.slots.cls_w.clone(), model.slots.cls_b.clone());
         let (w, bias) = (&model.params[wr.clone()], &model.params[br.clone()]);
         let (mut gw, mut gb) = (vec![0.0f32; w.len()], vec![0.0f32; bias.len()]);
-        let dom = &mut self.domain;
+        let state = &mut self.state;
         let mut objective = |pooled: &[f32], dpooled: &mut [f32]| -> f32 {
             // The label classifier sees the source rows only.
             let src = &pooled[..b * h];
@@ -463,11 +516,9 @@ impl Dann<'_> {
             let loss = ops::cross_entropy(&logits, &y, c, &mut dlogits);
             let dsrc = Some(&mut dpooled[..b * h]);
             ops::linear_backward(src, w, &dlogits, dsrc, &mut gw, &mut gb, b, h, c, th);
-            if weight > 0.0 {
-                // The domain classifier descends its loss; the encoder gets the
-                // gradient reversed.
-                dom.loss_and_update(pooled, &domain, -weight, dpooled, th);
-            }
+            // The domain classifier descends its loss; the encoder gets the gradient
+            // reversed.
+            state.domain_loss(pooled, b, weight, dpooled, th);
             loss
         };
         let out = model.loss_and_grads_from(
@@ -486,6 +537,191 @@ impl Dann<'_> {
             *g += v;
         }
         out
+    }
+}
+
+/// Adapts image network `net` (its classifier has one output per source class) with
+/// DANN: each step trains on a batch of labelled `source` images and as many unlabelled
+/// `target` images, the label loss on the source rows and the domain loss, reversed into
+/// the network, on all. `params` are image fine-tuning's (learning rate, batch size:
+/// source images per step, epochs, strategy `full` or `top:N`, resolution, BatchNorm
+/// mode, dropout, augmentation of both domains, seed); there is no validation part.
+/// SimCSE is for text encoders (image networks also have [`crate::adabn`]).
+#[allow(clippy::too_many_arguments)]
+pub fn adapt_images(
+    net: &mut ConvNet,
+    method: DomainMethod,
+    source: &[ImageInput],
+    labels: &[usize],
+    target: &[ImageInput],
+    spec: &ImageSpec,
+    params: &ImageParams,
+    run: &RunOptions,
+) -> Result<FinetuneReport, FinetuneError> {
+    params.check()?;
+    method.check()?;
+    let DomainMethod::Dann { lambda } = method else {
+        return Err(FinetuneError::Params(
+            "simcse tunes text encoders; image networks take dann (or adabn)".into(),
+        ));
+    };
+    if !matches!(params.strategy, Strategy::Full | Strategy::Top(_)) {
+        return Err(FinetuneError::Params(format!(
+            "domain adaptation trains the network: strategy must be `full` or `top:N`, not `{}`",
+            params.strategy
+        )));
+    }
+    if params.validation_fraction > 0.0 || params.patience > 0 {
+        return Err(FinetuneError::Params(
+            "domain adaptation has no validation part (no target label may choose an epoch): \
+             set validation_fraction = 0 and patience = 0"
+                .into(),
+        ));
+    }
+    check_images(net, source, labels).map_err(|e| match e {
+        FinetuneError::Data(m) => FinetuneError::Data(format!("source: {m}")),
+        e => e,
+    })?;
+    if target.len() < 2 {
+        return Err(FinetuneError::Data(format!(
+            "domain adaptation needs at least 2 target images, got {}",
+            target.len()
+        )));
+    }
+    let spec = spec_at(spec, params.resolution);
+    check_resolution(net, spec.size as usize)?;
+    let pool = Threads(params.threads).pool()?;
+    let first = params.first_trainable(net);
+    let fingerprint = serde_json::json!({
+        "params": params,
+        "method": format!("{method:?}"),
+    })
+    .to_string();
+    let settings = params.common().settings(first, fingerprint, "images");
+    let total_steps = source.len().div_ceil(params.batch_size) as u64 * params.epochs as u64;
+    let state = DannState::new(lambda, target.len(), total_steps, net.features, params.seed);
+    let units: Vec<usize> = (0..source.len()).collect();
+    let mut learner = ImageDann {
+        net,
+        source,
+        labels,
+        target,
+        spec,
+        params: params.clone(),
+        first,
+        state,
+        th: Threads(params.threads),
+    };
+    let report = pool.install(|| {
+        run_epochs(
+            &mut learner,
+            &units,
+            units.len(),
+            &[],
+            &settings,
+            run,
+            &mut |_, _| {},
+        )
+    })?;
+    learner.state.log();
+    Ok(report)
+}
+
+/// An image network under DANN, for the shared loop.
+struct ImageDann<'a> {
+    net: &'a mut ConvNet,
+    source: &'a [ImageInput],
+    labels: &'a [usize],
+    target: &'a [ImageInput],
+    spec: ImageSpec,
+    params: ImageParams,
+    first: usize,
+    state: DannState,
+    th: Threads,
+}
+
+impl Learner for ImageDann<'_> {
+    type Model = ConvNet;
+
+    fn model(&self) -> &ConvNet {
+        self.net
+    }
+
+    fn parts(&mut self) -> (&[Slot], &mut Vec<f32>) {
+        (&self.net.slots, &mut self.net.params)
+    }
+
+    fn state(&mut self) -> &mut Vec<f32> {
+        &mut self.net.stats
+    }
+
+    fn step(
+        &mut self,
+        idx: &[usize],
+        epoch: usize,
+        step: u64,
+        grads: &mut [f32],
+    ) -> Result<StepOut, FinetuneError> {
+        let t0 = Instant::now();
+        let (b, th, r) = (idx.len(), self.th, self.spec.size as usize);
+        let (tgt, weight) = self.state.step(epoch, step, b);
+        let (a, seed) = (&self.params.augment, self.params.seed);
+        let mut x = augmented_batch(
+            self.source,
+            idx,
+            &self.spec,
+            a,
+            seed ^ fnv("augment"),
+            epoch,
+        )?;
+        let key = seed ^ fnv("augment-target");
+        x.extend(augmented_batch(
+            self.target,
+            &tgt,
+            &self.spec,
+            a,
+            key,
+            epoch,
+        )?);
+        let n = b + tgt.len();
+        let x = conv::nchw_to_chwn(&x, n, 3, r * r);
+        let (x, hw) = self.net.forward_blocks(x, n, (r, r), 0..self.first, th);
+        let (logits, acts) = self.net.forward_train(
+            x,
+            n,
+            hw,
+            self.first,
+            self.params.batch_norm == BnMode::Batch,
+            self.params.dropout,
+            seed ^ fnv("dropout") ^ step.wrapping_mul(0x9E37_79B9),
+            th,
+        );
+        // The label loss sees the source rows only; the target rows' logits get no
+        // gradient.
+        let c = self.net.classes;
+        let y: Vec<usize> = idx.iter().map(|&i| self.labels[i]).collect();
+        let mut dlogits = vec![0.0f32; logits.len()];
+        let loss = ops::cross_entropy(&logits[..b * c], &y, c, &mut dlogits[..b * c]);
+        let mut dpooled = vec![0.0f32; acts.pooled().len()];
+        self.state
+            .domain_loss(acts.pooled(), b, weight, &mut dpooled, th);
+        let forward_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        if loss.is_finite() {
+            let first = self.first;
+            self.net
+                .backward_with_pooled(&acts, &dlogits, Some(&dpooled), first, grads, th);
+        }
+        Ok(StepOut {
+            loss,
+            items: b,
+            forward_seconds,
+            backward_seconds: t1.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn evaluate(&mut self, _rows: &[usize]) -> Result<Validation, FinetuneError> {
+        unreachable!("domain adaptation runs without a validation part")
     }
 }
 

@@ -100,7 +100,7 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{Batch, BertClassifier, BertConfig, DropoutSpec, Objective, StepOutput};
 pub use cnn::{BnMode, ConvNet};
-pub use domain::{DomainMethod, adapt_text};
+pub use domain::{DomainMethod, adapt_images, adapt_text};
 pub use model::{
     Exported, Pretrained, check_trainable, export, export_image, head_classifier,
     image_head_classifier, load_pretrained,

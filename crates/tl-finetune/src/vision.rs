@@ -167,7 +167,7 @@ impl ImageParams {
         ])
     }
 
-    fn common(&self) -> Common {
+    pub(crate) fn common(&self) -> Common {
         Common {
             strategy: self.strategy,
             learning_rate: self.learning_rate,
@@ -499,7 +499,7 @@ fn argmax(r: &[f32]) -> usize {
         .0
 }
 
-fn check_resolution(net: &ConvNet, r: usize) -> Result<(), FinetuneError> {
+pub(crate) fn check_resolution(net: &ConvNet, r: usize) -> Result<(), FinetuneError> {
     if r < net.min_input() {
         return Err(FinetuneError::Params(format!(
             "resolution {r} is below {}'s minimum of {} pixels ({} stride-2 stages)",
@@ -509,6 +509,33 @@ fn check_resolution(net: &ConvNet, r: usize) -> Result<(), FinetuneError> {
         )));
     }
     Ok(())
+}
+
+/// Images `idx` preprocessed into one `[n, 3, r, r]` buffer and augmented with `a`;
+/// each image's draws follow from `key`, the epoch and its index alone.
+pub(crate) fn augmented_batch(
+    inputs: &[ImageInput],
+    idx: &[usize],
+    spec: &ImageSpec,
+    a: &Augment,
+    key: u64,
+    epoch: usize,
+) -> Result<Vec<f32>, FinetuneError> {
+    let mut x = preprocess_batch(inputs, idx, spec)?;
+    let r = spec.size as usize;
+    let key = key ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x.par_chunks_mut(3 * r * r)
+        .zip(idx.par_iter())
+        .for_each(|(img, &i)| {
+            augment_image(
+                img,
+                r,
+                spec,
+                a,
+                key ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
+            );
+        });
+    Ok(x)
 }
 
 /// Frozen blocks' outputs kept in memory when no augmentation changes the input, up to
@@ -544,21 +571,14 @@ impl ImageLearner<'_> {
             let x = conv::chwn_of_images(&rows, c, per);
             return Ok((x, self.frozen_hw));
         }
-        let mut x = preprocess_batch(self.inputs, idx, &self.spec)?;
-        let key =
-            self.params.seed ^ fnv("augment") ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let per = 3 * r * r;
-        x.par_chunks_mut(per)
-            .zip(idx.par_iter())
-            .for_each(|(img, &i)| {
-                augment_image(
-                    img,
-                    r,
-                    &self.spec,
-                    &self.params.augment,
-                    key ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93),
-                );
-            });
+        let x = augmented_batch(
+            self.inputs,
+            idx,
+            &self.spec,
+            &self.params.augment,
+            self.params.seed ^ fnv("augment"),
+            epoch,
+        )?;
         let x = conv::nchw_to_chwn(&x, n, 3, r * r);
         Ok(self
             .net

@@ -2,7 +2,9 @@
 //! target-only word that the pretrained model misreads as a class word and recovers most
 //! of what fine-tuning on the source alone leaves on the table; SimCSE learns to tell unlabelled target
 //! texts apart; AdaBN undoes an input shift that a network trained on the source cannot
-//! see past; bad input is refused with a message naming it.
+//! see past; DANN on an image network at lambda 0 is source fine-tuning bit for bit, and
+//! above it moves every layer and keeps the source task; bad input is refused with a
+//! message naming it.
 
 use ndarray::Array2;
 use tl_assets::manifest::{ChannelOrder, ImageSpec, Layout, Resize};
@@ -11,8 +13,8 @@ use tl_finetune::conv::Padding;
 use tl_finetune::ops::{self, Threads};
 use tl_finetune::{
     Batch, BertClassifier, BertConfig, BnMode, ConvNet, DomainMethod, FinetuneError,
-    FinetuneParams, ImageParams, RunOptions, adabn, adapt_text, finetune_images, predict_images,
-    sentence_vectors,
+    FinetuneParams, ImageParams, RunOptions, adabn, adapt_images, adapt_text, finetune_images,
+    predict_images, sentence_vectors,
 };
 use tl_heads::{HeadConfig, HeadSpec, LogisticParams};
 
@@ -349,4 +351,153 @@ fn adabn_undoes_a_contrast_shift_with_target_statistics_alone() {
     );
     // Statistics only: no weight moved.
     assert_eq!(weights, net.params);
+}
+
+fn image_params() -> ImageParams {
+    ImageParams {
+        learning_rate: 1e-2,
+        batch_size: 16,
+        epochs: 4,
+        threads: 1,
+        augment: tl_finetune::Augment::none(),
+        dropout: 0.1,
+        ..Default::default()
+    }
+}
+
+/// Pooled features `[n, features]` of images under the network's running statistics.
+fn image_vectors(net: &ConvNet, x: &[ImageInput]) -> Array2<f32> {
+    let v = tl_finetune::image_features(net, x, &spec(), 32, TH).unwrap();
+    Array2::from_shape_vec((x.len(), net.features), v).unwrap()
+}
+
+#[test]
+fn image_dann_at_lambda_zero_is_source_fine_tuning_bit_for_bit() {
+    let (xs, ys) = stripes(48, 1, false);
+    let (xt, _) = stripes(48, 2, true);
+    let p = image_params();
+    let run = RunOptions::default();
+    let mut plain = ConvNet::tiny(&[4, 8], 8, 2, Padding::SameUpper, 0);
+    let mut adapted = plain.clone();
+    finetune_images(&mut plain, &xs, &ys, &spec(), &p, &run, &mut |_, _| {}).unwrap();
+    let dann = DomainMethod::Dann { lambda: 0.0 };
+    adapt_images(&mut adapted, dann, &xs, &ys, &xt, &spec(), &p, &run).unwrap();
+    assert_eq!(plain.params, adapted.params);
+    assert_eq!(plain.stats, adapted.stats);
+}
+
+#[test]
+fn image_dann_moves_the_network_and_keeps_the_source_task() {
+    let (xs, ys) = stripes(160, 1, false);
+    let (xt, _) = stripes(160, 2, true);
+    let run = RunOptions::default();
+    let tuned = |lambda| {
+        let mut net = ConvNet::tiny(&[8, 8], 16, 2, Padding::SameUpper, 0);
+        let dann = DomainMethod::Dann { lambda };
+        adapt_images(
+            &mut net,
+            dann,
+            &xs,
+            &ys,
+            &xt,
+            &spec(),
+            &image_params(),
+            &run,
+        )
+        .unwrap();
+        net
+    };
+    let (plain, dann) = (tuned(0.0), tuned(1.0));
+    let source =
+        |net: &ConvNet| head_accuracy(&image_vectors(net, &xs), &ys, &image_vectors(net, &xs), &ys);
+    // The reversed domain gradient reaches every layer (the classifier's weights only
+    // see it through the features), and the source task survives it.
+    let moved = |range: std::ops::Range<usize>| {
+        plain.params[range.clone()]
+            .iter()
+            .zip(&dann.params[range])
+            .any(|(a, b)| a != b)
+    };
+    for slot in &plain.slots {
+        assert!(moved(slot.range.clone()), "{} did not move", slot.name);
+    }
+    assert!(source(&plain) > 0.95 && source(&dann) > 0.95);
+}
+
+#[test]
+fn bad_image_domain_adaptation_input_is_refused_with_a_message() {
+    let (xs, ys) = stripes(8, 1, false);
+    let (xt, _) = stripes(8, 2, true);
+    let run = RunOptions::default();
+    let dann = DomainMethod::Dann { lambda: 1.0 };
+    let err = |method, xs: &[ImageInput], ys: &[usize], xt: &[ImageInput], p: &ImageParams| {
+        let mut net = ConvNet::tiny(&[4], 8, 2, Padding::SameUpper, 0);
+        match tl_finetune::adapt_images(&mut net, method, xs, ys, xt, &spec(), p, &run) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        }
+    };
+    let p = image_params();
+    for (got, want) in [
+        (
+            err(dann, &xs, &ys, &xt[..1], &p),
+            "at least 2 target images",
+        ),
+        (
+            err(dann, &xs, &ys[..4], &xt, &p),
+            "source: 8 images but 4 labels",
+        ),
+        (err(dann, &xs, &[5; 8], &xt, &p), "source: row 0: label 5"),
+        (
+            err(
+                DomainMethod::SimCse { temperature: 0.05 },
+                &xs,
+                &ys,
+                &xt,
+                &p,
+            ),
+            "simcse tunes text encoders",
+        ),
+        (
+            err(
+                dann,
+                &xs,
+                &ys,
+                &xt,
+                &ImageParams {
+                    validation_fraction: 0.2,
+                    ..image_params()
+                },
+            ),
+            "no validation part",
+        ),
+        (
+            err(
+                dann,
+                &xs,
+                &ys,
+                &xt,
+                &ImageParams {
+                    strategy: tl_finetune::train::Strategy::Head,
+                    ..image_params()
+                },
+            ),
+            "strategy must be `full` or `top:N`",
+        ),
+        (
+            err(
+                dann,
+                &xs,
+                &ys,
+                &xt,
+                &ImageParams {
+                    resolution: Some(2),
+                    ..image_params()
+                },
+            ),
+            "resolution",
+        ),
+    ] {
+        assert!(got.contains(want), "{got:?} should say {want:?}");
+    }
 }
