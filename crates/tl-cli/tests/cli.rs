@@ -481,7 +481,7 @@ fn adapt_tunes_the_backbone_itself_with_dann_simcse_and_adabn() {
             "--methods",
             "dann",
             "--limit",
-            "20",
+            "60",
         ],
     );
     assert_eq!(code, 0, "{out}\n{err}");

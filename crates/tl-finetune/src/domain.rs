@@ -90,19 +90,7 @@ pub fn adapt_text(
 ) -> Result<FinetuneReport, FinetuneError> {
     params.check()?;
     method.check()?;
-    if !matches!(params.strategy, Strategy::Full | Strategy::Top(_)) {
-        return Err(FinetuneError::Params(format!(
-            "domain adaptation trains the encoder: strategy must be `full` or `top:N`, not `{}`",
-            params.strategy
-        )));
-    }
-    if params.validation_fraction > 0.0 || params.patience > 0 {
-        return Err(FinetuneError::Params(
-            "domain adaptation has no validation part (no target label may choose an epoch): \
-             set validation_fraction = 0 and patience = 0"
-                .into(),
-        ));
-    }
+    check_adaptation(params.strategy, params.validation_fraction, params.patience)?;
     let positions = model.config.max_position_embeddings;
     if target.len() < 2 {
         return Err(FinetuneError::Data(format!(
@@ -183,6 +171,28 @@ pub fn adapt_text(
         d.state.log();
     }
     Ok(report)
+}
+
+/// What every model-level adaptation refuses: a strategy that trains no layer of the
+/// encoder, and a validation part (no target label may choose an epoch).
+fn check_adaptation(
+    strategy: Strategy,
+    validation_fraction: f32,
+    patience: usize,
+) -> Result<(), FinetuneError> {
+    if !matches!(strategy, Strategy::Full | Strategy::Top(_)) {
+        return Err(FinetuneError::Params(format!(
+            "domain adaptation trains the encoder: strategy must be `full` or `top:N`, not `{strategy}`"
+        )));
+    }
+    if validation_fraction > 0.0 || patience > 0 {
+        return Err(FinetuneError::Params(
+            "domain adaptation has no validation part (no target label may choose an epoch): \
+             set validation_fraction = 0 and patience = 0"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn dropout_spec(p: f32, seed: u64, step: u64) -> Option<DropoutSpec> {
@@ -565,19 +575,7 @@ pub fn adapt_images(
             "simcse tunes text encoders; image networks take dann (or adabn)".into(),
         ));
     };
-    if !matches!(params.strategy, Strategy::Full | Strategy::Top(_)) {
-        return Err(FinetuneError::Params(format!(
-            "domain adaptation trains the network: strategy must be `full` or `top:N`, not `{}`",
-            params.strategy
-        )));
-    }
-    if params.validation_fraction > 0.0 || params.patience > 0 {
-        return Err(FinetuneError::Params(
-            "domain adaptation has no validation part (no target label may choose an epoch): \
-             set validation_fraction = 0 and patience = 0"
-                .into(),
-        ));
-    }
+    check_adaptation(params.strategy, params.validation_fraction, params.patience)?;
     check_images(net, source, labels).map_err(|e| match e {
         FinetuneError::Data(m) => FinetuneError::Data(format!("source: {m}")),
         e => e,
