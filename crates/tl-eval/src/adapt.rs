@@ -401,6 +401,16 @@ pub fn reverse_validation(
     seen.sort_unstable();
     seen.dedup();
     if seen.len() < 2 {
+        // A method that maps every target row to one class has lost the class structure;
+        // say so, since the report only shows the score.
+        tracing::warn!(
+            "reverse validation: the source-trained head labels all {} target rows {:?}; \
+             scored 0",
+            pseudo.len(),
+            seen.first()
+                .and_then(|&c| label_names.get(c))
+                .map_or("", |s| s.as_str())
+        );
         return Ok(0.0);
     }
     let reverse = head.fit(adapted.target.view(), &pseudo, label_names, None)?;
