@@ -326,7 +326,8 @@ pub struct Tuning {
     pub backbone: String,
     /// `full`, `top:N`, `head`, `contrastive`.
     pub strategy: String,
-    /// Every hyperparameter as trained (defaults filled in).
+    /// Every hyperparameter as configured (defaults filled in). A searched system's
+    /// folds hold what each search chose instead (`folds[].search`).
     pub params: serde_json::Value,
     /// One entry per training part (fold).
     pub folds: Vec<FoldTraining>,

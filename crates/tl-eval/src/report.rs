@@ -604,9 +604,25 @@ pub fn training_curve_svg(system: &str, t: &crate::Tuning) -> String {
     let legend_w = if t.folds.len() > 1 { 90.0 } else { 0.0 };
     let panels = if has_validation { 2.0 } else { 1.0 };
     let panel_w = (w - legend_w - 40.0) / panels;
+    // A searched system trained what its search chose (per training part), not the base
+    // strategy its table names.
+    let mut chosen: Vec<String> = t
+        .folds
+        .iter()
+        .filter_map(|f| f.search.as_ref())
+        .filter_map(|r| r.trials.get(r.chosen))
+        .map(|trial| trial.config.strategy.to_string())
+        .collect();
+    chosen.sort();
+    chosen.dedup();
+    let trained = if chosen.is_empty() {
+        t.strategy.clone()
+    } else {
+        format!("{}, searched", chosen.join(" / "))
+    };
     let title = format!(
-        "{system}: training per epoch ({} from {})",
-        t.strategy, t.backbone
+        "{system}: training per epoch ({trained} from {})",
+        t.backbone
     );
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
@@ -705,14 +721,21 @@ fn line_panel(
         y0 + 14.0,
         xml(title)
     );
-    // Ticks at round values: 1, 2 or 5 times a power of ten, about four of them.
+    // Ticks at round values: 1, 2 or 5 times a power of ten, about four of them, and never
+    // fewer than two (one label on an axis gives no scale).
     let raw = (ymax - ymin) / 4.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
+    let mut step = [1.0, 2.0, 5.0, 10.0]
         .into_iter()
         .map(|m| m * mag)
         .find(|st| *st >= raw)
         .unwrap_or(10.0 * mag);
+    let ticks = |st: f64| (ymax / st).floor() as i64 - (ymin / st).ceil() as i64 + 1;
+    while ticks(step) < 2 && step > raw / 100.0 {
+        // The next round value down: 10 -> 5 -> 2 -> 1 (times a power of ten).
+        let m = step / 10f64.powf(step.log10().floor());
+        step *= if (m - 5.0).abs() < 1e-9 { 0.4 } else { 0.5 };
+    }
     let decimals = (-step.log10().floor()).max(0.0) as usize;
     let first = (ymin / step).ceil() as i64;
     let last = (ymax / step).floor() as i64;
@@ -1072,4 +1095,62 @@ pub fn confusion_png(
     labels: &[String],
 ) -> Result<Vec<u8>, EvalError> {
     crate::plot::svg_to_png(&confusion_svg(system, confusion, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The searched system of `tl tune --model mobilenetv2 --dataset mnist --rows 4000
+    /// --resolution 64`, trimmed to two trials: the table names `full`, the search chose
+    /// `top:4`, and the validation accuracy moved 0.7 points over the two epochs.
+    fn searched() -> crate::Tuning {
+        let epoch = |e: usize, loss: f64, acc: f64| {
+            serde_json::json!({"epoch": e, "train_loss": loss, "validation_accuracy": acc,
+                "learning_rate": 0.0002, "seconds": 5.0, "sentences_per_second": 500.0,
+                "forward_seconds": 4.0, "backward_seconds": 0.8, "optimizer_seconds": 0.1})
+        };
+        let trial = |strategy: &str, stopped: Option<usize>| {
+            serde_json::json!({"config": {"learning_rate": 0.0005, "batch_size": 32,
+                "epochs": 2, "strategy": strategy}, "scores": [], "stopped_at": stopped,
+                "units": 640, "seconds": 1.0})
+        };
+        serde_json::from_value(serde_json::json!({
+            "backbone": "mobilenetv2", "strategy": "full", "params": {},
+            "estimated_seconds": 120.0,
+            "folds": [{"fold": 1, "train_rows": 2521, "validation_rows": 280,
+                "best_epoch": 1, "seconds": 10.0,
+                "epochs": [epoch(1, 0.92, 0.9288), epoch(2, 0.31, 0.9217)],
+                "search": {"trials": [trial("full", Some(1)), trial("top:4", None)],
+                    "chosen": 1, "trained_units": 17000, "cost_in_runs": 2.3,
+                    "seconds": 58.0, "plan": {"rungs": [{"units": 630, "entering": 12,
+                    "keep": 4}], "worst_units": 22669.3, "base_units": 7560}}}]
+        }))
+        .expect("a tuning record")
+    }
+
+    #[test]
+    fn a_searched_systems_curve_names_what_its_search_chose() {
+        let svg = training_curve_svg("mobilenetv2-full-searched", &searched());
+        assert!(
+            svg.contains("training per epoch (top:4, searched from mobilenetv2)"),
+            "{svg}"
+        );
+        let mut plain = searched();
+        plain.folds[0].search = None;
+        let svg = training_curve_svg("mobilenetv2-full-fixed", &plain);
+        assert!(svg.contains("training per epoch (full from mobilenetv2)"));
+    }
+
+    #[test]
+    fn a_narrow_axis_still_has_two_labelled_ticks() {
+        // Validation 92.2% and 92.9%: one tick (92.5%) gave no scale.
+        let svg = training_curve_svg("s", &searched());
+        let panel = svg
+            .split("validation accuracy")
+            .nth(1)
+            .expect("a validation panel");
+        let labels = panel.matches("%</text>").count();
+        assert!(labels >= 2, "{labels} labelled ticks: {panel}");
+    }
 }
