@@ -610,8 +610,7 @@ pub fn training_curve_svg(system: &str, t: &crate::Tuning) -> String {
         .folds
         .iter()
         .filter_map(|f| f.search.as_ref())
-        .filter_map(|r| r.trials.get(r.chosen))
-        .map(|trial| trial.config.strategy.to_string())
+        .map(|r| r.chosen_config().strategy.to_string())
         .collect();
     chosen.sort();
     chosen.dedup();
@@ -730,15 +729,15 @@ fn line_panel(
         .map(|m| m * mag)
         .find(|st| *st >= raw)
         .unwrap_or(10.0 * mag);
-    let ticks = |st: f64| (ymax / st).floor() as i64 - (ymin / st).ceil() as i64 + 1;
-    while ticks(step) < 2 && step > raw / 100.0 {
+    // The first and last tick, as multiples of the step.
+    let span = |st: f64| ((ymin / st).ceil() as i64, (ymax / st).floor() as i64);
+    while span(step).1 - span(step).0 < 1 && step > raw / 100.0 {
         // The next round value down: 10 -> 5 -> 2 -> 1 (times a power of ten).
         let m = step / 10f64.powf(step.log10().floor());
         step *= if (m - 5.0).abs() < 1e-9 { 0.4 } else { 0.5 };
     }
     let decimals = (-step.log10().floor()).max(0.0) as usize;
-    let first = (ymin / step).ceil() as i64;
-    let last = (ymax / step).floor() as i64;
+    let (first, last) = span(step);
     for i in first..=last {
         let y = i as f64 * step;
         let _ = writeln!(
