@@ -470,7 +470,8 @@ fn text_config(p: &FinetuneParams) -> Config {
 /// Searches `space` around `base` for fine-tuning `model` on token sequences and labels
 /// by successive halving, every configuration scored on the same validation part of the
 /// rows (`base.validation_fraction` must be > 0). Returns the chosen configuration's
-/// model, trained to its end (its best validation epoch's weights), its run's report
+/// model, trained to its end (the weights its validation keeps: the last epoch's unless an
+/// earlier one is clearly better), its run's report
 /// and the search's.
 #[allow(clippy::too_many_arguments)]
 pub fn search_text(

@@ -115,7 +115,8 @@ pub struct FinetuneParams {
     /// Gradients are rescaled to at most this L2 norm (0 = no clipping).
     pub max_grad_norm: f32,
     /// Share of the training rows held out (stratified) for validation and early
-    /// stopping (0 = none: the last epoch's weights are kept).
+    /// stopping (0 = none: the last epoch's weights are kept; otherwise the best
+    /// validation epoch's when it beats the last by more than one standard error).
     pub validation_fraction: f32,
     /// Stop after this many epochs without a better validation accuracy (0 = never).
     pub patience: usize,
@@ -478,8 +479,8 @@ pub fn epoch_batches(
 }
 
 /// Fine-tunes `model` (whose classifier has one output per class) on token sequences
-/// and labels. The weights kept are the last epoch's, or the best validation epoch's
-/// when `validation_fraction > 0`.
+/// and labels. The weights kept are the last epoch's, or, when `validation_fraction >
+/// 0`, the best validation epoch's if it beats the last by more than one standard error.
 pub fn finetune(
     model: &mut BertClassifier,
     seqs: &[Vec<u32>],

@@ -649,7 +649,8 @@ impl Learner for ImageLearner<'_> {
 
 /// Fine-tunes `net` (whose classifier has one output per class) on images and labels,
 /// preprocessed with `spec` at the resolution of `params`. The weights kept are the last
-/// epoch's, or the best validation epoch's.
+/// epoch's, or the best validation epoch's if it beats the last by more than one
+/// standard error.
 pub fn finetune_images(
     net: &mut ConvNet,
     inputs: &[ImageInput],
