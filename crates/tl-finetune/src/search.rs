@@ -633,21 +633,32 @@ fn run_halving<L: Learner>(
             let done_units = tr.units_trained - before;
             let loss = (tr.loss_total() - loss_before) / done_units.max(1) as f64;
             let now = tr.validation_now()?;
-            let accuracy = match tr.best_accuracy() {
+            let mut accuracy = match tr.best_accuracy() {
                 Some(best) if tr.is_done() => best,
                 best => now.accuracy.max(best.unwrap_or(0.0)),
             };
+            let units = tr.units_trained;
+            trained[i] = units;
+            if finishing {
+                let tr = trainers[i].take().expect("live");
+                let report = tr.finish();
+                // A finished configuration is scored by the weights it keeps.
+                if let Some(kept) = report
+                    .epochs
+                    .iter()
+                    .find(|e| e.epoch == report.best_epoch)
+                    .and_then(|e| e.validation_accuracy)
+                {
+                    accuracy = kept;
+                }
+                finals[i] = Some(report);
+            }
             let score = RungScore {
-                units: tr.units_trained,
+                units,
                 accuracy,
                 validation_loss: now.loss,
                 loss,
             };
-            trained[i] = tr.units_trained;
-            if finishing {
-                let tr = trainers[i].take().expect("live");
-                finals[i] = Some(tr.finish());
-            }
             seconds[i] += t.elapsed().as_secs_f64();
             (on_event.borrow_mut())(&SearchEvent::Scored {
                 rung: rung_of[i],
