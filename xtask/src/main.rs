@@ -422,10 +422,53 @@ fn check_unified_features(cargo: &str) -> Result<()> {
     Ok(())
 }
 
+/// What a clean clone's `cargo xtask test` writes, measured: ~6.5 GB under `target/` (test
+/// binaries of 50-190 MB each, the wheel's and the packaged crates' builds), ~2 GB of assets
+/// and virtualenvs under `$TL_HOME`, and the crates in cargo's download cache.
+const TEST_DISK_GB: f64 = 10.0;
+
+/// Says up front when the disk is short: a disk that fills while a test binary links makes
+/// `ld` die of SIGBUS ("ld terminated with signal 7 [Bus error]"), which names no cause.
+fn warn_if_disk_is_short() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(std::path::Path::new("."));
+    match free_gb(dir) {
+        Some(free) if free < TEST_DISK_GB => eprintln!(
+            "warning: {free:.1} GB free on the disk of {}; a clean test run writes about \
+             {TEST_DISK_GB:.0} GB (build, assets, virtualenvs), and a full disk fails the \
+             link of a test binary with `signal 7 [Bus error]`",
+            dir.display()
+        ),
+        Some(free) => eprintln!("{free:.0} GB free on the disk of {}", dir.display()),
+        None => {}
+    }
+}
+
+/// Free space of the file system holding `dir`, from POSIX `df -Pk` (none where it fails).
+fn free_gb(dir: &std::path::Path) -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    // Header, then `filesystem blocks used available capacity mount`.
+    let kb: f64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0 / 1e9)
+}
+
 fn test(offline: bool, args: &[String]) -> Result<()> {
     if offline {
         return offline_tests(args);
     }
+    warn_if_disk_is_short();
     let registry = registry(None)?;
     fetch(&registry, &[])?;
     // The helper virtualenv runs the converter's ImageNet checks and the Python
@@ -470,4 +513,16 @@ fn test(offline: bool, args: &[String]) -> Result<()> {
     // Every parser of outside data, a few seconds each, in worker processes with a memory
     // limit and a hang watchdog (the long campaigns: `cargo xtask fuzz`).
     fuzz::fuzz(5, 0, 2, false, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_from_df() {
+        let free = free_gb(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+        assert!(free.is_some_and(|g| g > 0.0), "{free:?}");
+        assert_eq!(free_gb(std::path::Path::new("/nonexistent/tl-disk")), None);
+    }
 }

@@ -460,9 +460,7 @@ fn print_epoch(e: &tl_finetune::EpochLog, unit: &str) {
         "epoch {:<3} loss {:.4}{}  {:.1} {unit}/s  ({:.1}s: forward {:.1}, backward {:.1}, optimizer {:.1})",
         e.epoch,
         e.train_loss,
-        e.validation_accuracy
-            .map(|v| format!("  validation {:.1}%", 100.0 * v))
-            .unwrap_or_default(),
+        e.validation_text(),
         e.sentences_per_second,
         e.seconds,
         e.forward_seconds,

@@ -951,9 +951,7 @@ pub(crate) fn epoch_line(system: &str, part: &str, unit: &str, e: &EpochLog, obs
         "epoch     {system} {part}epoch {}: loss {:.4}{}  {:.0} {unit}/s ({:.1}s)",
         e.epoch,
         e.train_loss,
-        e.validation_accuracy
-            .map(|v| format!("  validation {:.1}%", 100.0 * v))
-            .unwrap_or_default(),
+        e.validation_text(),
         e.sentences_per_second,
         e.seconds
     ));

@@ -148,19 +148,20 @@ fn run_report_files(report: &RunReport) -> Result<Vec<ReportFile>, EvalError> {
         .collect();
     if !tuned.is_empty() {
         let mut t_csv = String::from(
-            "system,fold,epoch,train_loss,validation_accuracy,learning_rate,seconds,items_per_second,kept\n",
+            "system,fold,epoch,train_loss,validation_accuracy,validation_loss,learning_rate,seconds,items_per_second,kept\n",
         );
         for (r, t) in &tuned {
             for f in &t.folds {
                 for e in &f.epochs {
                     let _ = writeln!(
                         t_csv,
-                        "{},{},{},{:.6},{},{},{:.3},{:.2},{}",
+                        "{},{},{},{:.6},{},{},{},{:.3},{:.2},{}",
                         csv_field(&r.system),
                         f.fold,
                         e.epoch,
                         e.train_loss,
                         opt(e.validation_accuracy),
+                        opt(e.validation_loss),
                         e.learning_rate,
                         e.seconds,
                         e.sentences_per_second,

@@ -57,6 +57,16 @@ pub(crate) struct Validation {
     pub loss: Option<f64>,
 }
 
+/// Validation accuracy and loss of epoch `epoch` as logged (none: no such epoch, or it had
+/// no validation rows).
+pub(crate) fn logged_validation(logs: &[EpochLog], epoch: usize) -> Option<Validation> {
+    let log = logs.iter().find(|l| l.epoch == epoch)?;
+    Some(Validation {
+        accuracy: log.validation_accuracy?,
+        loss: log.validation_loss,
+    })
+}
+
 /// Accuracy and mean cross-entropy of `[n, classes]` logits against `labels`.
 pub(crate) fn validation_of(logits: &[f32], labels: &[usize], classes: usize) -> Validation {
     let right = logits
@@ -423,6 +433,14 @@ impl<'r, L: Learner> Trainer<'r, L> {
             .then_some(self.ck.best_accuracy)
     }
 
+    /// The best validation epoch's accuracy and, as logged, its loss (none before the
+    /// first epoch ends, or without validation rows).
+    pub(crate) fn best_validation(&self) -> Option<Validation> {
+        let accuracy = self.best_accuracy()?;
+        let loss = logged_validation(&self.logs, self.ck.best_epoch).and_then(|v| v.loss);
+        Some(Validation { accuracy, loss })
+    }
+
     /// Validation accuracy and loss of the weights as they are now.
     pub(crate) fn validation_now(&mut self) -> Result<Validation, FinetuneError> {
         if self.batches.is_empty()
@@ -552,6 +570,7 @@ impl<'r, L: Learner> Trainer<'r, L> {
             epoch,
             train_loss: a.loss_sum / self.units.len() as f64,
             validation_accuracy: val_acc,
+            validation_loss: validation.and_then(|v| v.loss),
             learning_rate: a.lr,
             seconds: secs,
             sentences_per_second: a.items as f64 / secs,

@@ -17,7 +17,7 @@ use tl_backbone::ImageInput;
 use crate::FinetuneError;
 use crate::bert::BertClassifier;
 use crate::cnn::ConvNet;
-use crate::fit::{Learner, LoopSettings, Trainer};
+use crate::fit::{Learner, LoopSettings, Trainer, Validation, logged_validation};
 use crate::train::{
     EpochLog, FinetuneParams, FinetuneReport, FrozenStates, RunOptions, Strategy, fnv,
     text_learner, text_split,
@@ -308,14 +308,25 @@ pub fn plan_halving(
 pub struct RungScore {
     /// Units trained by then.
     pub units: u64,
-    /// Validation accuracy (the best of its finished epochs and its weights now).
+    /// Validation accuracy (the best of its finished epochs and its weights now; at the
+    /// end of its run, the epoch it keeps).
     pub accuracy: f64,
-    /// Validation cross-entropy of the weights scored (breaks ties of accuracy, which a
-    /// few hundred validation rows make common).
+    /// Validation cross-entropy of the same weights as `accuracy` (breaks ties of
+    /// accuracy, which a few hundred validation rows make common).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_loss: Option<f64>,
     /// Mean training loss of the units since the previous rung (breaks remaining ties).
     pub loss: f64,
+}
+
+/// What a configuration is scored by at a rung: its best finished epoch when that beats
+/// its weights now (or its run is done), else its weights now. Accuracy and loss always
+/// come from the same weights, so the tie-breaker judges what the accuracy judged.
+fn rung_validation(best: Option<Validation>, now: Validation, done: bool) -> Validation {
+    match best {
+        Some(best) if done || best.accuracy > now.accuracy => best,
+        _ => now,
+    }
 }
 
 fn better(a: (usize, &RungScore), b: (usize, &RungScore)) -> Ordering {
@@ -633,30 +644,22 @@ fn run_halving<L: Learner>(
             let done_units = tr.units_trained - before;
             let loss = (tr.loss_total() - loss_before) / done_units.max(1) as f64;
             let now = tr.validation_now()?;
-            let mut accuracy = match tr.best_accuracy() {
-                Some(best) if tr.is_done() => best,
-                best => now.accuracy.max(best.unwrap_or(0.0)),
-            };
+            let mut scored = rung_validation(tr.best_validation(), now, tr.is_done());
             let units = tr.units_trained;
             trained[i] = units;
             if finishing {
                 let tr = trainers[i].take().expect("live");
                 let report = tr.finish();
                 // A finished configuration is scored by the weights it keeps.
-                if let Some(kept) = report
-                    .epochs
-                    .iter()
-                    .find(|e| e.epoch == report.best_epoch)
-                    .and_then(|e| e.validation_accuracy)
-                {
-                    accuracy = kept;
+                if let Some(kept) = logged_validation(&report.epochs, report.best_epoch) {
+                    scored = kept;
                 }
                 finals[i] = Some(report);
             }
             let score = RungScore {
                 units,
-                accuracy,
-                validation_loss: now.loss,
+                accuracy: scored.accuracy,
+                validation_loss: scored.loss,
                 loss,
             };
             seconds[i] += t.elapsed().as_secs_f64();
@@ -800,6 +803,30 @@ pub fn search_images(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rung_scores_accuracy_and_loss_of_the_same_weights() {
+        let v = |accuracy, loss| Validation {
+            accuracy,
+            loss: Some(loss),
+        };
+        // An earlier epoch was better than the weights now: both figures are that epoch's.
+        assert_eq!(
+            rung_validation(Some(v(0.90, 0.30)), v(0.85, 0.25), false),
+            v(0.90, 0.30)
+        );
+        // The weights now are as good or better: both figures are theirs.
+        assert_eq!(
+            rung_validation(Some(v(0.90, 0.30)), v(0.90, 0.20), false),
+            v(0.90, 0.20)
+        );
+        assert_eq!(rung_validation(None, v(0.5, 0.7), false), v(0.5, 0.7));
+        // A finished run is scored by its finished epochs, not a re-validation.
+        assert_eq!(
+            rung_validation(Some(v(0.80, 0.40)), v(0.85, 0.35), true),
+            v(0.80, 0.40)
+        );
+    }
 
     /// Configuration `i` learns towards accuracy `q[i]` at a pace of its own; its score
     /// after `u` units is `q (1 - exp(-u / pace))`.

@@ -212,6 +212,10 @@ pub struct EpochLog {
     pub train_loss: f64,
     /// Accuracy on the validation part, when there is one.
     pub validation_accuracy: Option<f64>,
+    /// Mean cross-entropy on the validation part, when there is one and the run trains a
+    /// classifier (logs written before it was recorded read as none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_loss: Option<f64>,
     /// Learning rate at the end of the epoch.
     pub learning_rate: f32,
     /// Wall time of the epoch.
@@ -224,6 +228,21 @@ pub struct EpochLog {
     pub backward_seconds: f64,
     /// See `forward_seconds`.
     pub optimizer_seconds: f64,
+}
+
+impl EpochLog {
+    /// The validation part's figures for a progress line: `"  validation 91.2% (loss
+    /// 0.2310)"`, the loss left out when none was measured, empty without validation.
+    pub fn validation_text(&self) -> String {
+        let Some(acc) = self.validation_accuracy else {
+            return String::new();
+        };
+        let loss = self
+            .validation_loss
+            .map(|l| format!(" (loss {l:.4})"))
+            .unwrap_or_default();
+        format!("  validation {:.1}%{loss}", 100.0 * acc)
+    }
 }
 
 /// What a finished run reports.
@@ -736,5 +755,44 @@ impl Learner for TextLearner<'_> {
             accuracy: right as f64 / val.len() as f64,
             loss: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epochs_validation_text_shows_what_was_measured() {
+        let mut e = EpochLog {
+            epoch: 1,
+            train_loss: 0.5,
+            validation_accuracy: None,
+            validation_loss: None,
+            learning_rate: 2e-5,
+            seconds: 1.0,
+            sentences_per_second: 10.0,
+            forward_seconds: 0.5,
+            backward_seconds: 0.4,
+            optimizer_seconds: 0.1,
+        };
+        assert_eq!(e.validation_text(), "");
+        e.validation_accuracy = Some(0.9125);
+        assert_eq!(e.validation_text(), "  validation 91.2%");
+        e.validation_loss = Some(0.23104);
+        assert_eq!(e.validation_text(), "  validation 91.2% (loss 0.2310)");
+        // A log line from before the loss was recorded still reads.
+        let old: EpochLog = serde_json::from_str(
+            r#"{"epoch":2,"train_loss":0.4,"validation_accuracy":0.9,"learning_rate":1e-5,
+                "seconds":1.0,"sentences_per_second":10.0,"forward_seconds":0.5,
+                "backward_seconds":0.4,"optimizer_seconds":0.1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.validation_loss, None);
+        assert!(
+            !serde_json::to_string(&old)
+                .unwrap()
+                .contains("validation_loss")
+        );
     }
 }

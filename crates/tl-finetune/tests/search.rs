@@ -94,8 +94,18 @@ fn the_search_stops_hopeless_configurations_and_its_choice_trains_the_same_alone
         search.cost_in_runs,
         search.plan
     );
-    let final_acc = search.trials[search.chosen].scores.last().unwrap().accuracy;
-    assert!(final_acc > 0.9, "chosen validation accuracy {final_acc}");
+    let last = search.trials[search.chosen].scores.last().unwrap();
+    assert!(last.accuracy > 0.9, "chosen validation accuracy {last:?}");
+    // Its final score is the kept epoch's, accuracy and tie-breaking loss alike.
+    let kept = &report.epochs[report.best_epoch - 1];
+    assert_eq!(kept.epoch, report.best_epoch);
+    assert_eq!(Some(last.accuracy), kept.validation_accuracy);
+    assert_eq!(last.validation_loss, kept.validation_loss);
+    assert!(
+        kept.validation_loss
+            .is_some_and(|l| l.is_finite() && l > 0.0),
+        "{kept:?}"
+    );
     // Events: one score per trial per rung reached, and one cut per rung.
     let scored = events
         .iter()
