@@ -49,6 +49,24 @@ pub fn readme_program(readme: &str) -> Result<String> {
     Ok(format!("{code}\n"))
 }
 
+/// The `[profile.*]` tables of a workspace manifest, as written: they come last in ours, and
+/// any other table after the first of them is an error (it would be copied along).
+pub fn profiles(manifest: &str) -> Result<String> {
+    let start = manifest
+        .find("\n[profile.")
+        .context("Cargo.toml has no [profile.*] table")?
+        + 1;
+    let tail = &manifest[start..];
+    if let Some(other) = tail
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[profile."))
+    {
+        bail!("Cargo.toml has {other} after its [profile.*] tables; keep the profiles last");
+    }
+    Ok(tail.to_string())
+}
+
 /// Builds the README's program in a new workspace under a temporary folder and runs it from
 /// outside the checkout, with an empty `$TL_HOME` and a platform cache folder that links to
 /// this checkout's cache (so nothing is fetched twice, and the cache rule is exercised: a
@@ -64,18 +82,21 @@ pub fn users_eye() -> Result<()> {
     let app = tmp.join("app");
     std::fs::create_dir_all(app.join("src"))?;
     let facade = repo.join("crates/transfer-learning");
-    // The same profile as this workspace's dependencies, so the shared target folder's
-    // compiled dependencies are reused instead of rebuilt.
+    // This workspace's profiles and lock file, so the shared target folder's compiled
+    // dependencies are reused instead of rebuilt (with only part of the profile, polars and
+    // all that depends on it compiled a second time: 15 of CI's 40 minutes, and ~1 GB).
+    let manifest =
+        std::fs::read_to_string(repo.join("Cargo.toml")).context("reading Cargo.toml")?;
     std::fs::write(
         app.join("Cargo.toml"),
         format!(
             "[package]\nname = \"users-eye\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
-             [dependencies]\ntransfer-learning = {{ path = {:?} }}\n\n\
-             [profile.dev]\ndebug = \"line-tables-only\"\n\n\
-             [profile.dev.package.\"*\"]\nopt-level = 2\ndebug = false\n\n[workspace]\n",
-            facade.display().to_string()
+             [dependencies]\ntransfer-learning = {{ path = {:?} }}\n\n[workspace]\n\n{}",
+            facade.display().to_string(),
+            profiles(&manifest)?
         ),
     )?;
+    std::fs::copy(repo.join("Cargo.lock"), app.join("Cargo.lock")).context("copying Cargo.lock")?;
     std::fs::write(app.join("src/main.rs"), &program)?;
     let cargo = crate::cargo();
     let target = repo.join("target");
@@ -246,6 +267,21 @@ pub fn includes_outside_crates() -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_users_eye_workspace_gets_every_profile_table_and_nothing_else() {
+        let ours = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+        let p = profiles(&ours).unwrap();
+        assert!(p.starts_with("[profile."), "{p}");
+        assert!(p.contains("[profile.dev.package.polars]") && p.contains("[profile.release]"));
+        assert!(!p.contains("[workspace"));
+        let with =
+            |tail: &str| format!("[workspace]\nmembers = []\n\n[profile.dev]\ndebug = 0\n{tail}");
+        assert_eq!(profiles(&with("")).unwrap(), "[profile.dev]\ndebug = 0\n");
+        let err = profiles(&with("\n[patch.crates-io]\n")).unwrap_err();
+        assert!(err.to_string().contains("[patch.crates-io]"), "{err}");
+        assert!(profiles("[workspace]\n").is_err());
+    }
 
     #[test]
     fn no_published_crate_embeds_a_file_outside_itself() {
