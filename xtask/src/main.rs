@@ -435,9 +435,9 @@ fn warn_if_disk_is_short() {
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target
         .ancestors()
-        .find(|d| d.exists())
-        .unwrap_or(std::path::Path::new("."));
-    match free_gb(dir) {
+        .find_map(|d| d.canonicalize().ok())
+        .unwrap_or_else(|| ".".into());
+    match free_gb(&dir) {
         Some(free) if free < TEST_DISK_GB => eprintln!(
             "warning: {free:.1} GB free on the disk of {}; a clean test run writes about \
              {TEST_DISK_GB:.0} GB (build, assets, virtualenvs), and a full disk fails the \
