@@ -422,7 +422,7 @@ fn check_unified_features(cargo: &str) -> Result<()> {
     Ok(())
 }
 
-/// What a clean clone's `cargo xtask test` writes, measured: ~6.5 GB under `target/` (test
+/// What a clean clone's `cargo xtask test` writes, measured: ~6.2 GB under `target/` (test
 /// binaries of 50-190 MB each, the wheel's and the packaged crates' builds), ~2 GB of assets
 /// and virtualenvs under `$TL_HOME`, and the crates in cargo's download cache.
 const TEST_DISK_GB: f64 = 10.0;
